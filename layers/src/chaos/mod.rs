@@ -1,0 +1,1 @@
+//! chaos (under construction in this session).

@@ -1,0 +1,272 @@
+//! What an outcome means: one classifier shared by every layer.
+//!
+//! Retry, the circuit breaker and recreation all have to answer the same question about a failed call:
+//! *was that the kind of failure that might go away?* Answering it in three places invites three different
+//! answers, so they all ask one [`Classify`] implementation instead.
+//!
+//! | [`Classification`] | meaning | retry | breaker |
+//! |---|---|---|---|
+//! | `Transient` | the request did not take effect and may succeed if sent again (refused connect, timeout before sending, serialization failure) | yes | counts as a failure |
+//! | `Ambiguous` | the request may or may not have taken effect (a connection lost mid-write) | only if the request is [idempotent](Idempotence) | counts as a failure |
+//! | `Permanent` | the caller's mistake or a hard failure (bad SQL, constraint violation, bad credentials) | never | ignored |
+//!
+//! Requests say whether replaying them is harmless through [`Idempotence`]. The default is *not* idempotent:
+//! a write whose outcome is unknown is never replayed unless the caller says it may be.
+//!
+//! # Example
+//!
+//! ```
+//! use rampart_layers::classify::{Classification, Classify, classify_fn};
+//!
+//! #[derive(Debug)]
+//! enum MyError { Refused, BadInput }
+//!
+//! let classifier = classify_fn(|err: &MyError| match err {
+//!     MyError::Refused => Classification::Transient,
+//!     MyError::BadInput => Classification::Permanent,
+//! });
+//! assert_eq!(Classify::<(), MyError>::classify_error(&classifier, &MyError::Refused), Classification::Transient);
+//! ```
+
+use std::fmt;
+
+/// What a failed (or suspicious) outcome means for whoever decides whether to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// The request did not take effect; sending it again may succeed.
+    Transient,
+    /// The request may have taken effect; replay it only when it is idempotent.
+    Ambiguous,
+    /// Sending it again cannot help (the caller's mistake or a hard failure). Never retried, never trips a breaker.
+    Permanent,
+}
+
+impl Classification {
+    /// Whether a request with the given idempotence may be sent again after this outcome.
+    pub fn is_retryable(self, idempotent: bool) -> bool {
+        match self {
+            Classification::Transient => true,
+            Classification::Ambiguous => idempotent,
+            Classification::Permanent => false,
+        }
+    }
+
+    /// Whether a circuit breaker should count this outcome as a failure of the downstream.
+    pub fn is_failure_of_downstream(self) -> bool {
+        !matches!(self, Classification::Permanent)
+    }
+
+    /// A short lowercase name, stable for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Transient => "transient",
+            Classification::Ambiguous => "ambiguous",
+            Classification::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decides what an outcome of a service call means.
+///
+/// `Res` is the service's response type and `E` its error type. Most classifiers only look at errors;
+/// [`classify_response`](Classify::classify_response) lets protocols whose failures arrive as responses
+/// (an HTTP 503, say) take part too.
+pub trait Classify<Res, E> {
+    /// Classifies an error returned by the service.
+    fn classify_error(&self, error: &E) -> Classification;
+
+    /// Classifies a successful response. `None` (the default) means it is a success.
+    fn classify_response(&self, _response: &Res) -> Option<Classification> {
+        None
+    }
+}
+
+impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for &C {
+    fn classify_error(&self, error: &E) -> Classification {
+        (**self).classify_error(error)
+    }
+    fn classify_response(&self, response: &Res) -> Option<Classification> {
+        (**self).classify_response(response)
+    }
+}
+
+impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for std::sync::Arc<C> {
+    fn classify_error(&self, error: &E) -> Classification {
+        (**self).classify_error(error)
+    }
+    fn classify_response(&self, response: &Res) -> Option<Classification> {
+        (**self).classify_response(response)
+    }
+}
+
+/// A classifier from a closure over the error; see [`classify_fn`].
+#[derive(Clone, Copy)]
+pub struct ClassifyFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassifyFn").finish_non_exhaustive()
+    }
+}
+
+/// Builds a classifier from a closure that classifies errors. Responses count as successes.
+pub fn classify_fn<E, F>(f: F) -> ClassifyFn<F>
+where
+    F: Fn(&E) -> Classification,
+{
+    ClassifyFn { f }
+}
+
+impl<Res, E, F> Classify<Res, E> for ClassifyFn<F>
+where
+    F: Fn(&E) -> Classification,
+{
+    fn classify_error(&self, error: &E) -> Classification {
+        (self.f)(error)
+    }
+}
+
+/// The classifier for stacks whose errors are [`tower::BoxError`]: it treats a timeout as `Transient`
+/// and everything else as `Permanent`.
+///
+/// A timeout is recognised by type: tower's [`tower::timeout::error::Elapsed`], and this crate's own
+/// attempt-timeout error when the `deadline` feature is on. An error it cannot identify is `Permanent`,
+/// because retrying what we do not understand is how a blip becomes a retry storm. Stack a classifier that
+/// knows your errors (the `rampart` crate has one for Postgres) in front of this where you need more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeoutsAreTransient;
+
+impl TimeoutsAreTransient {
+    /// Whether the error (or anything in its `source()` chain) is a timeout this crate knows.
+    pub fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(err) = current {
+            if err.is::<tower::timeout::error::Elapsed>() || is_own_timeout(err) {
+                return true;
+            }
+            current = err.source();
+        }
+        false
+    }
+}
+
+#[cfg(feature = "deadline")]
+fn is_own_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<crate::deadline::AttemptTimedOut>()
+}
+
+#[cfg(not(feature = "deadline"))]
+fn is_own_timeout(_err: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}
+
+impl<Res> Classify<Res, tower::BoxError> for TimeoutsAreTransient {
+    fn classify_error(&self, error: &tower::BoxError) -> Classification {
+        if Self::is_timeout(error.as_ref()) {
+            Classification::Transient
+        } else {
+            Classification::Permanent
+        }
+    }
+}
+
+/// Whether replaying a request is harmless.
+///
+/// The default method answers `false`: a request is not idempotent unless it says so. Implement this for
+/// your request type (a read-only query, an HTTP `GET`, a write carrying an idempotency key return `true`),
+/// or wrap a request in [`Idempotent`] to mark one request at the call site.
+pub trait Idempotence {
+    /// Whether sending this request twice has the same effect as sending it once.
+    fn is_idempotent(&self) -> bool {
+        false
+    }
+}
+
+/// Marks a request as idempotent (safe to replay after an ambiguous failure).
+///
+/// Services that want the inner request back can use [`Idempotent::into_inner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Idempotent<R>(pub R);
+
+impl<R> Idempotent<R> {
+    /// The wrapped request.
+    pub fn into_inner(self) -> R {
+        self.0
+    }
+}
+
+impl<R> Idempotence for Idempotent<R> {
+    fn is_idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// Marks a request as *not* idempotent, explicitly. Equivalent to the default, but says so at the call site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct NotIdempotent<R>(pub R);
+
+impl<R> Idempotence for NotIdempotent<R> {}
+
+impl Idempotence for () {}
+impl Idempotence for &'static str {}
+impl Idempotence for String {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_follows_idempotence_only_for_ambiguous() {
+        assert!(Classification::Transient.is_retryable(false));
+        assert!(Classification::Transient.is_retryable(true));
+        assert!(!Classification::Ambiguous.is_retryable(false));
+        assert!(Classification::Ambiguous.is_retryable(true));
+        assert!(!Classification::Permanent.is_retryable(true));
+    }
+
+    #[test]
+    fn permanent_is_not_a_downstream_failure() {
+        assert!(!Classification::Permanent.is_failure_of_downstream());
+        assert!(Classification::Transient.is_failure_of_downstream());
+        assert!(Classification::Ambiguous.is_failure_of_downstream());
+    }
+
+    #[test]
+    fn timeouts_are_found_by_type_and_in_source_chain() {
+        let elapsed: tower::BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &elapsed), Classification::Transient);
+
+        #[derive(Debug)]
+        struct Wrapper(tower::timeout::error::Elapsed);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped: tower::BoxError = Box::new(Wrapper(tower::timeout::error::Elapsed::new()));
+        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &wrapped), Classification::Transient);
+
+        let other: tower::BoxError = "boom".into();
+        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &other), Classification::Permanent);
+    }
+
+    #[test]
+    fn requests_are_not_idempotent_by_default() {
+        assert!(!"INSERT".is_idempotent());
+        assert!(Idempotent("SELECT").is_idempotent());
+        assert!(!NotIdempotent("SELECT").is_idempotent());
+    }
+}

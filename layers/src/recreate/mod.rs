@@ -1,0 +1,1 @@
+//! recreate (under construction in this session).

@@ -1,0 +1,2 @@
+//! rampart
+#![forbid(unsafe_code)]
