@@ -1,2 +1,5 @@
 //! rampart
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -114,6 +114,9 @@ mod tests {
 
     #[test]
     fn entropy_generators_differ() {
-        assert_ne!(SplitMix64::from_entropy().next_u64(), SplitMix64::from_entropy().next_u64());
+        assert_ne!(
+            SplitMix64::from_entropy().next_u64(),
+            SplitMix64::from_entropy().next_u64()
+        );
     }
 }

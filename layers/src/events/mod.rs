@@ -26,8 +26,10 @@ pub type Label = (&'static str, String);
 pub fn counter(name: &'static str, labels: &[Label], value: u64) {
     #[cfg(feature = "metrics")]
     {
-        let labels: Vec<metrics::Label> =
-            labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect();
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
         metrics::counter!(name, labels).increment(value);
     }
     #[cfg(not(feature = "metrics"))]
@@ -41,8 +43,10 @@ pub fn counter(name: &'static str, labels: &[Label], value: u64) {
 pub fn histogram(name: &'static str, labels: &[Label], seconds: f64) {
     #[cfg(feature = "metrics")]
     {
-        let labels: Vec<metrics::Label> =
-            labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect();
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
         metrics::histogram!(name, labels).record(seconds);
     }
     #[cfg(not(feature = "metrics"))]
@@ -56,8 +60,10 @@ pub fn histogram(name: &'static str, labels: &[Label], seconds: f64) {
 pub fn gauge(name: &'static str, labels: &[Label], value: f64) {
     #[cfg(feature = "metrics")]
     {
-        let labels: Vec<metrics::Label> =
-            labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect();
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
         metrics::gauge!(name, labels).set(value);
     }
     #[cfg(not(feature = "metrics"))]

@@ -1,0 +1,528 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, `postgres` on a free loopback port.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::HarnessError;
+
+const INSTALL_HINT: &str = "install the PostgreSQL server (Debian/Ubuntu: `apt-get install -y postgresql`; \
+     macOS: `brew install postgresql`) or set PG_BIN to the directory holding `initdb` and `postgres`";
+
+/// How long a start may take before the harness gives up and shows the server's log.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds the directory holding the PostgreSQL server binaries (`initdb`, `postgres`, `pg_ctl`).
+///
+/// Looks at `PG_BIN`, then the newest `/usr/lib/postgresql/*/bin`, then `pg_config --bindir`.
+/// The error says how to install the server.
+pub fn find_bin_dir() -> Result<PathBuf, HarnessError> {
+    find_bin_dir_from(
+        std::env::var_os("PG_BIN"),
+        Path::new("/usr/lib/postgresql"),
+        "pg_config",
+    )
+}
+
+fn find_bin_dir_from(
+    pg_bin: Option<std::ffi::OsString>,
+    lib_root: &Path,
+    pg_config: &str,
+) -> Result<PathBuf, HarnessError> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(dir) = pg_bin {
+        let dir = PathBuf::from(dir);
+        return if has_server(&dir) {
+            Ok(dir)
+        } else {
+            Err(HarnessError::new(format!(
+                "PG_BIN is set to {} but `initdb` and `postgres` are not there; {INSTALL_HINT}",
+                dir.display()
+            )))
+        };
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(lib_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            has_server(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    if let Ok(out) = Command::new(pg_config).arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    Err(HarnessError::new(format!(
+        "no PostgreSQL server binaries found (looked at PG_BIN, /usr/lib/postgresql/*/bin, `pg_config --bindir`); \
+         this test needs a real server: {INSTALL_HINT}"
+    )))
+}
+
+/// The uid and gid to run the server as: the `postgres` user when we are root (PostgreSQL refuses to run
+/// as root), nobody else otherwise.
+fn run_as() -> Result<Option<(u32, u32)>, HarnessError> {
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| HarnessError::io("reading /etc/passwd", e))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next()? == "postgres").then_some(())?;
+            let _password = fields.next()?;
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            HarnessError::new(
+                "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` user to run it as; \
+                 create one (`useradd --system postgres`) or install the server package, which creates it",
+            )
+        })
+}
+
+fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.env_remove("PGDATA").env("LC_ALL", "C");
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<(), HarnessError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HarnessError::io(format!("running {what}"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::new(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )))
+    }
+}
+
+/// A data directory made by `initdb` once per machine (per server version and password) and copied by
+/// every cluster: a copy takes a tenth of the time of an `initdb`. Test processes race to create it
+/// safely: each builds its own and renames it into place; the loser removes its copy.
+fn template(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    password: Option<&str>,
+) -> Result<PathBuf, HarnessError> {
+    let key = fnv1a(format!("{}\0{}", bin.display(), password.unwrap_or("\0trust")).as_bytes());
+    let root = std::env::temp_dir().join("rampart-pg-templates");
+    let path = root.join(format!("{key:016x}"));
+    if path.join("PG_VERSION").is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&root)
+        .map_err(|e| HarnessError::io("creating the template directory", e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&root)
+        .map_err(|e| HarnessError::io("creating a staging directory", e))?;
+    chown(staging.path(), user)?;
+    let data = staging.path().join("data");
+    let mut cmd = command(&bin.join("initdb"), user);
+    cmd.args([
+        "--no-sync",
+        "--no-instructions",
+        "-U",
+        "postgres",
+        "--encoding=UTF8",
+        "--locale=C",
+        "-D",
+    ])
+    .arg(&data);
+    let pwfile = staging.path().join("pwfile");
+    match password {
+        None => {
+            cmd.arg("--auth=trust");
+        }
+        Some(password) => {
+            std::fs::write(&pwfile, password)
+                .map_err(|e| HarnessError::io("writing the password file", e))?;
+            chown(&pwfile, user)?;
+            cmd.args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--pwfile",
+            ])
+            .arg(&pwfile);
+        }
+    }
+    run(cmd, "initdb")?;
+    let _ = std::fs::remove_file(&pwfile);
+    // Another process may have won the race; its template is as good as ours.
+    if std::fs::rename(&data, &path).is_err() && !path.join("PG_VERSION").is_file() {
+        return Err(HarnessError::new(format!(
+            "could not move the template cluster into {}",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), HarnessError> {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| HarnessError::io(format!("chown {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+fn owned_temp_dir(user: Option<(u32, u32)>) -> Result<tempfile::TempDir, HarnessError> {
+    let dir = tempfile::Builder::new()
+        .prefix("rampart-pg-")
+        .tempdir()
+        .map_err(|e| HarnessError::io("creating a temporary directory", e))?;
+    chown(dir.path(), user)?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16, HarnessError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| HarnessError::io("finding a free loopback port", e))
+}
+
+/// Settings for a throwaway cluster; see [`Cluster::builder`].
+#[derive(Clone, Default)]
+pub struct ClusterBuilder {
+    settings: Vec<(String, String)>,
+    password: Option<String>,
+}
+
+impl fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("settings", &self.settings)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ClusterBuilder {
+    /// Passes `-c name=value` to the server, for example `("max_connections", "10")` or
+    /// `("idle_session_timeout", "2s")`. Later settings win.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Requires this password (SCRAM) for the `postgres` user over TCP. Without it, the cluster trusts
+    /// every local connection.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Creates the cluster and starts it, waiting until it accepts connections.
+    pub async fn start(self) -> Result<Cluster, HarnessError> {
+        let bin = find_bin_dir()?;
+        let user = run_as()?;
+        let template = template(&bin, user, self.password.as_deref())?;
+        let dir = owned_temp_dir(user)?;
+        let data = dir.path().join("data");
+        let mut cp = command(Path::new("cp"), user);
+        cp.arg("-a").arg(&template).arg(&data);
+        run(cp, "copying the template cluster")?;
+        let cluster = Cluster {
+            bin,
+            user,
+            port: free_port()?,
+            settings: self.settings,
+            password: self.password,
+            data,
+            child: Mutex::new(None),
+            dir,
+        };
+        cluster.start().await?;
+        Ok(cluster)
+    }
+}
+
+/// A PostgreSQL server of its own for one test: its own data directory and loopback port.
+///
+/// Stop, kill and restart it to make the faults a real server has. It keeps its port and data across
+/// restarts, so clients configured with [`url`](Cluster::url) reconnect to the same place. Dropping it
+/// stops the server and removes its files.
+pub struct Cluster {
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+    port: u16,
+    settings: Vec<(String, String)>,
+    password: Option<String>,
+    data: PathBuf,
+    child: Mutex<Option<Child>>,
+    // Last, so it is removed after the server has stopped (see Drop).
+    dir: tempfile::TempDir,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("port", &self.port)
+            .field("data", &self.data)
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// A builder for a cluster with server settings of your choice.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Starts a cluster with default settings.
+    pub async fn new() -> Result<Cluster, HarnessError> {
+        Self::builder().start().await
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// A connection URL for the `postgres` database as the `postgres` user, including the password if
+    /// the cluster has one.
+    pub fn url(&self) -> String {
+        self.url_for(self.addr())
+    }
+
+    /// The same URL, pointed at another address (a [`FaultProxy`](super::FaultProxy) in front of this cluster).
+    pub fn url_for(&self, addr: SocketAddr) -> String {
+        match &self.password {
+            Some(pw) => format!("postgres://postgres:{pw}@{addr}/postgres"),
+            None => format!("postgres://postgres@{addr}/postgres"),
+        }
+    }
+
+    /// The data directory (for reading the server log, `server.log` beside it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        match child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The last lines of the server log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Starts the server (again) on the same port and data, and waits until it accepts connections.
+    /// Starting a running cluster does nothing.
+    pub async fn start(&self) -> Result<(), HarnessError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| HarnessError::io("opening the server log", e))?;
+        chown(&self.log_path(), self.user)?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| HarnessError::io("opening the server log", e))?;
+        let mut cmd = command(&self.bin.join("postgres"), self.user);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-p")
+            .arg(self.port.to_string());
+        let socket_dir = self.dir.path().to_string_lossy().into_owned();
+        let defaults = [
+            ("listen_addresses", "127.0.0.1"),
+            ("unix_socket_directories", socket_dir.as_str()),
+            ("fsync", "off"),
+            ("synchronous_commit", "off"),
+            ("full_page_writes", "off"),
+            ("shared_buffers", "16MB"),
+            ("max_connections", "100"),
+        ];
+        let settings = defaults
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .chain(self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        for (name, value) in settings {
+            cmd.arg("-c").arg(format!("{name}={value}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::io("starting postgres", e))?;
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&self) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        let url = self.url();
+        loop {
+            if !self.is_running() {
+                return Err(HarnessError::new(format!(
+                    "postgres exited while starting; its log ends with:\n{}",
+                    self.log_tail(20)
+                )));
+            }
+            // Connection refused (not listening yet) and 57P03 (starting up) both mean: not ready yet.
+            if let Ok(Ok((client, conn))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_postgres::connect(&url, tokio_postgres::NoTls),
+            )
+            .await
+            {
+                let conn = tokio::spawn(conn);
+                let ok = client.simple_query("SELECT 1").await.is_ok();
+                drop(client);
+                let _ = conn.await;
+                if ok {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(HarnessError::new(format!(
+                    "postgres did not accept connections within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    self.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<(), HarnessError> {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut process) = child.take() else {
+            return Ok(());
+        };
+        if matches!(process.try_wait(), Ok(Some(_))) {
+            return Ok(());
+        }
+        let mut cmd = command(&self.bin.join("pg_ctl"), self.user);
+        cmd.args(["stop", "-w", "-t", "30", "-m", mode, "-D"])
+            .arg(&self.data);
+        let result = run(cmd, &format!("pg_ctl stop -m {mode}"));
+        if result.is_err() {
+            let _ = process.kill();
+        }
+        let _ = process.wait();
+        result
+    }
+
+    /// Fast shutdown (`pg_ctl stop -m fast`): backends are terminated and clients see their connections
+    /// closed, as in a managed restart. Blocks until the server has exited.
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// Immediate shutdown (`pg_ctl stop -m immediate`), like a crash: no clean shutdown, recovery on the
+    /// next start.
+    pub fn kill(&self) -> Result<(), HarnessError> {
+        self.pg_ctl_stop("immediate")
+    }
+
+    /// Fast stop followed by start on the same port and data.
+    pub async fn restart(&self) -> Result<(), HarnessError> {
+        self.stop()?;
+        self.start().await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.pg_ctl_stop("immediate").is_err() {
+            if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_fail_with_install_instructions() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_bin_dir_from(None, empty.path(), "/nonexistent/pg_config").unwrap_err();
+        assert!(
+            err.message().contains("apt-get install -y postgresql"),
+            "{err}"
+        );
+        assert!(err.message().contains("PG_BIN"), "{err}");
+
+        let err = find_bin_dir_from(
+            Some(empty.path().into()),
+            empty.path(),
+            "/nonexistent/pg_config",
+        )
+        .unwrap_err();
+        assert!(err.message().contains("PG_BIN is set"), "{err}");
+    }
+
+    #[test]
+    fn newest_installed_version_wins() {
+        let root = tempfile::tempdir().unwrap();
+        for version in ["9", "15", "13"] {
+            let bin = root.path().join(version).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+            std::fs::write(bin.join("postgres"), "").unwrap();
+        }
+        let found = find_bin_dir_from(None, root.path(), "/nonexistent/pg_config").unwrap();
+        assert_eq!(found, root.path().join("15").join("bin"));
+    }
+}
