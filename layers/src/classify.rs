@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn timeouts_are_found_by_type_and_in_source_chain() {
         let elapsed: tower::BoxError = Box::new(tower::timeout::error::Elapsed::new());
-        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &elapsed), Classification::Transient);
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &elapsed),
+            Classification::Transient
+        );
 
         #[derive(Debug)]
         struct Wrapper(tower::timeout::error::Elapsed);
@@ -257,10 +260,16 @@ mod tests {
             }
         }
         let wrapped: tower::BoxError = Box::new(Wrapper(tower::timeout::error::Elapsed::new()));
-        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &wrapped), Classification::Transient);
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &wrapped),
+            Classification::Transient
+        );
 
         let other: tower::BoxError = "boom".into();
-        assert_eq!(Classify::<(), _>::classify_error(&TimeoutsAreTransient, &other), Classification::Permanent);
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &other),
+            Classification::Permanent
+        );
     }
 
     #[test]
