@@ -314,8 +314,8 @@ fn report(phases: &[Phase], app: &BareApp, proxy: &FaultProxy) {
     );
     println!();
     println!(
-        "{:<11} {:>5} {:>5} {:>7} {:>8}  {}",
-        "phase", "sent", "ok", "failed", "time", "errors seen by the caller"
+        "{:<11} {:>5} {:>5} {:>7} {:>8}  errors seen by the caller",
+        "phase", "sent", "ok", "failed", "time"
     );
     println!("{}", "-".repeat(96));
     let mut total = Tally::default();
