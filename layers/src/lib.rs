@@ -9,6 +9,33 @@
 //! One [`classify::Classify`] implementation decides for every layer what a failure means, so retry and the
 //! breaker never disagree about whether the downstream is in trouble.
 //!
+//! # Example
+//!
+//! An overall deadline outside, retry with backoff in the middle, a timeout on each attempt inside:
+//!
+//! ```
+//! # #[cfg(all(feature = "retry", feature = "deadline"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! use std::time::Duration;
+//! use rampart_layers::{AttemptTimeoutLayer, DeadlineLayer, RetryLayer, RetryPolicy, WithDeadline};
+//! use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+//!
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Duration::from_secs(5)))
+//!     .layer(RetryLayer::new(RetryPolicy::three_attempts_half_second_doubling()))
+//!     .layer(AttemptTimeoutLayer::new(Duration::from_secs(2)))
+//!     .service(tower::service_fn(|req: WithDeadline<&'static str>| async move {
+//!         Ok::<_, BoxError>(req.into_inner().to_uppercase())
+//!     }));
+//!
+//! assert_eq!(svc.ready().await?.call(WithDeadline::new("ping")).await?, "PING");
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "retry", feature = "deadline")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Features
 //!
 //! | feature | module |
@@ -43,4 +70,19 @@ pub mod retry;
 #[cfg(feature = "validate")]
 pub mod validate;
 
+#[cfg(feature = "breaker")]
+pub use breaker::{BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+#[cfg(feature = "chaos")]
+pub use chaos::{Chaos, ChaosConfig, ChaosHandle, ChaosLayer, InjectedFault};
 pub use classify::{Classification, Classify, Idempotence, Idempotent};
+#[cfg(feature = "deadline")]
+pub use deadline::{
+    AttemptTimedOut, AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineExceeded,
+    DeadlineLayer, Deadlined, WithDeadline,
+};
+#[cfg(feature = "recreate")]
+pub use recreate::{Recreate, RecreateConfig, RecreateHandle, RecreateLayer};
+#[cfg(feature = "retry")]
+pub use retry::{Retry, RetryBudget, RetryError, RetryLayer, RetryPolicy};
+#[cfg(feature = "validate")]
+pub use validate::{Validate, Validation, ValidationLayer, ValidationPolicy};

@@ -1,0 +1,161 @@
+//! The response future of [`CircuitBreaker`](super::CircuitBreaker).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tower::BoxError;
+
+use super::error::CircuitOpen;
+use super::state::{Permit, Shared};
+use super::sync::{Arc, Ordering};
+use super::window::Outcome;
+use crate::classify::Classify;
+
+/// A permitted call's claim on the breaker; gives the permit back if dropped without an outcome
+/// (the caller cancelled the call).
+pub(crate) struct PermitGuard {
+    shared: Arc<Shared>,
+    permit: Option<Permit>,
+}
+
+impl PermitGuard {
+    pub(crate) fn new(shared: Arc<Shared>, permit: Permit) -> Self {
+        Self {
+            shared,
+            permit: Some(permit),
+        }
+    }
+
+    fn finish<Res, E, C: Classify<Res, E>>(
+        mut self,
+        classifier: &C,
+        result: &Result<Res, E>,
+        started: u64,
+    ) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let class = match result {
+            Ok(response) => classifier.classify_response(response),
+            Err(error) => Some(classifier.classify_error(error)),
+        };
+        let failure = match class {
+            None => false,
+            Some(c) if c.is_failure_of_downstream() => true,
+            Some(_) => {
+                // A permanent error says nothing about the downstream: give the permit back (in
+                // half-open, another probe may go), as Resilience4j does for ignored exceptions.
+                self.shared.totals.ignored.fetch_add(1, Ordering::Relaxed);
+                self.shared.release(permit);
+                return;
+            }
+        };
+        let now = self.shared.now();
+        let slow = self
+            .shared
+            .is_slow(Duration::from_nanos(now.saturating_sub(started)));
+        self.shared
+            .record_at(permit, Outcome { failure, slow }, now);
+    }
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.shared.release(permit);
+        }
+    }
+}
+
+impl std::fmt::Debug for PermitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermitGuard")
+            .field("permit", &self.permit)
+            .finish()
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Called {
+            #[pin]
+            future: F,
+            guard: Option<PermitGuard>,
+            classifier: C,
+            started: u64,
+        },
+        Rejected {
+            error: Option<CircuitOpen>,
+        },
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker): the inner call, whose outcome it
+    /// records when it finishes, or an immediate [`CircuitOpen`] error.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, guard: PermitGuard, classifier: C) -> Self {
+        let started = guard.shared.now();
+        Self {
+            kind: Kind::Called {
+                future,
+                guard: Some(guard),
+                classifier,
+                started,
+            },
+        }
+    }
+
+    pub(crate) fn rejected(error: CircuitOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, C, Res, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    C: Classify<Res, E>,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { error } => Poll::Ready(Err(Box::new(
+                error
+                    .take()
+                    .expect("ResponseFuture polled after completion"),
+            ))),
+            KindProj::Called {
+                future,
+                guard,
+                classifier,
+                started,
+            } => {
+                let result = ready!(future.poll(cx));
+                if let Some(guard) = guard.take() {
+                    guard.finish(classifier, &result, *started);
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+        }
+    }
+}

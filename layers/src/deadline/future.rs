@@ -1,0 +1,143 @@
+//! Future types.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+
+use super::error::{AttemptTimedOut, DeadlineExceeded};
+use crate::events;
+
+pin_project! {
+    /// Response future of [`Deadline`](super::Deadline).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[derive(Debug)]
+    enum State<F> {
+        // Racing the inner future against the deadline.
+        Limited { #[pin] response: F, #[pin] sleep: Sleep, deadline: Instant },
+        // The request carries no deadline and the layer sets none.
+        Unlimited { #[pin] response: F },
+        // The deadline had passed before the call: the inner service was not called.
+        Expired { deadline: Instant },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(super) fn limited(response: F, deadline: Instant) -> Self {
+        let sleep = tokio::time::sleep_until(deadline);
+        Self {
+            state: State::Limited {
+                response,
+                sleep,
+                deadline,
+            },
+        }
+    }
+
+    pub(super) fn unlimited(response: F) -> Self {
+        Self {
+            state: State::Unlimited { response },
+        }
+    }
+
+    pub(super) fn expired(deadline: Instant) -> Self {
+        Self {
+            state: State::Expired { deadline },
+        }
+    }
+}
+
+fn exceeded(deadline: Instant) -> BoxError {
+    tracing::debug!(target: "rampart::deadline", "deadline exceeded");
+    events::counter("rampart_deadline_exceeded_total", &[], 1);
+    Box::new(DeadlineExceeded::new(deadline))
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Limited {
+                response,
+                sleep,
+                deadline,
+            } => {
+                // The response first: one that is ready as the deadline passes still counts.
+                if let Poll::Ready(result) = response.poll(cx) {
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                match sleep.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(exceeded(*deadline))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            StateProj::Unlimited { response } => response.poll(cx).map_err(Into::into),
+            StateProj::Expired { deadline } => Poll::Ready(Err(exceeded(*deadline))),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`AttemptTimeout`](super::AttemptTimeout).
+    #[derive(Debug)]
+    pub struct AttemptFuture<F> {
+        #[pin]
+        response: F,
+        #[pin]
+        sleep: Sleep,
+        limit: Duration,
+    }
+}
+
+impl<F> AttemptFuture<F> {
+    pub(super) fn new(response: F, limit: Duration) -> Self {
+        Self {
+            response,
+            sleep: tokio::time::sleep(limit),
+            limit,
+        }
+    }
+}
+
+impl<F, T, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.response.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => {
+                let limit_ms = this.limit.as_millis() as u64;
+                tracing::debug!(target: "rampart::deadline", limit_ms, "attempt timed out");
+                events::counter("rampart_attempt_timeouts_total", &[], 1);
+                Poll::Ready(Err(Box::new(AttemptTimedOut::new(*this.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

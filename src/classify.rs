@@ -1,0 +1,232 @@
+//! What a Postgres failure means: SQLSTATE and connection state to [`Classification`].
+//!
+//! Every layer of a rampart stack asks [`PgClassifier`], so retry, the circuit breaker and pool recreation
+//! agree. The mapping:
+//!
+//! | SQLSTATE / condition | meaning | classification |
+//! |---|---|---|
+//! | class `08` (`08000`, `08001`, `08003`, `08004`, `08006`, `08P01`) | connection exception | `Transient` |
+//! | `08007` | transaction resolution unknown | `Ambiguous` |
+//! | `40001`, `40P01` | serialization failure, deadlock detected (the transaction was rolled back) | `Transient` |
+//! | `40003` | statement completion unknown | `Ambiguous` |
+//! | `53300`, `53200` | too many connections, out of memory | `Transient` |
+//! | `55P03` | lock not available (`NOWAIT`, `lock_timeout`) | `Transient` |
+//! | `57014` | query canceled (statement timeout, cancel request): rolled back | `Transient` |
+//! | `57P01`, `57P02`, `57P03`, `57P05` | admin shutdown, crash shutdown, cannot connect now (starting up), idle session timeout | `Transient` |
+//! | `25006` | read-only transaction (a failover left us on a standby) | `Transient` |
+//! | a refused, reset or timed-out **connect** | nothing was sent | `Transient` |
+//! | the connection found closed **before** the request was sent | nothing was sent | `Transient` |
+//! | the connection lost (closed, reset, I/O error) **while** the request was in flight | it may have been applied | `Ambiguous` |
+//! | an attempt timeout or deadline | the statement is cancelled on the server | `Transient` |
+//! | classes `22` (data), `23` (constraint), `42` (syntax, access), `28` (authentication), `3D` (no such database) and every other code | the caller's mistake or a hard failure | `Permanent` |
+//!
+//! `Permanent` errors are never retried and never count against the breaker: a burst of bad SQL does not
+//! take the database "down". `Ambiguous` errors are retried only for requests marked idempotent.
+
+use rampart_layers::Classification;
+use rampart_layers::classify::{Classify, TimeoutsAreTransient};
+use tokio_postgres::error::SqlState;
+
+use crate::error::{Error, ErrorKind};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The classification of a SQLSTATE (see the table in the [module docs](self)).
+pub fn classify_sqlstate(code: &SqlState) -> Classification {
+    let code = code.code();
+    match code {
+        "08007" | "40003" => Classification::Ambiguous,
+        "40001" | "40P01" | "53300" | "53200" | "55P03" | "57014" | "57P01" | "57P02" | "57P03"
+        | "57P05" | "25006" => Classification::Transient,
+        _ if code.starts_with("08") => Classification::Transient,
+        _ => Classification::Permanent,
+    }
+}
+
+/// Where in a request's life a tokio-postgres error happened; decides whether a lost connection leaves
+/// the outcome unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Making a connection: nothing was sent.
+    Connect,
+    /// The connection was already closed before the request was written: nothing was sent.
+    BeforeSend,
+    /// The request was (or may have been) written to the server.
+    InFlight,
+    /// Inside a transaction that has not been committed: if the link is lost, the server rolls it back,
+    /// so nothing was applied.
+    InTransaction,
+}
+
+/// Converts a tokio-postgres error into a classified [`Error`]. `server` is the redacted address.
+pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) -> Error {
+    if let Some(code) = err.code().cloned() {
+        let class = classify_sqlstate(&code);
+        let message = match err.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => err.to_string(),
+        };
+        let kind = if stage == Stage::Connect {
+            ErrorKind::Connect
+        } else {
+            ErrorKind::Db
+        };
+        let message = if stage == Stage::Connect {
+            format!("could not connect to {server}: {message}")
+        } else {
+            message
+        };
+        return Error::new(kind, class, message)
+            .with_code(code)
+            .with_source(err);
+    }
+    match stage {
+        Stage::Connect => Error::new(
+            ErrorKind::Connect,
+            Classification::Transient,
+            format!("could not connect to {server}: {}", describe_io(&err)),
+        )
+        .with_source(err),
+        Stage::BeforeSend => Error::new(
+            ErrorKind::ConnectionLost,
+            Classification::Transient,
+            format!("connection to {server} was closed before the request was sent"),
+        )
+        .with_source(err),
+        Stage::InTransaction => Error::new(
+            ErrorKind::ConnectionLost,
+            Classification::Transient,
+            format!(
+                "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {}",
+                describe_io(&err)
+            ),
+        )
+        .with_source(err),
+        Stage::InFlight => Error::new(
+            ErrorKind::ConnectionLost,
+            Classification::Ambiguous,
+            format!("connection to {server} was lost while the request was in flight: {}", describe_io(&err)),
+        )
+        .with_source(err),
+    }
+}
+
+/// The error for a connection found closed before the request was written: nothing was sent.
+pub(crate) fn closed_before_send(server: &str) -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        Classification::Transient,
+        format!("connection to {server} was closed before the request was sent"),
+    )
+}
+
+/// The most telling part of a tokio-postgres error: its I/O cause where there is one.
+fn describe_io(err: &tokio_postgres::Error) -> String {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.to_string();
+        }
+        source = s.source();
+    }
+    err.to_string()
+}
+
+/// The classifier for rampart's Postgres services and stacks.
+///
+/// It reads the classification a [`rampart::Error`](Error) carries (decided from the SQLSTATE and the
+/// stage the request had reached), and for stacks whose error is `BoxError` it finds a `rampart::Error`
+/// or a timeout in the error chain. Anything it cannot identify is `Permanent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgClassifier;
+
+impl<Res> Classify<Res, Error> for PgClassifier {
+    fn classify_error(&self, error: &Error) -> Classification {
+        error.classification()
+    }
+}
+
+impl<Res> Classify<Res, BoxError> for PgClassifier {
+    fn classify_error(&self, error: &BoxError) -> Classification {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        while let Some(err) = current {
+            if let Some(pg) = err.downcast_ref::<Error>() {
+                return pg.classification();
+            }
+            if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+                return match pg.code() {
+                    Some(code) => classify_sqlstate(code),
+                    None => Classification::Ambiguous,
+                };
+            }
+            current = err.source();
+        }
+        Classify::<Res, BoxError>::classify_error(&TimeoutsAreTransient, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_table() {
+        let cases = [
+            ("08000", Classification::Transient),
+            ("08001", Classification::Transient),
+            ("08003", Classification::Transient),
+            ("08006", Classification::Transient),
+            ("08007", Classification::Ambiguous),
+            ("40001", Classification::Transient),
+            ("40P01", Classification::Transient),
+            ("40003", Classification::Ambiguous),
+            ("53300", Classification::Transient),
+            ("55P03", Classification::Transient),
+            ("57014", Classification::Transient),
+            ("57P01", Classification::Transient),
+            ("57P02", Classification::Transient),
+            ("57P03", Classification::Transient),
+            ("57P05", Classification::Transient),
+            ("25006", Classification::Transient),
+            ("42601", Classification::Permanent),
+            ("42P01", Classification::Permanent),
+            ("23505", Classification::Permanent),
+            ("22P02", Classification::Permanent),
+            ("22012", Classification::Permanent),
+            ("28P01", Classification::Permanent),
+            ("3D000", Classification::Permanent),
+            ("53100", Classification::Permanent),
+            ("XX000", Classification::Permanent),
+        ];
+        for (code, want) in cases {
+            assert_eq!(
+                classify_sqlstate(&SqlState::from_code(code)),
+                want,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn box_errors_are_classified_through_the_chain() {
+        let lost: BoxError = Box::new(Error::new(
+            ErrorKind::ConnectionLost,
+            Classification::Ambiguous,
+            "lost",
+        ));
+        assert_eq!(
+            Classify::<(), BoxError>::classify_error(&PgClassifier, &lost),
+            Classification::Ambiguous
+        );
+        let timeout: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(
+            Classify::<(), BoxError>::classify_error(&PgClassifier, &timeout),
+            Classification::Transient
+        );
+        let unknown: BoxError = "what is this".into();
+        assert_eq!(
+            Classify::<(), BoxError>::classify_error(&PgClassifier, &unknown),
+            Classification::Permanent
+        );
+    }
+}

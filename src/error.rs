@@ -1,0 +1,215 @@
+//! Errors: one type for everything a query can meet, keeping its cause, SQLSTATE and classification.
+
+use std::fmt;
+use std::time::Duration;
+
+use rampart_layers::Classification;
+use tokio_postgres::error::SqlState;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A setting that cannot work, found when the configuration is built. Names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the offending setting (`url`, `max_size`, ...).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What kind of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server answered with an error; [`Error::code`] has its SQLSTATE.
+    Db,
+    /// A connection could not be made: refused, unreachable, TLS, authentication, or the connect timeout.
+    Connect,
+    /// The connection broke (closed, reset, I/O error) while the request used it.
+    ConnectionLost,
+    /// No pooled connection became free within the checkout wait timeout.
+    PoolExhausted,
+    /// The pool is closed: the service is shutting down.
+    PoolClosed,
+    /// One attempt took longer than the per-attempt timeout.
+    Timeout,
+    /// The request's overall deadline passed.
+    DeadlineExceeded,
+    /// The circuit breaker is open: the database is failing and calls are refused without trying.
+    CircuitOpen,
+    /// The retry budget or attempt limit ran out; the cause is the last attempt's error.
+    RetriesExhausted,
+    /// Anything else.
+    Other,
+}
+
+impl ErrorKind {
+    /// A short stable name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Db => "db",
+            ErrorKind::Connect => "connect",
+            ErrorKind::ConnectionLost => "connection_lost",
+            ErrorKind::PoolExhausted => "pool_exhausted",
+            ErrorKind::PoolClosed => "pool_closed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+/// The error of every rampart Postgres service and stack.
+///
+/// It keeps the underlying cause ([`source`](std::error::Error::source)), the SQLSTATE of a server error,
+/// and how the failure is [classified](Error::classification). `Display` never includes a password.
+/// [`Error::is_outcome_unknown`] tells the caller that a write may or may not have been applied.
+pub struct Error {
+    kind: ErrorKind,
+    classification: Classification,
+    message: String,
+    code: Option<SqlState>,
+    retry_in: Option<Duration>,
+    attempts: Option<u32>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(
+        kind: ErrorKind,
+        classification: Classification,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            classification,
+            message: message.into(),
+            code: None,
+            retry_in: None,
+            attempts: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn with_code(mut self, code: SqlState) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub(crate) fn with_retry_in(mut self, retry_in: Duration) -> Self {
+        self.retry_in = Some(retry_in);
+        self
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = Some(attempts);
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether sending the request again may help, and whether it may already have taken effect.
+    pub fn classification(&self) -> Classification {
+        self.classification
+    }
+
+    /// `true` when the request may or may not have taken effect (the connection was lost while it was in
+    /// flight, or the server said so with 08007/40003). Such a write is never replayed unless the request
+    /// was marked idempotent.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.classification == Classification::Ambiguous
+    }
+
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&SqlState> {
+        self.code.as_ref()
+    }
+
+    /// For [`ErrorKind::CircuitOpen`]: how long until the breaker lets a probe through.
+    pub fn retry_in(&self) -> Option<Duration> {
+        self.retry_in
+    }
+
+    /// How many attempts were made, when a retry layer gave up.
+    pub fn attempts(&self) -> Option<u32> {
+        self.attempts
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind)
+            .field("classification", &self.classification)
+            .field("message", &self.message);
+        if let Some(code) = &self.code {
+            d.field("code", &code.code());
+        }
+        if let Some(attempts) = self.attempts {
+            d.field("attempts", &attempts);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", &source.to_string());
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " (SQLSTATE {})", code.code())?;
+        }
+        if let Some(attempts) = self.attempts {
+            write!(f, " after {attempts} attempts")?;
+        }
+        if self.is_outcome_unknown() {
+            f.write_str("; the outcome is unknown: the request may or may not have been applied")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

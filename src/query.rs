@@ -1,0 +1,188 @@
+//! Requests and responses of [`PgService`](crate::PgService).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_layers::classify::Idempotence;
+use rampart_layers::deadline::Deadlined;
+use tokio::time::Instant;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+/// A bound parameter: any `ToSql` value, shared so that cloning a query for a retry copies no data.
+pub type Param = Arc<dyn ToSql + Send + Sync>;
+
+/// One SQL statement with its parameters, whether replaying it is harmless, and its deadline.
+///
+/// Cloning is cheap (two reference counts), so retry layers clone it per attempt.
+///
+/// The safe choice is the default: [`Query::write`] (and [`Query::new`]) is **not** idempotent, so after
+/// a connection is lost mid-statement it is reported as "outcome unknown" rather than replayed. Mark it
+/// idempotent when a replay is harmless: [`Query::read`] for statements that change nothing,
+/// [`Query::idempotent`] for writes that are naturally idempotent (`UPDATE ... SET x = 5`), or
+/// [`Query::idempotency_key`] for inserts deduplicated by a key (`ON CONFLICT (key) DO NOTHING`).
+///
+/// ```
+/// use rampart::Query;
+///
+/// let signup = Query::write("INSERT INTO users (email, request_id) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING")
+///     .bind("ada@example.com")
+///     .bind("req-7f3a")
+///     .idempotency_key("req-7f3a");
+/// assert!(signup.is_idempotent());
+/// assert!(!rampart::Query::write("INSERT INTO audit DEFAULT VALUES").is_idempotent());
+/// ```
+#[derive(Clone)]
+pub struct Query {
+    sql: Arc<str>,
+    params: Arc<Vec<Param>>,
+    idempotent: bool,
+    idempotency_key: Option<Arc<str>>,
+    deadline: Option<Instant>,
+}
+
+impl fmt::Debug for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parameters may hold personal data or secrets: show how many, not what.
+        f.debug_struct("Query")
+            .field("sql", &self.sql)
+            .field("params", &self.params.len())
+            .field("idempotent", &self.idempotent)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl Query {
+    /// A statement that is not idempotent (the safe default).
+    pub fn new(sql: impl Into<Arc<str>>) -> Self {
+        Self {
+            sql: sql.into(),
+            params: Arc::new(Vec::new()),
+            idempotent: false,
+            idempotency_key: None,
+            deadline: None,
+        }
+    }
+
+    /// A statement that changes nothing (a `SELECT`): replaying it is harmless, so it is idempotent.
+    pub fn read(sql: impl Into<Arc<str>>) -> Self {
+        Self::new(sql).idempotent()
+    }
+
+    /// A statement that changes data and is not idempotent: never replayed after an unknown outcome.
+    pub fn write(sql: impl Into<Arc<str>>) -> Self {
+        Self::new(sql)
+    }
+
+    /// Binds the next parameter (`$1`, `$2`, ... in order).
+    pub fn bind<T: ToSql + Send + Sync + 'static>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.params).push(Arc::new(value));
+        self
+    }
+
+    /// Binds an already shared parameter.
+    pub fn bind_param(mut self, value: Param) -> Self {
+        Arc::make_mut(&mut self.params).push(value);
+        self
+    }
+
+    /// Declares that running this statement twice has the same effect as once.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Declares that the statement is deduplicated by `key` (for example an `ON CONFLICT (request_id) DO
+    /// NOTHING` insert binding the key), so replaying it is harmless. The key is shown in logs; the
+    /// statement itself must use it — rampart cannot check that.
+    pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self.idempotent = true;
+        self
+    }
+
+    /// Gives the query an overall deadline `timeout` from now (a [`DeadlineLayer`] further out may set an
+    /// earlier one). The service pushes what is left of it down as `statement_timeout`.
+    ///
+    /// [`DeadlineLayer`]: rampart_layers::deadline::DeadlineLayer
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(Instant::now() + timeout);
+        self
+    }
+
+    /// The SQL text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The bound parameters.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Whether replaying this query is harmless.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// The idempotency key, if one was given.
+    pub fn key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+}
+
+impl Idempotence for Query {
+    fn is_idempotent(&self) -> bool {
+        self.idempotent
+    }
+}
+
+impl Deadlined for Query {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+}
+
+/// What a statement returned: its rows (empty for statements without `RETURNING`) and the number of
+/// rows it affected.
+#[derive(Debug, Default)]
+pub struct Response {
+    rows: Vec<Row>,
+    rows_affected: u64,
+}
+
+impl Response {
+    pub(crate) fn new(rows: Vec<Row>, rows_affected: u64) -> Self {
+        Self {
+            rows,
+            rows_affected,
+        }
+    }
+
+    /// The rows returned.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// The rows returned, owned.
+    pub fn into_rows(self) -> Vec<Row> {
+        self.rows
+    }
+
+    /// The first row, if any.
+    pub fn first(&self) -> Option<&Row> {
+        self.rows.first()
+    }
+
+    /// Rows inserted, updated, deleted, or selected, as the server's command tag says.
+    pub fn rows_affected(&self) -> u64 {
+        self.rows_affected
+    }
+}

@@ -1,0 +1,450 @@
+//! Ready-made stacks: from a URL to a resilient query service in three lines.
+//!
+//! ```no_run
+//! use rampart::{Query, Stack};
+//! use tower::ServiceExt;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = Stack::serverless(&std::env::var("DATABASE_URL")?).build()?;
+//! let row = db.clone().oneshot(Query::read("SELECT now()::text")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A request goes through, outermost first:
+//!
+//! ```text
+//! Deadline ─► Retry ─► CircuitBreaker ─► AttemptTimeout ─► Recreate ─► PgService ─► Pool (validation at checkout)
+//! ```
+//!
+//! - **Deadline** (overall, carried across retries and pushed down to the server as `statement_timeout`);
+//! - **Retry**: exponential backoff with full jitter, a retry budget (20% of recent requests plus 10 a
+//!   second) so stacked retries can't multiply load, `Ambiguous` failures retried only for idempotent
+//!   requests;
+//! - **CircuitBreaker**: opens when the database keeps failing, so callers fail fast instead of queueing
+//!   behind a dead server; counts only transient failures and timeouts, never bad SQL;
+//! - **AttemptTimeout**: no single attempt may hang (a black-holed link, a peer that acknowledges and never
+//!   answers); the connection of a timed-out attempt is cancelled on the server and discarded;
+//! - **Recreate**: after consecutive connection-level failures the whole pool is rebuilt in the background,
+//!   once per burst;
+//! - **the pool** validates a connection idle past the bypass window before handing it out.
+//!
+//! Defaults, on by default because a hung query is the failure a stack must never allow:
+//!
+//! | setting | [`Stack::server`] | [`Stack::serverless`] |
+//! |---|---|---|
+//! | overall deadline | 10 s | 30 s (a cold start can take seconds) |
+//! | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
+//! | attempts | 4 | 4 |
+//! | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
+//! | breaker | opens at 50% failures over the last 20 calls (min 10), 5 s open, doubling to 60 s | same, named after the server |
+//! | recreate | after 8 consecutive connection failures | same |
+//!
+//! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rampart_layers::Classification;
+use rampart_layers::breaker::{
+    BreakerConfig, BreakerHandle, CircuitBreakerLayer, CircuitOpen, SlidingWindow,
+};
+use rampart_layers::classify::{Classify, classify_fn};
+use rampart_layers::deadline::{
+    AttemptTimedOut, AttemptTimeoutLayer, DeadlineExceeded, DeadlineLayer,
+};
+use rampart_layers::recreate::{RecreateConfig, RecreateLayer};
+use rampart_layers::retry::backoff::{Exponential, Jitter};
+use rampart_layers::retry::{RetryBudget, RetryError, RetryLayer, RetryPolicy};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+use crate::classify::PgClassifier;
+use crate::config::{PgConfig, Preset};
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::health::{HealthReport, Tracker};
+use crate::pool::{Pool, PoolConfig};
+use crate::query::{Query, Response};
+use crate::service::PgService;
+
+/// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
+/// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
+#[derive(Clone)]
+pub struct StackBuilder {
+    pg: Result<PgConfig, ConfigError>,
+    pool: PoolConfig,
+    deadline: Duration,
+    attempt_timeout: Duration,
+    max_attempts: u32,
+    schedule: Exponential,
+    budget: Option<(Duration, u32, f32)>,
+    breaker: Option<BreakerConfig>,
+    recreate_after: Option<u32>,
+}
+
+impl fmt::Debug for StackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("pg", &self.pg)
+            .field("pool", &self.pool)
+            .field("deadline", &self.deadline)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entry points for the ready-made stacks.
+#[derive(Debug)]
+pub struct Stack;
+
+impl Stack {
+    /// The stack for an always-on server (see the table in the [module docs](self)).
+    pub fn server(url: &str) -> StackBuilder {
+        StackBuilder::new(PgConfig::server(url))
+    }
+
+    /// The stack for a serverless host that suspends when idle (Neon and the like).
+    pub fn serverless(url: &str) -> StackBuilder {
+        StackBuilder::new(PgConfig::serverless(url))
+    }
+
+    /// The stack for connection settings you built yourself; defaults follow the settings' preset.
+    pub fn with_config(config: PgConfig) -> StackBuilder {
+        StackBuilder::new(Ok(config))
+    }
+}
+
+fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
+    Exponential::builder()
+        .base_delay(Duration::from_millis(base_ms))
+        .multiplier(2.0)
+        .max_delay(Duration::from_millis(max_ms))
+        .jitter(Jitter::Full)
+        .build()
+        .expect("constant schedule is valid")
+}
+
+impl StackBuilder {
+    fn new(pg: Result<PgConfig, ConfigError>) -> Self {
+        let serverless = pg.as_ref().is_ok_and(|c| c.preset() == Preset::Serverless);
+        let (deadline, attempt, schedule) = if serverless {
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(15),
+                exponential(100, 5_000),
+            )
+        } else {
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(3),
+                exponential(50, 2_000),
+            )
+        };
+        let breaker = BreakerConfig::builder()
+            .name(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default())
+            .failure_rate(0.5)
+            .sliding_window(SlidingWindow::Count(20))
+            .minimum_calls(10)
+            .wait_in_open(Duration::from_secs(5))
+            .wait_multiplier(2.0)
+            .max_wait_in_open(Duration::from_secs(60))
+            .half_open_calls(3)
+            .build()
+            .ok();
+        StackBuilder {
+            pg,
+            pool: PoolConfig::default(),
+            deadline,
+            attempt_timeout: attempt,
+            max_attempts: 4,
+            schedule,
+            budget: Some((Duration::from_secs(10), 10, 0.2)),
+            breaker,
+            recreate_after: Some(8),
+        }
+    }
+
+    /// Pool settings.
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The overall deadline of a request, across all its attempts. A request may carry an earlier one
+    /// ([`Query::timeout`]).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// How long one attempt may take.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// How many attempts a request gets in all (1 turns retry off).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The wait between attempts.
+    pub fn backoff(mut self, schedule: Exponential) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The retry budget: retries may be at most `ratio` of the requests of the last `window`, plus
+    /// `min_per_second`. `None` removes it (not recommended: stacked retries then multiply).
+    pub fn retry_budget(mut self, budget: Option<(Duration, u32, f32)>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The circuit breaker's settings; `None` leaves it out.
+    pub fn breaker(mut self, config: Option<BreakerConfig>) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Rebuild the pool after this many consecutive connection-level failures; `None` never rebuilds.
+    pub fn recreate_after(mut self, failures: Option<u32>) -> Self {
+        self.recreate_after = failures;
+        self
+    }
+
+    /// Builds the stack. Nothing connects yet: the first request opens the first connection. Must be
+    /// called within a Tokio runtime. Every bad setting is a [`ConfigError`] naming it.
+    pub fn build(self) -> Result<Db, ConfigError> {
+        let pg = self.pg?;
+        if self.deadline.is_zero() {
+            return Err(ConfigError::new("deadline", "must be greater than zero"));
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "attempt_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.attempt_timeout > self.deadline {
+            return Err(ConfigError::new(
+                "attempt_timeout",
+                "must not exceed the deadline",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts", "must be at least 1"));
+        }
+        let mut policy = RetryPolicy::builder()
+            .max_attempts(self.max_attempts)
+            .schedule(self.schedule)
+            .classifier(PgClassifier);
+        if let Some((window, min, ratio)) = self.budget {
+            let budget = RetryBudget::builder()
+                .window(window)
+                .min_retries_per_second(min)
+                .retry_ratio(ratio)
+                .build()
+                .map_err(|e| ConfigError::new("retry_budget", e.to_string()))?;
+            policy = policy.budget(budget);
+        }
+        let policy = policy
+            .build()
+            .map_err(|e| ConfigError::new("retry", e.to_string()))?;
+
+        let pool = Pool::new(pg.clone(), self.pool.clone())?;
+        // One tracker for the whole stack: errors made by the layers (a deadline, an open breaker) count
+        // for health as much as those of the service, and it survives a rebuilt pool.
+        let tracker = Arc::new(Tracker::default());
+        let current = Arc::new(Mutex::new(PgService::with_tracker(pool, tracker.clone())));
+        let service = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+        let recreate = match self.recreate_after {
+            Some(threshold) => Some(
+                RecreateConfig::builder()
+                    .failure_threshold(threshold)
+                    .build()
+                    .map_err(|e| ConfigError::new("recreate_after", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let factory = {
+            let current = current.clone();
+            let pool_config = self.pool.clone();
+            let tracker = tracker.clone();
+            tower::service_fn(move |()| {
+                let current = current.clone();
+                let tracker = tracker.clone();
+                let built = Pool::new(pg.clone(), pool_config.clone())
+                    .map(|pool| PgService::with_tracker(pool, tracker));
+                async move {
+                    let service = built.map_err(|e| -> BoxError { Box::new(e) })?;
+                    *current.lock().unwrap_or_else(|p| p.into_inner()) = service.clone();
+                    Ok::<_, BoxError>(boxed_errors(service))
+                }
+            })
+        };
+
+        let breaker_layer = self
+            .breaker
+            .map(|c| CircuitBreakerLayer::new(c).with_classifier(PgClassifier));
+        let breaker = breaker_layer.as_ref().map(|l| l.handle());
+        let recreate_layer =
+            recreate.map(|c| RecreateLayer::new(factory, c, connection_failures()));
+
+        let inner = ServiceBuilder::new()
+            .map_result(move |result: Result<Response, Error>| {
+                match &result {
+                    Ok(_) => tracker.success(),
+                    Err(e) => tracker.error(e),
+                }
+                result
+            })
+            .map_err(into_error)
+            .layer(DeadlineLayer::new(self.deadline))
+            .layer(RetryLayer::new(policy))
+            .option_layer(breaker_layer)
+            .layer(AttemptTimeoutLayer::new(self.attempt_timeout))
+            .map_err(Into::<BoxError>::into)
+            .option_layer(recreate_layer)
+            .service(boxed_errors(service));
+        Ok(Db {
+            inner: BoxCloneSyncService::new(inner),
+            current,
+            breaker,
+        })
+    }
+}
+
+type BoxedErrors = tower::util::MapErr<PgService, fn(Error) -> BoxError>;
+
+/// The service with its errors boxed, as the layers above it return theirs (a named type, so the
+/// recreate factory can produce it too).
+fn boxed_errors(service: PgService) -> BoxedErrors {
+    service.map_err(|e: Error| -> BoxError { Box::new(e) })
+}
+
+/// What counts toward rebuilding the pool: only failures of the connection itself.
+fn connection_failures() -> impl Classify<Response, BoxError> + Clone {
+    classify_fn(|err: &BoxError| match err.downcast_ref::<Error>() {
+        Some(e)
+            if matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Connect)
+                && e.classification() != Classification::Permanent =>
+        {
+            Classification::Transient
+        }
+        _ => Classification::Permanent,
+    })
+}
+
+/// Turns whatever a layer returned into a [`rampart::Error`](Error).
+fn into_error(err: BoxError) -> Error {
+    let err = match err.downcast::<RetryError>() {
+        Ok(retry) => {
+            let attempts = retry.attempts();
+            let cause = into_error(retry.into_cause());
+            return if attempts > 1 {
+                cause.with_attempts(attempts)
+            } else {
+                cause
+            };
+        }
+        Err(err) => err,
+    };
+    let err = match err.downcast::<Error>() {
+        Ok(e) => return *e,
+        Err(err) => err,
+    };
+    if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+        let e = Error::new(
+            ErrorKind::CircuitOpen,
+            Classification::Permanent,
+            open.to_string(),
+        );
+        return match open.retry_after() {
+            Some(after) => e.with_retry_in(after),
+            None => e,
+        };
+    }
+    if err.is::<AttemptTimedOut>() {
+        return Error::new(
+            ErrorKind::Timeout,
+            Classification::Transient,
+            err.to_string(),
+        )
+        .with_source(err);
+    }
+    if err.is::<DeadlineExceeded>() {
+        return Error::new(
+            ErrorKind::DeadlineExceeded,
+            Classification::Transient,
+            err.to_string(),
+        )
+        .with_source(err);
+    }
+    Error::new(ErrorKind::Other, Classification::Permanent, err.to_string()).with_source(err)
+}
+
+/// The ready-made stack: a cloneable `tower::Service<Query>` whose every error is a [`rampart::Error`](Error).
+#[derive(Clone)]
+pub struct Db {
+    inner: BoxCloneSyncService<Query, Response, Error>,
+    current: Arc<Mutex<PgService>>,
+    breaker: Option<BreakerHandle>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("service", &self.service())
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+impl Db {
+    /// The Postgres service at the bottom of the stack (the current one, if the pool was rebuilt).
+    pub fn service(&self) -> PgService {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current pool.
+    pub fn pool(&self) -> Pool {
+        self.service().pool().clone()
+    }
+
+    /// The circuit breaker's handle (to read its state or force it), if the stack has one.
+    pub fn breaker(&self) -> Option<&BreakerHandle> {
+        self.breaker.as_ref()
+    }
+
+    /// A health report; with `probe`, also times a `SELECT 1` bounded by it.
+    pub async fn health(&self, probe: Option<Duration>) -> HealthReport {
+        HealthReport::gather(&self.service(), self.breaker.as_ref(), probe).await
+    }
+
+    /// Runs one query through the stack.
+    pub async fn run(&self, query: Query) -> Result<Response, Error> {
+        self.clone().oneshot(query).await
+    }
+}
+
+impl tower::Service<Query> for Db {
+    type Response = Response;
+    type Error = Error;
+    type Future = <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, query: Query) -> Self::Future {
+        self.inner.call(query)
+    }
+}
