@@ -21,7 +21,9 @@
 //!   second) so stacked retries can't multiply load, `Ambiguous` failures retried only for idempotent
 //!   requests;
 //! - **CircuitBreaker**: opens when the database keeps failing, so callers fail fast instead of queueing
-//!   behind a dead server; counts only transient failures and timeouts, never bad SQL;
+//!   behind a dead server; counts transient failures and timeouts, never bad SQL, and never a lost
+//!   pooled link (that is the connection failing, not the database; see `BreakerClassifier`). Judged over
+//!   a 10 s window rather than the last few calls, so a sub-second restart under load does not open it;
 //! - **AttemptTimeout**: no single attempt may hang (a black-holed link, a peer that acknowledges and never
 //!   answers); the connection of a timed-out attempt is cancelled on the server and discarded;
 //! - **Recreate**: after consecutive connection-level failures the whole pool is rebuilt in the background,
@@ -36,7 +38,7 @@
 //! | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
 //! | attempts | 4 | 4 |
 //! | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
-//! | breaker | opens at 50% failures over the last 20 calls (min 10), 5 s open, doubling to 60 s | same, named after the server |
+//! | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
 //! | recreate | after 8 consecutive connection failures | same |
 //!
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
@@ -54,10 +56,10 @@ use rampart_layers::classify::{Classify, classify_fn};
 use rampart_layers::deadline::{
     AttemptTimedOut, AttemptTimeoutLayer, DeadlineExceeded, DeadlineLayer,
 };
-use rampart_layers::recreate::{RecreateConfig, RecreateLayer};
+use rampart_layers::recreate::{Recreate, RecreateConfig};
 use rampart_layers::retry::backoff::{Exponential, Jitter};
 use rampart_layers::retry::{RetryBudget, RetryError, RetryLayer, RetryPolicy};
-use tower::util::BoxCloneSyncService;
+use tower::util::{BoxCloneSyncService, Either};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use crate::classify::PgClassifier;
@@ -145,14 +147,14 @@ impl StackBuilder {
         let breaker = BreakerConfig::builder()
             .name(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default())
             .failure_rate(0.5)
-            .sliding_window(SlidingWindow::Count(20))
-            .minimum_calls(10)
-            .wait_in_open(Duration::from_secs(5))
+            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
+            .minimum_calls(20)
+            .wait_in_open(Duration::from_secs(2))
             .wait_multiplier(2.0)
-            .max_wait_in_open(Duration::from_secs(60))
+            .max_wait_in_open(Duration::from_secs(30))
             .half_open_calls(3)
             .build()
-            .ok();
+            .expect("constant breaker settings are valid");
         StackBuilder {
             pg,
             pool: PoolConfig::default(),
@@ -161,7 +163,7 @@ impl StackBuilder {
             max_attempts: 4,
             schedule,
             budget: Some((Duration::from_secs(10), 10, 0.2)),
-            breaker,
+            breaker: Some(breaker),
             recreate_after: Some(8),
         }
     }
@@ -290,10 +292,22 @@ impl StackBuilder {
 
         let breaker_layer = self
             .breaker
-            .map(|c| CircuitBreakerLayer::new(c).with_classifier(PgClassifier));
+            .map(|c| CircuitBreakerLayer::new(c).with_classifier(BreakerClassifier));
         let breaker = breaker_layer.as_ref().map(|l| l.handle());
-        let recreate_layer =
-            recreate.map(|c| RecreateLayer::new(factory, c, connection_failures()));
+        let bottom = boxed_errors(service);
+        let (bottom, rebuilds): (Either<_, BoxedErrors>, Arc<dyn Fn() -> u64 + Send + Sync>) =
+            match recreate {
+                Some(config) => {
+                    let recreate =
+                        Recreate::with_classifier(bottom, factory, config, connection_failures());
+                    let handle = recreate.handle();
+                    (
+                        Either::Left(recreate),
+                        Arc::new(move || handle.generation()),
+                    )
+                }
+                None => (Either::Right(bottom), Arc::new(|| 0)),
+            };
 
         let inner = ServiceBuilder::new()
             .map_result(move |result: Result<Response, Error>| {
@@ -309,12 +323,12 @@ impl StackBuilder {
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout))
             .map_err(Into::<BoxError>::into)
-            .option_layer(recreate_layer)
-            .service(boxed_errors(service));
+            .service(bottom);
         Ok(Db {
             inner: BoxCloneSyncService::new(inner),
             current,
             breaker,
+            rebuilds,
         })
     }
 }
@@ -325,6 +339,23 @@ type BoxedErrors = tower::util::MapErr<PgService, fn(Error) -> BoxError>;
 /// recreate factory can produce it too).
 fn boxed_errors(service: PgService) -> BoxedErrors {
     service.map_err(|e: Error| -> BoxError { Box::new(e) })
+}
+
+/// What the breaker counts: what [`PgClassifier`] calls a failure of the database, except a connection
+/// lost on a pooled link. A lost link says that *connection* failed (a middlebox forgot it, the server
+/// closed it), not that the database is down: the retry's fresh connection answers that, and if the
+/// database is really down, its connect failures and timeouts are counted. Counting lost links would
+/// let one burst of stale connections open the breaker in front of a healthy database.
+#[derive(Debug, Clone, Copy)]
+struct BreakerClassifier;
+
+impl Classify<Response, BoxError> for BreakerClassifier {
+    fn classify_error(&self, err: &BoxError) -> Classification {
+        match err.downcast_ref::<Error>() {
+            Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Permanent,
+            _ => Classify::<Response, BoxError>::classify_error(&PgClassifier, err),
+        }
+    }
 }
 
 /// What counts toward rebuilding the pool: only failures of the connection itself.
@@ -394,6 +425,7 @@ pub struct Db {
     inner: BoxCloneSyncService<Query, Response, Error>,
     current: Arc<Mutex<PgService>>,
     breaker: Option<BreakerHandle>,
+    rebuilds: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl fmt::Debug for Db {
@@ -422,6 +454,11 @@ impl Db {
     /// The circuit breaker's handle (to read its state or force it), if the stack has one.
     pub fn breaker(&self) -> Option<&BreakerHandle> {
         self.breaker.as_ref()
+    }
+
+    /// How many times the pool has been rebuilt after consecutive connection failures.
+    pub fn pool_rebuilds(&self) -> u64 {
+        (self.rebuilds)()
     }
 
     /// A health report; with `probe`, also times a `SELECT 1` bounded by it.

@@ -1,0 +1,361 @@
+//! S15 bad configuration, S16 secrets, S17 caller gives up, S18 load during a restart, S19 retry amplification.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart::layers::retry::backoff::{Exponential, Jitter};
+use rampart::layers::retry::{RetryBudget, RetryLayer, RetryPolicy};
+use rampart::testing::{Cluster, Fault, FaultProxy};
+use rampart::{ErrorKind, PgClassifier, PgConfig, Query, Stack};
+use tower::ServiceExt;
+
+use crate::support::*;
+
+#[test]
+fn s15_bad_configuration_is_a_typed_error_naming_the_field() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let field = |r: Result<rampart::Db, rampart::ConfigError>| r.unwrap_err().field();
+    assert_eq!(field(Stack::server("definitely not a url").build()), "url");
+    assert_eq!(field(Stack::server("mysql://u:pw@host/db").build()), "url");
+    assert_eq!(
+        field(Stack::server("postgres://u@h/db").max_attempts(0).build()),
+        "max_attempts"
+    );
+    assert_eq!(
+        field(
+            Stack::server("postgres://u@h/db")
+                .pool(rampart::PoolConfig::default())
+                .deadline(Duration::ZERO)
+                .build()
+        ),
+        "deadline"
+    );
+    assert_eq!(
+        rampart::PoolConfig::builder()
+            .max_size(0)
+            .build()
+            .unwrap_err()
+            .field(),
+        "max_size"
+    );
+    let backoff = Exponential::builder()
+        .base_delay(Duration::from_secs(10))
+        .max_delay(Duration::from_secs(1))
+        .build();
+    let backoff_field = backoff.unwrap_err().field();
+    assert!(
+        backoff_field == "base_delay" || backoff_field == "max_delay",
+        "{backoff_field}"
+    );
+    assert!(PgConfig::from_url("postgres://u@h/db?sslmode=sometimes").is_err());
+    report(
+        "S15",
+        "invalid URL, zero attempts, zero deadline, zero pool size, base delay above max: each a typed error naming its field",
+        "-",
+    );
+}
+
+/// A `tracing` writer into a shared buffer, to read what was logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn s16_secrets_never_show() {
+    let secret = "s16-Pa55word";
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let cluster = Cluster::builder().password(secret).start().await.unwrap();
+    let good = Stack::server(&cluster.url()).build().unwrap();
+    good.run(Query::read("SELECT 1")).await.unwrap();
+    let wrong_url = format!(
+        "postgres://postgres:{secret}-wrong@{}/postgres",
+        cluster.addr()
+    );
+    let bad = Stack::server(&wrong_url).build().unwrap();
+    let err = bad.run(Query::read("SELECT 1")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect);
+
+    let health = serde_json::to_string(&good.health(Some(Duration::from_secs(1))).await).unwrap();
+    let bad_health = serde_json::to_string(&bad.health(None).await).unwrap();
+    let config = PgConfig::from_url(&wrong_url).unwrap();
+    let shown = [
+        format!("{err}"),
+        format!("{err:?}"),
+        format!("{good:?}"),
+        format!("{bad:?}"),
+        format!("{config}"),
+        format!("{config:?}"),
+        health.clone(),
+        bad_health,
+        String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned(),
+    ];
+    for text in &shown {
+        assert!(!text.contains(secret), "the password leaked: {text}");
+    }
+    assert!(
+        health.contains("postgres:***@"),
+        "the server is still named: {health}"
+    );
+    assert!(
+        !logs.0.lock().unwrap().is_empty(),
+        "something was logged (and checked)"
+    );
+    report(
+        "S16",
+        "no password in Display, Debug, logs (TRACE) or the health document",
+        "-",
+    );
+}
+
+#[tokio::test]
+async fn s17_caller_gives_up() {
+    let cluster = Cluster::new().await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    proxy.set_fault(Fault::Refuse);
+    until("the proxy refuses", || {
+        std::net::TcpStream::connect(proxy.addr()).is_err()
+    })
+    .await;
+    let slow_backoff = Exponential::builder()
+        .base_delay(Duration::from_millis(400))
+        .max_delay(Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let db = stack(&proxy.url(&cluster))
+        .max_attempts(5)
+        .backoff(slow_backoff)
+        .breaker(None)
+        .build()
+        .unwrap();
+
+    // Dropped during the backoff sleep: no further attempt.
+    let call = Box::pin(db.run(Query::read("SELECT 1")));
+    let mut call = Some(call);
+    until("the first attempt failed", || {
+        if let Some(c) = call.as_mut() {
+            let waker = futures_util::task::noop_waker();
+            let _ = c.as_mut().poll(&mut std::task::Context::from_waker(&waker));
+        }
+        db.pool().stats().connect_failures == 1
+    })
+    .await;
+    drop(call.take());
+    // Longer than the backoff the dropped call was sleeping: had it lived, it would have tried again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        db.pool().stats().connect_failures,
+        1,
+        "no attempt after the caller gave up"
+    );
+
+    // Dropped during a query: the query is cancelled on the server and the connection discarded, not leaked.
+    proxy.set_fault(Fault::PassThrough);
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' AND state = 'active'";
+    let mut query = Box::pin(db.run(Query::read("SELECT pg_sleep(60)")));
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        tokio::select! {
+            _ = &mut query => panic!("pg_sleep(60) returned"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if count(&cluster, sleeping).await == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+    drop(query);
+    until_count(&cluster, sleeping, 0).await;
+    let stats = db.pool().stats();
+    assert_eq!((stats.discarded, stats.in_use), (1, 0), "{stats:?}");
+    report(
+        "S17",
+        "dropped in backoff: 0 further attempts; dropped mid-query: server query cancelled, connection discarded",
+        "-",
+    );
+}
+
+#[tokio::test]
+async fn s18_load_during_a_restart() {
+    const WRITES: usize = 2000;
+    const CONCURRENCY: usize = 64;
+    let cluster = Cluster::new().await.unwrap();
+    connect(&cluster.url())
+        .await
+        .batch_execute("CREATE TABLE signups (request_id text PRIMARY KEY)")
+        .await
+        .unwrap();
+    let db = stack(&cluster.url())
+        .pool(pool_config().max_size(16).build().unwrap())
+        .deadline(Duration::from_secs(30))
+        .max_attempts(10)
+        .build()
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers = (0..CONCURRENCY).map(|_| {
+        let (db, next, acknowledged, tally) = (db.clone(), next.clone(), acknowledged.clone(), tally.clone());
+        async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= WRITES {
+                    return;
+                }
+                let key = format!("req-{n}");
+                let write = Query::write("INSERT INTO signups (request_id) VALUES ($1) ON CONFLICT (request_id) DO NOTHING")
+                    .bind(key.clone())
+                    .idempotency_key(key.clone());
+                let result = db.run(write).await;
+                if result.is_ok() {
+                    acknowledged.lock().unwrap().push(key);
+                }
+                tally.lock().unwrap().record_rampart(&result);
+            }
+        }
+    });
+    let restart = async {
+        until("a third of the writes are in", || {
+            next.load(std::sync::atomic::Ordering::Relaxed) > WRITES / 3
+        })
+        .await;
+        cluster.restart().await.unwrap();
+    };
+    tokio::join!(futures_util::future::join_all(workers), restart);
+    let tally = tally.lock().unwrap().clone();
+    assert_eq!(tally.sent, WRITES, "every caller got an answer");
+    assert_eq!(
+        tally.ok + tally.failed(),
+        WRITES,
+        "counts add up: {tally:?}"
+    );
+    let rows = count(&cluster, "SELECT count(*) FROM signups").await as usize;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let client = connect(&cluster.url()).await;
+    let present: i64 = client
+        .query_one(
+            "SELECT count(*) FROM signups WHERE request_id = ANY($1)",
+            &[&acknowledged],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        present as usize,
+        acknowledged.len(),
+        "every acknowledged write is there"
+    );
+    assert!(
+        rows >= tally.ok && rows <= WRITES,
+        "rows {rows}, acknowledged {}",
+        tally.ok
+    );
+    // The primary key makes a second application impossible; what is counted is that nothing acknowledged
+    // is missing and nothing unacknowledged is invented. A caller may get a typed error (the breaker may
+    // open if the restart is slow), never an untyped one.
+    for kind in tally.errors.keys() {
+        let typed = ["circuit_open", "timeout", "deadline_exceeded", "connect", "connection_lost"];
+        assert!(typed.contains(&kind.as_str()), "unexpected failure kind {kind}: {tally:?}");
+    }
+    report(
+        "S18",
+        &format!(
+            "{WRITES} keyed writes at concurrency {CONCURRENCY} across a restart: {} ok, {} typed errors, {rows} rows, each acknowledged write present once",
+            tally.ok,
+            tally.failed()
+        ),
+        "-",
+    );
+}
+
+#[tokio::test]
+async fn s19_retry_amplification_is_capped_by_the_budget() {
+    const REQUESTS: u32 = 200;
+    let cluster = Cluster::new().await.unwrap();
+    // Attempts are counted where they cannot be lost: each is a link the proxy accepts and then resets,
+    // since nothing answers behind it.
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let url = proxy.url(&cluster);
+    cluster.stop().unwrap();
+    let fast = || {
+        Exponential::builder()
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(2))
+            .build()
+            .unwrap()
+    };
+    let budget = || {
+        RetryBudget::builder()
+            .window(Duration::from_secs(10))
+            .min_retries_per_second(1)
+            .retry_ratio(0.2)
+            .build()
+            .unwrap()
+    };
+    // Two retry layers, each allowing 4 attempts: without budgets, up to 16 attempts per request.
+    let db = stack(&url)
+        .max_attempts(4)
+        .backoff(fast())
+        .retry_budget(Some((Duration::from_secs(10), 1, 0.2)))
+        .breaker(None)
+        .build()
+        .unwrap();
+    let outer_policy = RetryPolicy::builder()
+        .max_attempts(4)
+        .schedule(fast())
+        .classifier(PgClassifier)
+        .budget(budget())
+        .build()
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .layer(RetryLayer::new(outer_policy))
+        .service(db.clone());
+    let started = std::time::Instant::now();
+    for _ in 0..REQUESTS {
+        let result = service.clone().oneshot(Query::read("SELECT 1")).await;
+        assert!(result.is_err());
+    }
+    let attempts = proxy.stats().links_accepted;
+    // What the two budgets promise: each layer retries at most 20% of the calls it sees, plus a floor of
+    // one retry a second (10 in reserve for the 10 s window, and one more for every second of the run).
+    let floor_per_layer = 10.0 + started.elapsed().as_secs_f64().ceil();
+    let cap = (REQUESTS as f64 * 1.2 * 1.2 + floor_per_layer * 1.2 + floor_per_layer) as u64 + 2;
+    assert!(
+        attempts <= cap,
+        "{attempts} attempts for {REQUESTS} requests (cap {cap})"
+    );
+    println!(
+        "S19: {attempts} attempts for {REQUESTS} requests through two stacked retry layers (unbudgeted worst case {})",
+        REQUESTS * 16
+    );
+    report(
+        "S19",
+        &format!(
+            "{attempts} attempts for {REQUESTS} requests through two stacked 4-attempt retry layers ({:.2}x; unbudgeted: up to 16x)",
+            attempts as f64 / REQUESTS as f64
+        ),
+        "-",
+    );
+}
