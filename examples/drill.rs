@@ -1,169 +1,211 @@
-//! The resilience drill: a workload through real faults, with a report of what the client saw.
+//! The resilience drill: a realistic workload through real faults, through rampart and through a bare
+//! tokio-postgres client, reported side by side.
 //!
 //! ```text
-//! cargo run --release --example drill
+//! cargo run --release --example drill                       # a throwaway local cluster, about a minute
+//! cargo run --release --example drill -- --duration 30s --faults idle-kill,black-hole
+//! cargo run --release --example drill -- --json             # the report as one JSON document
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --release --example drill
 //! ```
 //!
-//! By default it starts a throwaway PostgreSQL cluster (only the server's binaries are needed) and puts the
-//! in-process fault proxy in front of it. With `DATABASE_URL` it drills that server instead (loopback
-//! addresses only, and without the restart phase, which needs a server of its own).
+//! The workload: workers signing users up (inserts with idempotency keys), reading, and moving money
+//! between accounts in transactions. On a schedule, the in-process fault proxy between the workers and
+//! the server makes the faults of `shared/SCENARIOS.md`: links killed silently after an idle spell (a
+//! serverless compute suspending), a server restart, a network black hole, every link reset, and refused
+//! connects. The same schedule then runs through a bare tokio-postgres client, the way services start out.
 //!
-//! This first drill runs the workload through a bare tokio-postgres client, the way most services start
-//! out, and shows each fault reaching the caller. Each phase makes one fault from `shared/SCENARIOS.md`.
+//! At the end the drill counts rows: every write a caller was told succeeded must be in the table exactly
+//! once, and the money in the accounts must add up.
+//!
+//! With `DATABASE_URL` (or `--database-url`) it drills your own server through the proxy: network faults
+//! only (it never stops your server), loopback addresses only, in tables of its own that it drops after.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use rampart::testing::{Cluster, Fault, FaultProxy};
+use rampart::{Db, Query, Stack};
+use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
-/// How long the drill waits for one request before it calls it hung. A bare client has no such limit:
-/// without this, a black-holed query would hang the drill for as long as TCP retransmits (minutes).
-const HUNG_AFTER: Duration = Duration::from_secs(2);
-/// The workload's pace: one request every 50 ms (20 per second), sequentially.
-const PACE: Duration = Duration::from_millis(50);
-/// How long each phase runs.
-const PHASE: Duration = Duration::from_secs(3);
+const USAGE: &str = "\
+usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--database-url URL] [--json] [--log-format pretty|json]
 
-#[derive(Default)]
-struct Tally {
-    sent: usize,
-    ok: usize,
-    errors: BTreeMap<&'static str, usize>,
+  --duration       how long each stack runs (default 60s; accepts 90s, 2m, 500ms)
+  --faults         comma-separated, in order: idle-kill, restart, black-hole, reset, refuse (default: all;
+                   restart needs the throwaway cluster, so it is left out with --database-url)
+  --concurrency    concurrent workers (default 8)
+  --database-url   drill this server instead of a throwaway cluster (loopback only; also DATABASE_URL)
+  --json           print the report as one JSON document
+  --log-format     also print rampart's logs to stderr, as text or JSON (default: no logs)";
+
+/// A request the drill gives up on for both stacks; rampart's own deadline is shorter.
+const HUNG_AFTER: Duration = Duration::from_secs(10);
+/// Money in each account at the start.
+const OPENING_BALANCE: i64 = 1_000;
+const ACCOUNTS: i32 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKind {
+    IdleKill,
+    Restart,
+    BlackHole,
+    Reset,
+    Refuse,
 }
 
-impl Tally {
-    fn failed(&self) -> usize {
-        self.errors.values().sum()
+impl FaultKind {
+    const ALL: [FaultKind; 5] = [
+        FaultKind::IdleKill,
+        FaultKind::Restart,
+        FaultKind::BlackHole,
+        FaultKind::Reset,
+        FaultKind::Refuse,
+    ];
+
+    fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault `{s}`; choose from idle-kill, restart, black-hole, reset, refuse"
+                )
+            })
     }
-}
 
-/// A service as it is often written first: one client, reconnected after it is seen closed.
-struct BareApp {
-    url: String,
-    client: Option<Client>,
-    reconnects: usize,
-}
-
-impl BareApp {
-    async fn client(&mut self) -> Result<&Client, &'static str> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            let connect = tokio_postgres::connect(&self.url, NoTls);
-            let (client, connection) = match tokio::time::timeout(HUNG_AFTER, connect).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(kind_of(&e)),
-                Err(_) => return Err("connect hung"),
-            };
-            tokio::spawn(connection);
-            self.client = Some(client);
-            self.reconnects += 1;
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::IdleKill => "idle-kill",
+            FaultKind::Restart => "restart",
+            FaultKind::BlackHole => "black-hole",
+            FaultKind::Reset => "reset",
+            FaultKind::Refuse => "refuse",
         }
-        Ok(self.client.as_ref().expect("set above"))
     }
 
-    async fn request(&mut self, n: usize) -> Result<(), &'static str> {
-        let client = self.client().await?;
-        let work = async {
-            if n % 2 == 0 {
-                let email = format!("user{n}-{}@example.com", std::process::id());
-                client
-                    .execute("INSERT INTO signups (email) VALUES ($1)", &[&email])
-                    .await
-                    .map(drop)
-            } else {
-                client
-                    .query("SELECT count(*) FROM signups", &[])
-                    .await
-                    .map(drop)
+    fn describe(self) -> &'static str {
+        match self {
+            FaultKind::IdleKill => {
+                "workers idle 1.2 s, then every link is killed silently (a serverless suspend)"
             }
-        };
-        match tokio::time::timeout(HUNG_AFTER, work).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(kind_of(&e)),
-            Err(_) => {
-                // The caller gave up; the connection is stuck, so drop it as a real service would have to.
-                self.client = None;
-                Err("hung (no answer)")
-            }
+            FaultKind::Restart => "the server restarts (fast shutdown) under load",
+            FaultKind::BlackHole => "for 3 s the network drops everything, with no reset",
+            FaultKind::Reset => "every open link is reset mid-workload",
+            FaultKind::Refuse => "for 2 s nothing listens: links reset, connects refused",
         }
     }
 }
 
-fn kind_of(err: &tokio_postgres::Error) -> &'static str {
-    if err.is_closed() {
-        return "connection closed";
-    }
-    if let Some(code) = err.code() {
-        return match code.code() {
-            "57P01" => "admin shutdown (57P01)",
-            "57P03" => "server starting up (57P03)",
-            "53300" => "too many connections (53300)",
-            _ => "other SQL error",
-        };
-    }
-    let debug = format!("{err:?}");
-    if debug.contains("ConnectionRefused") {
-        "connection refused"
-    } else if debug.contains("ConnectionReset") || debug.contains("BrokenPipe") {
-        "connection reset"
-    } else {
-        "other I/O error"
-    }
+#[derive(Debug)]
+struct Options {
+    duration: Duration,
+    faults: Vec<FaultKind>,
+    concurrency: usize,
+    database_url: Option<String>,
+    json: bool,
+    log_format: Option<String>,
 }
 
-struct Phase {
-    name: &'static str,
-    what: &'static str,
-    tally: Tally,
-    elapsed: Duration,
-}
-
-/// Runs the workload for [`PHASE`] while `fault` does its work (starting, then lifting a fault).
-async fn run_phase(
-    app: &mut BareApp,
-    name: &'static str,
-    what: &'static str,
-    fault: impl std::future::Future<Output = ()>,
-) -> Phase {
-    let started = Instant::now();
-    let workload = async {
-        let mut tally = Tally::default();
-        let mut pace = tokio::time::interval(PACE);
-        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while started.elapsed() < PHASE {
-            pace.tick().await;
-            tally.sent += 1;
-            match app.request(tally.sent).await {
-                Ok(()) => tally.ok += 1,
-                Err(kind) => *tally.errors.entry(kind).or_default() += 1,
-            }
-        }
-        tally
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration `{s}`: use a number with ms, s or m, like 45s");
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(bad()),
     };
-    let (tally, ()) = tokio::join!(workload, fault);
-    Phase {
-        name,
-        what,
-        tally,
-        elapsed: started.elapsed(),
+    if d < Duration::from_secs(5) {
+        return Err(format!(
+            "--duration {s} is too short to fit the faults: use at least 5s"
+        ));
     }
+    Ok(d)
 }
 
-/// Lifts the proxy's fault after `after`.
-async fn lift_after(proxy: &FaultProxy, after: Duration) {
-    tokio::time::sleep(after).await;
-    proxy.set_fault(Fault::PassThrough);
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        duration: Duration::from_secs(60),
+        faults: Vec::new(),
+        concurrency: 8,
+        database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
+        json: false,
+        log_format: None,
+    };
+    let mut faults_given = false;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--duration" => options.duration = parse_duration(&value()?)?,
+            "--faults" => {
+                faults_given = true;
+                options.faults = value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(FaultKind::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--concurrency" => {
+                let v = value()?;
+                options.concurrency = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(|| format!("--concurrency {v}: use a number from 1 to 256"))?;
+            }
+            "--database-url" => options.database_url = Some(value()?),
+            "--json" => options.json = true,
+            "--log-format" => {
+                let v = value()?;
+                if v != "pretty" && v != "json" {
+                    return Err(format!("--log-format {v}: use pretty or json"));
+                }
+                options.log_format = Some(v);
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if !faults_given {
+        options.faults = FaultKind::ALL.to_vec();
+        if options.database_url.is_some() {
+            options.faults.retain(|f| *f != FaultKind::Restart);
+        }
+    }
+    if options.database_url.is_some() && options.faults.contains(&FaultKind::Restart) {
+        return Err("the restart fault needs the throwaway cluster: it never stops a server you point it at".into());
+    }
+    Ok(options)
 }
 
+/// The target's address, which must be on this machine: the drill floods and breaks links.
 fn loopback_target(url: &str) -> Result<SocketAddr, String> {
     let config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e| format!("DATABASE_URL is not a valid URL: {e}"))?;
+        .map_err(|e| format!("the database URL is not valid: {e}"))?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => return Err("DATABASE_URL must name a TCP host".into()),
+        _ => return Err("the database URL must name a TCP host".into()),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
@@ -172,198 +214,831 @@ fn loopback_target(url: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve {host}"))?;
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "the drill injects faults and only targets loopback addresses; {host} is not one"
+            "the drill injects faults and targets loopback addresses only; {host} is not one"
         ));
     }
     Ok(addr)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let from_env = std::env::var("DATABASE_URL").ok();
-    let cluster = match &from_env {
-        Some(_) => None,
+/// The same connection settings (user, password, database), pointed at the proxy.
+fn via_proxy(url: &str, proxy: SocketAddr) -> Result<String, String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("the database URL is not valid: {e}"))?;
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or(user);
+    Ok(match config.get_password() {
+        Some(pw) => format!(
+            "postgres://{user}:{}@{proxy}/{db}?sslmode=disable",
+            String::from_utf8_lossy(pw)
+        ),
+        None => format!("postgres://{user}@{proxy}/{db}?sslmode=disable"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Measuring
+
+#[derive(Debug, Default, Clone)]
+struct PhaseStats {
+    requests: u64,
+    succeeded: u64,
+    failures: BTreeMap<String, u64>,
+    latencies_us: Vec<u64>,
+}
+
+impl PhaseStats {
+    fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i] as f64 / 1000.0
+    }
+
+    fn merge(&mut self, other: &PhaseStats) {
+        self.requests += other.requests;
+        self.succeeded += other.succeeded;
+        for (k, v) in &other.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+        self.latencies_us.extend_from_slice(&other.latencies_us);
+    }
+}
+
+/// What one stack's run measured, shared by its workers.
+#[derive(Default)]
+struct Recorder {
+    phase: Mutex<usize>,
+    phases: Mutex<Vec<PhaseStats>>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    acknowledged: Mutex<Vec<String>>,
+    paused: AtomicBool,
+}
+
+impl Recorder {
+    fn record(&self, phase: usize, started: Instant, outcome: Result<(), String>) {
+        let mut phases = self.phases.lock().unwrap();
+        let stats = &mut phases[phase];
+        stats.requests += 1;
+        stats
+            .latencies_us
+            .push(started.elapsed().as_micros() as u64);
+        match outcome {
+            Ok(()) => {
+                stats.succeeded += 1;
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(class) => {
+                *stats.failures.entry(class).or_default() += 1;
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PhaseReport {
+    phase: String,
+    requests: u64,
+    succeeded: u64,
+    failed: u64,
+    failures: BTreeMap<String, u64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct StackReport {
+    stack: &'static str,
+    requests: u64,
+    succeeded: u64,
+    failed: u64,
+    hung: u64,
+    lost: u64,
+    duplicated: u64,
+    balance_drift: i64,
+    retries: Option<u64>,
+    breaker_opened: Option<u64>,
+    pool_rebuilt: Option<u64>,
+    connections_opened: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    phases: Vec<PhaseReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    duration_s: f64,
+    concurrency: usize,
+    faults: Vec<&'static str>,
+    #[serde(flatten)]
+    rampart: StackReport,
+    baseline: StackReport,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The two stacks
+
+/// What a worker does, through one stack or the other.
+trait Target: Send + Sync + 'static {
+    /// One operation; `Err` carries the failure's class.
+    fn op(
+        &self,
+        worker: usize,
+        n: u64,
+        acked: &Mutex<Vec<String>>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+struct RampartTarget {
+    db: Db,
+    table: String,
+}
+
+impl Target for RampartTarget {
+    async fn op(&self, worker: usize, n: u64, acked: &Mutex<Vec<String>>) -> Result<(), String> {
+        let class = |e: rampart::Error| {
+            if e.is_outcome_unknown() {
+                format!("{} (outcome unknown)", e.kind().as_str())
+            } else {
+                e.kind().as_str().to_owned()
+            }
+        };
+        match n % 10 {
+            0..=5 => {
+                let key = format!("w{worker}-{n}");
+                let sql = format!(
+                    "INSERT INTO {}_signups (request_id, email) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING",
+                    self.table
+                );
+                let query = Query::write(sql)
+                    .bind(key.clone())
+                    .bind(format!("{key}@example.com"))
+                    .idempotency_key(key.clone());
+                self.db.run(query).await.map_err(class)?;
+                acked.lock().unwrap().push(key);
+                Ok(())
+            }
+            6..=8 => {
+                let sql = format!("SELECT count(*) FROM {}_signups", self.table);
+                self.db.run(Query::read(sql)).await.map(drop).map_err(class)
+            }
+            _ => {
+                let (from, to) = accounts_for(worker, n);
+                let table = self.table.clone();
+                self.db
+                    .transactor()
+                    .run(|tx| {
+                        let table = table.clone();
+                        Box::pin(async move {
+                            tx.execute(&format!("UPDATE {table}_accounts SET balance = balance - 1 WHERE id = $1"), &[&from]).await?;
+                            tx.execute(&format!("UPDATE {table}_accounts SET balance = balance + 1 WHERE id = $1"), &[&to]).await?;
+                            Ok(())
+                        })
+                    })
+                    .await
+                    .map_err(class)
+            }
+        }
+    }
+}
+
+/// A service as it is often written first: a client per worker, reconnected after it is seen closed,
+/// no retry, no timeout of its own.
+struct BareTarget {
+    url: String,
+    table: String,
+    clients: Vec<tokio::sync::Mutex<Option<Client>>>,
+    connects: AtomicU64,
+}
+
+fn bare_class(e: &tokio_postgres::Error) -> String {
+    if e.is_closed() {
+        return "connection closed".into();
+    }
+    if let Some(code) = e.code() {
+        return format!("SQLSTATE {}", code.code());
+    }
+    let debug = format!("{e:?}");
+    if debug.contains("ConnectionRefused") {
+        "connection refused".into()
+    } else if debug.contains("ConnectionReset")
+        || debug.contains("BrokenPipe")
+        || debug.contains("UnexpectedEof")
+    {
+        "connection reset".into()
+    } else {
+        "I/O error".into()
+    }
+}
+
+impl Target for BareTarget {
+    async fn op(&self, worker: usize, n: u64, acked: &Mutex<Vec<String>>) -> Result<(), String> {
+        let mut slot = self.clients[worker].lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| bare_class(&e))?;
+            tokio::spawn(connection);
+            self.connects.fetch_add(1, Ordering::Relaxed);
+            *slot = Some(client);
+        }
+        let client = slot.as_mut().expect("connected above");
+        let result = match n % 10 {
+            0..=5 => {
+                let key = format!("w{worker}-{n}");
+                let sql = format!(
+                    "INSERT INTO {}_signups (request_id, email) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING",
+                    self.table
+                );
+                let r = client
+                    .execute(&sql, &[&key, &format!("{key}@example.com")])
+                    .await
+                    .map(drop);
+                if r.is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+                r
+            }
+            6..=8 => client
+                .query(&format!("SELECT count(*) FROM {}_signups", self.table), &[])
+                .await
+                .map(drop),
+            _ => {
+                let (from, to) = accounts_for(worker, n);
+                async {
+                    let tx = client.transaction().await?;
+                    tx.execute(
+                        &format!(
+                            "UPDATE {}_accounts SET balance = balance - 1 WHERE id = $1",
+                            self.table
+                        ),
+                        &[&from],
+                    )
+                    .await?;
+                    tx.execute(
+                        &format!(
+                            "UPDATE {}_accounts SET balance = balance + 1 WHERE id = $1",
+                            self.table
+                        ),
+                        &[&to],
+                    )
+                    .await?;
+                    tx.commit().await
+                }
+                .await
+            }
+        };
+        result.map_err(|e| bare_class(&e))
+    }
+}
+
+fn accounts_for(worker: usize, n: u64) -> (i32, i32) {
+    let from = ((worker as u64 + n) % ACCOUNTS as u64) as i32 + 1;
+    let to = ((worker as u64 + 3 * n + 1) % ACCOUNTS as u64) as i32 + 1;
+    if from == to {
+        (from, from % ACCOUNTS + 1)
+    } else {
+        (from, to)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Running a schedule
+
+struct Drill {
+    options: Options,
+    proxy: FaultProxy,
+    cluster: Option<Cluster>,
+    direct_url: String,
+    proxied_url: String,
+    phase_names: Vec<String>,
+}
+
+impl Drill {
+    fn slot(&self) -> Duration {
+        self.options.duration / (self.options.faults.len() as u32 + 2)
+    }
+
+    async fn setup_tables(&self, table: &str) -> Result<(), String> {
+        let (client, connection) = tokio_postgres::connect(&self.direct_url, NoTls)
+            .await
+            .map_err(|e| format!("cannot reach the database: {e}"))?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}_signups, {table}_accounts;
+                 CREATE TABLE {table}_signups (id bigserial PRIMARY KEY, request_id text UNIQUE NOT NULL, email text NOT NULL);
+                 CREATE TABLE {table}_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+                 INSERT INTO {table}_accounts SELECT g, {OPENING_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;"
+            ))
+            .await
+            .map_err(|e| format!("cannot create the drill's tables: {e}"))
+    }
+
+    /// Lost, duplicated, and how far the money is off, counted on the server.
+    async fn audit(&self, table: &str, acknowledged: &[String]) -> Result<(u64, u64, i64), String> {
+        let (client, connection) = tokio_postgres::connect(&self.direct_url, NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let present: i64 = client
+            .query_one(&format!("SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"), &[&acknowledged])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let distinct: i64 = client
+            .query_one(
+                &format!("SELECT count(*) - count(DISTINCT request_id) FROM {table}_signups"),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT sum(balance)::bigint FROM {table}_accounts"),
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if self.options.database_url.is_some() {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {table}_signups, {table}_accounts"
+                ))
+                .await;
+        }
+        Ok((
+            acknowledged.len() as u64 - present as u64,
+            distinct as u64,
+            total - OPENING_BALANCE * ACCOUNTS as i64,
+        ))
+    }
+
+    /// Runs the workload for the whole duration while the fault script plays, recording by phase.
+    /// Returns what was recorded and how many times the breaker (if any) was seen opening.
+    async fn run<T: Target>(
+        &self,
+        name: &str,
+        target: Arc<T>,
+        progress: &ProgressBar,
+        db: Option<&Db>,
+    ) -> (Arc<Recorder>, u64) {
+        let recorder = Arc::new(Recorder::default());
+        *recorder.phases.lock().unwrap() = vec![PhaseStats::default(); self.phase_names.len()];
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = tokio::task::JoinSet::new();
+        for worker in 0..self.options.concurrency {
+            let (target, recorder, stop) = (target.clone(), recorder.clone(), stop.clone());
+            workers.spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if recorder.paused.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    n += 1;
+                    let phase = *recorder.phase.lock().unwrap();
+                    let started = Instant::now();
+                    let outcome = match tokio::time::timeout(
+                        HUNG_AFTER,
+                        target.op(worker, n, &recorder.acknowledged),
+                    )
+                    .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err("hung (no answer in 10 s)".to_owned()),
+                    };
+                    recorder.record(phase, started, outcome);
+                    // A gentle pace: a service, not a benchmark.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            });
+        }
+
+        let started = Instant::now();
+        let ticker = {
+            let (recorder, progress, names, name) = (
+                recorder.clone(),
+                progress.clone(),
+                self.phase_names.clone(),
+                name.to_owned(),
+            );
+            let breaker = db.and_then(|d| d.breaker().cloned());
+            let duration = self.options.duration;
+            tokio::spawn(async move {
+                let mut openings = 0u64;
+                let mut was_open = false;
+                loop {
+                    let phase = *recorder.phase.lock().unwrap();
+                    let open = breaker
+                        .as_ref()
+                        .is_some_and(|b| b.state().as_str() == "open");
+                    if open && !was_open {
+                        openings += 1;
+                    }
+                    was_open = open;
+                    progress.set_position(started.elapsed().min(duration).as_millis() as u64);
+                    progress.set_message(format!(
+                        "{name:<8} {:<11} ok {:>6}  failed {:>5}",
+                        names[phase],
+                        recorder.ok.load(Ordering::Relaxed),
+                        recorder.failed.load(Ordering::Relaxed)
+                    ));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if progress.is_finished() {
+                        return openings;
+                    }
+                }
+            })
+        };
+
+        self.play_faults(&recorder).await;
+        stop.store(true, Ordering::Relaxed);
+        while workers.join_next().await.is_some() {}
+        progress.finish();
+        let openings = ticker.await.unwrap_or(0);
+        (recorder, openings)
+    }
+
+    /// The fault script: a steady slot, one slot per fault (injected a tenth in, lifted when its window
+    /// ends), and a recovery slot.
+    async fn play_faults(&self, recorder: &Recorder) {
+        let slot = self.slot();
+        let set_phase = |i: usize| *recorder.phase.lock().unwrap() = i;
+        set_phase(0);
+        tokio::time::sleep(slot).await;
+        for (i, fault) in self.options.faults.iter().enumerate() {
+            set_phase(i + 1);
+            let slot_started = Instant::now();
+            tokio::time::sleep(slot / 10).await;
+            match fault {
+                FaultKind::IdleKill => {
+                    recorder.paused.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    self.proxy.kill_silently();
+                    recorder.paused.store(false, Ordering::Relaxed);
+                }
+                FaultKind::Restart => {
+                    if let Some(cluster) = &self.cluster {
+                        if let Err(e) = cluster.restart().await {
+                            eprintln!("drill: the restart failed: {e}");
+                        }
+                    }
+                }
+                FaultKind::BlackHole => {
+                    self.proxy.set_fault(Fault::BlackHole);
+                    tokio::time::sleep(Duration::from_secs(3).min(slot / 2)).await;
+                    self.proxy.set_fault(Fault::PassThrough);
+                }
+                FaultKind::Reset => {
+                    self.proxy.reset_all();
+                }
+                FaultKind::Refuse => {
+                    self.proxy.set_fault(Fault::Refuse);
+                    self.proxy.reset_all();
+                    tokio::time::sleep(Duration::from_secs(2).min(slot / 2)).await;
+                    self.proxy.set_fault(Fault::PassThrough);
+                }
+            }
+            tokio::time::sleep(slot.saturating_sub(slot_started.elapsed())).await;
+        }
+        set_phase(self.options.faults.len() + 1);
+        tokio::time::sleep(slot).await;
+    }
+}
+
+fn stack_report(
+    stack: &'static str,
+    recorder: &Recorder,
+    names: &[String],
+    audit: (u64, u64, i64),
+    counters: (Option<u64>, Option<u64>, Option<u64>, u64),
+) -> StackReport {
+    let phases_stats = recorder.phases.lock().unwrap().clone();
+    let mut total = PhaseStats::default();
+    let phases = phases_stats
+        .iter()
+        .zip(names)
+        .map(|(stats, name)| {
+            total.merge(stats);
+            PhaseReport {
+                phase: name.clone(),
+                requests: stats.requests,
+                succeeded: stats.succeeded,
+                failed: stats.failed(),
+                failures: stats.failures.clone(),
+                p50_ms: stats.percentile_ms(0.5),
+                p99_ms: stats.percentile_ms(0.99),
+                max_ms: stats.percentile_ms(1.0),
+            }
+        })
+        .collect();
+    let hung = total
+        .failures
+        .iter()
+        .filter(|(k, _)| k.starts_with("hung"))
+        .map(|(_, v)| v)
+        .sum();
+    StackReport {
+        stack,
+        requests: total.requests,
+        succeeded: total.succeeded,
+        failed: total.failed(),
+        hung,
+        lost: audit.0,
+        duplicated: audit.1,
+        balance_drift: audit.2,
+        retries: counters.0,
+        breaker_opened: counters.1,
+        pool_rebuilt: counters.2,
+        connections_opened: counters.3,
+        p50_ms: total.percentile_ms(0.5),
+        p99_ms: total.percentile_ms(0.99),
+        max_ms: total.percentile_ms(1.0),
+        phases,
+    }
+}
+
+fn render(report: &Report, drill: &Drill) -> String {
+    let mut out = String::new();
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let _ = writeln!(
+        out,
+        "\nrampart drill: {} s per stack, {} workers (60% sign-ups with idempotency keys, 30% reads, 10% transfers)\n",
+        report.duration_s, report.concurrency
+    );
+    let _ = writeln!(
+        out,
+        "{:<11} {:<8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9}  failures",
+        "phase", "stack", "requests", "ok", "failed", "p50 ms", "p99 ms", "max ms"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(110));
+    for (r, b) in report.rampart.phases.iter().zip(&report.baseline.phases) {
+        for (label, p) in [("rampart", r), ("bare", b)] {
+            let failures = if p.failures.is_empty() {
+                "-".to_owned()
+            } else {
+                p.failures
+                    .iter()
+                    .map(|(k, n)| format!("{n} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let phase = if label == "rampart" {
+                p.phase.as_str()
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{phase:<11} {label:<8} {:>8} {:>8} {:>7} {:>8.1} {:>8.1} {:>9.1}  {failures}",
+                p.requests, p.succeeded, p.failed, p.p50_ms, p.p99_ms, p.max_ms
+            );
+        }
+    }
+    let _ = writeln!(out, "{}", "-".repeat(110));
+    let (r, b) = (&report.rampart, &report.baseline);
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>12}", "", "rampart", "bare client");
+    let rows: [(&str, String, String); 12] = [
+        ("requests", r.requests.to_string(), b.requests.to_string()),
+        (
+            "succeeded",
+            r.succeeded.to_string(),
+            b.succeeded.to_string(),
+        ),
+        ("failed", r.failed.to_string(), b.failed.to_string()),
+        (
+            "  of which hung (10 s)",
+            r.hung.to_string(),
+            b.hung.to_string(),
+        ),
+        ("retries", opt(r.retries), opt(b.retries)),
+        (
+            "breaker opened",
+            opt(r.breaker_opened),
+            opt(b.breaker_opened),
+        ),
+        ("pool rebuilt", opt(r.pool_rebuilt), opt(b.pool_rebuilt)),
+        (
+            "connections opened",
+            r.connections_opened.to_string(),
+            b.connections_opened.to_string(),
+        ),
+        (
+            "acknowledged rows lost",
+            r.lost.to_string(),
+            b.lost.to_string(),
+        ),
+        (
+            "rows duplicated",
+            r.duplicated.to_string(),
+            b.duplicated.to_string(),
+        ),
+        (
+            "money created or lost",
+            r.balance_drift.to_string(),
+            b.balance_drift.to_string(),
+        ),
+        (
+            "p99 / max latency ms",
+            format!("{:.0} / {:.0}", r.p99_ms, r.max_ms),
+            format!("{:.0} / {:.0}", b.p99_ms, b.max_ms),
+        ),
+    ];
+    for (label, rv, bv) in rows {
+        let _ = writeln!(out, "{label:<24} {rv:>12} {bv:>12}");
+    }
+    let _ = writeln!(out, "\nfaults, in order:");
+    for f in &drill.options.faults {
+        let _ = writeln!(out, "  {:<11} {}", f.name(), f.describe());
+    }
+    let intact = r.lost == 0 && r.duplicated == 0 && r.balance_drift == 0;
+    let verdict = if r.failed == 0 && intact {
+        format!(
+            "verdict: rampart answered all {} requests and lost nothing; the bare client failed {} of {} ({} hung).",
+            r.requests, b.failed, b.requests, b.hung
+        )
+    } else {
+        format!(
+            "verdict: rampart failed {} of {} requests (typed errors, {}); the bare client failed {} of {} ({} hung).",
+            r.failed,
+            r.requests,
+            if intact {
+                "nothing lost"
+            } else {
+                "DATA LOST OR DUPLICATED"
+            },
+            b.failed,
+            b.requests,
+            b.hung
+        )
+    };
+    let _ = writeln!(out, "\n{verdict}");
+    out
+}
+
+fn init_logs(format: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rampart=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        Some("json") => builder.json().init(),
+        Some(_) => builder.init(),
+        None => {}
+    }
+}
+
+async fn main_inner(options: Options) -> Result<(), String> {
+    init_logs(options.log_format.as_deref());
+    let (cluster, direct_url, target) = match &options.database_url {
+        Some(url) => (None, url.clone(), loopback_target(url)?),
         None => {
             eprintln!(
                 "starting a throwaway PostgreSQL cluster (set DATABASE_URL to drill your own server) ..."
             );
-            Some(Cluster::new().await?)
+            let cluster = Cluster::new().await.map_err(|e| e.to_string())?;
+            let (url, addr) = (cluster.url(), cluster.addr());
+            (Some(cluster), url, addr)
         }
     };
-    let (target, direct_url) = match (&from_env, &cluster) {
-        (Some(url), _) => (loopback_target(url)?, url.clone()),
-        (None, Some(c)) => (c.addr(), c.url()),
-        (None, None) => unreachable!("a cluster is started when DATABASE_URL is absent"),
+    let proxy = FaultProxy::start(target).await.map_err(|e| e.to_string())?;
+    let proxied_url = via_proxy(&direct_url, proxy.addr())?;
+    let mut phase_names = vec!["steady".to_owned()];
+    phase_names.extend(options.faults.iter().map(|f| f.name().to_owned()));
+    phase_names.push("recovery".to_owned());
+    let drill = Drill {
+        options,
+        proxy,
+        cluster,
+        direct_url,
+        proxied_url,
+        phase_names,
     };
-    let proxy = FaultProxy::start(target).await?;
-    let proxied_url = proxied(&direct_url.parse()?, proxy.addr());
-    drill(proxied_url, &proxy, cluster.as_ref()).await
-}
 
-/// The same connection settings (user, password, database), pointed at the proxy.
-fn proxied(config: &tokio_postgres::Config, proxy: SocketAddr) -> String {
-    let user = config.get_user().unwrap_or("postgres");
-    let db = config.get_dbname().unwrap_or(user);
-    match config.get_password() {
-        Some(pw) => format!(
-            "postgres://{user}:{}@{proxy}/{db}",
-            String::from_utf8_lossy(pw)
+    let style = ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+        .expect("constant template")
+        .progress_chars("=> ");
+    let bar = |_: &str| {
+        let bar =
+            ProgressBar::new(drill.options.duration.as_millis() as u64).with_style(style.clone());
+        if drill.options.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar
+    };
+
+    // rampart first.
+    drill.setup_tables("rampart_drill").await?;
+    let db = Stack::server(&drill.proxied_url)
+        .attempt_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(9))
+        // The deadline, not a count, bounds the retries: a 2 s refusal must not exhaust them.
+        .max_attempts(30)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let links_before = drill.proxy.stats().links_opened;
+    let target = Arc::new(RampartTarget {
+        db: db.clone(),
+        table: "rampart_drill".into(),
+    });
+    let (recorder, openings) = drill
+        .run("rampart", target, &bar("rampart"), Some(&db))
+        .await;
+    let acknowledged = recorder.acknowledged.lock().unwrap().clone();
+    let audit = drill.audit("rampart_drill", &acknowledged).await?;
+    let counters = (
+        Some(db.retries()),
+        Some(openings),
+        Some(db.pool_rebuilds()),
+        drill.proxy.stats().links_opened - links_before,
+    );
+    let rampart = stack_report("rampart", &recorder, &drill.phase_names, audit, counters);
+    drop(db);
+
+    // Then the identical schedule through a bare client.
+    drill.setup_tables("bare_drill").await?;
+    let links_before = drill.proxy.stats().links_opened;
+    let target = Arc::new(BareTarget {
+        url: drill.proxied_url.clone(),
+        table: "bare_drill".into(),
+        clients: (0..drill.options.concurrency)
+            .map(|_| tokio::sync::Mutex::new(None))
+            .collect(),
+        connects: AtomicU64::new(0),
+    });
+    let (recorder, _) = drill.run("bare", target, &bar("bare"), None).await;
+    let acknowledged = recorder.acknowledged.lock().unwrap().clone();
+    let audit = drill.audit("bare_drill", &acknowledged).await?;
+    let baseline = stack_report(
+        "bare",
+        &recorder,
+        &drill.phase_names,
+        audit,
+        (
+            None,
+            None,
+            None,
+            drill.proxy.stats().links_opened - links_before,
         ),
-        None => format!("postgres://{user}@{proxy}/{db}"),
-    }
-}
-
-async fn drill(
-    url: String,
-    proxy: &FaultProxy,
-    cluster: Option<&Cluster>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut app = BareApp {
-        url,
-        client: None,
-        reconnects: 0,
-    };
-    let setup = app
-        .client()
-        .await
-        .map_err(|k| format!("cannot reach the database: {k}"))?;
-    setup
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS signups (id bigserial PRIMARY KEY, email text NOT NULL)",
-        )
-        .await?;
-
-    let mut phases = Vec::new();
-    phases.push(run_phase(&mut app, "steady", "no fault", async {}).await);
-
-    // Idle first, as a suspended compute is, then kill every link without telling the client.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    proxy.kill_silently();
-    phases.push(
-        run_phase(
-            &mut app,
-            "idle kill",
-            "links killed silently after idling, as a suspending serverless host does",
-            async {},
-        )
-        .await,
     );
 
-    if let Some(cluster) = cluster {
-        cluster.restart().await?;
-        phases.push(
-            run_phase(
-                &mut app,
-                "restart",
-                "server restarted (fast) while the app was idle",
-                async {},
-            )
-            .await,
+    let report = Report {
+        duration_s: drill.options.duration.as_secs_f64(),
+        concurrency: drill.options.concurrency,
+        faults: drill.options.faults.iter().map(|f| f.name()).collect(),
+        rampart,
+        baseline,
+    };
+    if drill.options.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
         );
+    } else {
+        print!("{}", render(&report, &drill));
     }
-
-    proxy.set_fault(Fault::BlackHole);
-    let lift = lift_after(proxy, Duration::from_secs(2));
-    phases.push(
-        run_phase(
-            &mut app,
-            "black hole",
-            "for 2 s the network drops everything, with no reset",
-            lift,
-        )
-        .await,
-    );
-
-    let reset = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        proxy.reset_all();
-    };
-    phases.push(
-        run_phase(
-            &mut app,
-            "reset",
-            "every link reset once, mid-workload",
-            reset,
-        )
-        .await,
-    );
-
-    proxy.set_fault(Fault::Refuse);
-    proxy.reset_all();
-    let lift = lift_after(proxy, Duration::from_secs(1));
-    phases.push(
-        run_phase(
-            &mut app,
-            "refused",
-            "for 1 s nothing listens (links reset, connects refused)",
-            lift,
-        )
-        .await,
-    );
-
-    report(&phases, &app, proxy);
     Ok(())
 }
 
-fn report(phases: &[Phase], app: &BareApp, proxy: &FaultProxy) {
-    println!();
-    println!(
-        "rampart drill: a bare tokio-postgres client, {:.0} s per phase, a request every {} ms (sign-ups and reads)",
-        PHASE.as_secs_f64(),
-        PACE.as_millis()
-    );
-    println!();
-    println!(
-        "{:<11} {:>5} {:>5} {:>7} {:>8}  errors seen by the caller",
-        "phase", "sent", "ok", "failed", "time"
-    );
-    println!("{}", "-".repeat(96));
-    let mut total = Tally::default();
-    for p in phases {
-        let errors = if p.tally.errors.is_empty() {
-            "-".to_owned()
-        } else {
-            p.tally
-                .errors
-                .iter()
-                .map(|(k, n)| format!("{n} x {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "{:<11} {:>5} {:>5} {:>7} {:>7.1}s  {errors}",
-            p.name,
-            p.tally.sent,
-            p.tally.ok,
-            p.tally.failed(),
-            p.elapsed.as_secs_f64()
-        );
-        total.sent += p.tally.sent;
-        total.ok += p.tally.ok;
-        for (k, n) in &p.tally.errors {
-            *total.errors.entry(k).or_default() += n;
+fn main() {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return;
         }
+        Err(message) => {
+            eprintln!("drill: {message}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drill: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(message) = runtime.block_on(main_inner(options)) {
+        eprintln!("drill: {message}");
+        std::process::exit(1);
     }
-    println!("{}", "-".repeat(96));
-    println!(
-        "{:<11} {:>5} {:>5} {:>7}",
-        "total",
-        total.sent,
-        total.ok,
-        total.failed()
-    );
-    println!();
-    for p in phases {
-        println!("  {:<11} {}", p.name, p.what);
-    }
-    let stats = proxy.stats();
-    println!();
-    println!(
-        "connections opened: {} (the app reconnected {} times); every failure above reached a caller.",
-        stats.links_opened, app.reconnects
-    );
-    println!(
-        "A request counts as hung after {} s without an answer; the bare client itself would wait for minutes.",
-        HUNG_AFTER.as_secs()
-    );
 }

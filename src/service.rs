@@ -31,7 +31,7 @@ use tokio_postgres::types::ToSql;
 use crate::classify::{Stage, closed_before_send, from_pg};
 use crate::error::{Error, ErrorKind};
 use crate::health::Tracker;
-use crate::pool::{Pool, PooledConn};
+use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 
 /// Slack added above a pushed-down `statement_timeout`, so the session setting is reused across
@@ -97,38 +97,6 @@ impl PgService {
     }
 }
 
-/// Holds the connection while a request is on it. If dropped before [`finish`](InFlight::finish) —
-/// the caller gave up — it cancels the server-side query and discards the connection.
-struct InFlight {
-    pool: Pool,
-    conn: Option<PooledConn>,
-}
-
-impl InFlight {
-    fn conn(&mut self) -> &mut PooledConn {
-        self.conn.as_mut().expect("present until finish or drop")
-    }
-
-    /// The request completed (well or badly): return the connection, or discard it if its link failed.
-    fn finish(mut self, link_failed: bool) {
-        if let Some(conn) = self.conn.take() {
-            if link_failed || conn.client().is_closed() {
-                self.pool.discard(conn);
-            }
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            tracing::debug!(target: "rampart::service", "request abandoned in flight: cancelling it and discarding its connection");
-            self.pool.cancel_in_background(conn.client().cancel_token());
-            self.pool.discard(conn);
-        }
-    }
-}
-
 async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
     let remaining = query
         .deadline()
@@ -141,10 +109,7 @@ async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
         ));
     }
     let conn = pool.get_within(remaining).await?;
-    let mut in_flight = InFlight {
-        pool: pool.clone(),
-        conn: Some(conn),
-    };
+    let mut in_flight = InFlight::new(pool.clone(), conn);
     let server = pool.server();
 
     if in_flight.conn().client().is_closed() {

@@ -26,8 +26,8 @@
 //!   a 10 s window rather than the last few calls, so a sub-second restart under load does not open it;
 //! - **AttemptTimeout**: no single attempt may hang (a black-holed link, a peer that acknowledges and never
 //!   answers); the connection of a timed-out attempt is cancelled on the server and discarded;
-//! - **Recreate**: after consecutive connection-level failures the whole pool is rebuilt in the background,
-//!   once per burst;
+//! - **Recreate**: after consecutive lost pooled links the whole pool is rebuilt in the background, once
+//!   per burst (failed connects don't count: a new pool would fail the same way);
 //! - **the pool** validates a connection idle past the bypass window before handing it out.
 //!
 //! Defaults, on by default because a hung query is the failure a stack must never allow:
@@ -39,11 +39,12 @@
 //! | attempts | 4 | 4 |
 //! | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
 //! | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
-//! | recreate | after 8 consecutive connection failures | same |
+//! | recreate | after 8 consecutive lost pooled links | same |
 //!
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,6 +70,7 @@ use crate::health::{HealthReport, Tracker};
 use crate::pool::{Pool, PoolConfig};
 use crate::query::{Query, Response};
 use crate::service::PgService;
+use crate::tx::Transactor;
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -240,10 +242,15 @@ impl StackBuilder {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
+        let retries = Arc::new(AtomicU64::new(0));
+        let counted = retries.clone();
         let mut policy = RetryPolicy::builder()
             .max_attempts(self.max_attempts)
             .schedule(self.schedule)
-            .classifier(PgClassifier);
+            .classifier(PgClassifier)
+            .on_retry(move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+            });
         if let Some((window, min, ratio)) = self.budget {
             let budget = RetryBudget::builder()
                 .window(window)
@@ -329,6 +336,8 @@ impl StackBuilder {
             current,
             breaker,
             rebuilds,
+            retries,
+            attempt_timeout: self.attempt_timeout,
         })
     }
 }
@@ -358,15 +367,12 @@ impl Classify<Response, BoxError> for BreakerClassifier {
     }
 }
 
-/// What counts toward rebuilding the pool: only failures of the connection itself.
+/// What counts toward rebuilding the pool: only pooled links found dead. Failed connects do not count:
+/// a new pool would connect to the same server and fail the same way (the breaker and the retry backoff
+/// are what help then).
 fn connection_failures() -> impl Classify<Response, BoxError> + Clone {
     classify_fn(|err: &BoxError| match err.downcast_ref::<Error>() {
-        Some(e)
-            if matches!(e.kind(), ErrorKind::ConnectionLost | ErrorKind::Connect)
-                && e.classification() != Classification::Permanent =>
-        {
-            Classification::Transient
-        }
+        Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Transient,
         _ => Classification::Permanent,
     })
 }
@@ -426,6 +432,8 @@ pub struct Db {
     current: Arc<Mutex<PgService>>,
     breaker: Option<BreakerHandle>,
     rebuilds: Arc<dyn Fn() -> u64 + Send + Sync>,
+    retries: Arc<AtomicU64>,
+    attempt_timeout: Duration,
 }
 
 impl fmt::Debug for Db {
@@ -454,6 +462,17 @@ impl Db {
     /// The circuit breaker's handle (to read its state or force it), if the stack has one.
     pub fn breaker(&self) -> Option<&BreakerHandle> {
         self.breaker.as_ref()
+    }
+
+    /// How many retries the stack has made (attempts after the first), since it was built.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// A [`Transactor`] over the current pool, whose runs are bounded by the stack's attempt timeout:
+    /// for transactions re-run whole on serialization failures and deadlocks.
+    pub fn transactor(&self) -> Transactor {
+        Transactor::new(self.pool()).attempt_timeout(Some(self.attempt_timeout))
     }
 
     /// How many times the pool has been rebuilt after consecutive connection failures.

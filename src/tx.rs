@@ -46,7 +46,7 @@ pub use tokio_postgres::IsolationLevel;
 
 use crate::classify::{Stage, from_pg};
 use crate::error::{Error, ErrorKind};
-use crate::pool::Pool;
+use crate::pool::{InFlight, Pool};
 
 /// A transaction in progress, handed to the closure of [`Transactor::run`]. Its methods return
 /// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
@@ -131,6 +131,7 @@ pub struct Transactor<B = Exponential> {
     max_attempts: u32,
     schedule: B,
     budget: Option<Arc<RetryBudget>>,
+    attempt_timeout: Option<Duration>,
     runs: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -151,6 +152,7 @@ impl Transactor<Exponential> {
             max_attempts: 5,
             schedule,
             budget: None,
+            attempt_timeout: Some(Duration::from_secs(30)),
             runs: Arc::default(),
         }
     }
@@ -184,6 +186,7 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
             max_attempts: self.max_attempts,
             schedule,
             budget: self.budget,
+            attempt_timeout: self.attempt_timeout,
             runs: self.runs,
         }
     }
@@ -191,6 +194,15 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
     /// Shares a retry budget with other retrying layers, so re-runs can't multiply load.
     pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
+        self
+    }
+
+    /// How long one run may take, from checkout to the end of `COMMIT` (30 s by default; `None` for no
+    /// limit, which lets a dead network path hang a transaction for as long as TCP takes to notice). A run
+    /// that times out is cancelled on the server and its connection discarded; it is re-run unless
+    /// `COMMIT` had been sent, in which case the outcome is unknown and reported.
+    pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.attempt_timeout = timeout;
         self
     }
 
@@ -215,7 +227,15 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         loop {
             attempt += 1;
             self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let err = match self.run_once(&mut f).await {
+            let committing = std::sync::atomic::AtomicBool::new(false);
+            let run = self.run_once(&mut f, &committing);
+            let outcome = match self.attempt_timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                    Err(self.timed_out(limit, committing.load(std::sync::atomic::Ordering::SeqCst)))
+                }),
+                None => run.await,
+            };
+            let err = match outcome {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
@@ -237,14 +257,43 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         }
     }
 
-    async fn run_once<T, F>(&self, f: &mut F) -> Result<T, Error>
+    fn timed_out(&self, limit: Duration, committing: bool) -> Error {
+        if committing {
+            Error::new(
+                ErrorKind::Timeout,
+                Classification::Ambiguous,
+                format!(
+                    "COMMIT to {} did not answer within {limit:?}",
+                    self.pool.server()
+                ),
+            )
+        } else {
+            Error::new(
+                ErrorKind::Timeout,
+                Classification::Transient,
+                format!(
+                    "transaction on {} did not finish within {limit:?}; rolled back",
+                    self.pool.server()
+                ),
+            )
+        }
+    }
+
+    async fn run_once<T, F>(
+        &self,
+        f: &mut F,
+        committing: &std::sync::atomic::AtomicBool,
+    ) -> Result<T, Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        let mut conn = self.pool.get().await?;
+        let conn = self.pool.get().await?;
+        // Dropped before the end (the run timed out, the caller gave up): cancelled and discarded.
+        let mut guard = InFlight::new(self.pool.clone(), conn);
         let server = self.pool.server().to_owned();
         let outcome = {
-            let mut builder = conn
+            let mut builder = guard
+                .conn()
                 .client_mut()
                 .build_transaction()
                 .read_only(self.read_only);
@@ -265,30 +314,30 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
                             drop(tx);
                             Err(e)
                         }
-                        Ok(value) => match tx.inner.commit().await {
-                            Ok(()) => Ok(value),
-                            Err(e) if e.code().is_some() => {
-                                Err(from_pg(e, Stage::InFlight, &server))
+                        Ok(value) => {
+                            committing.store(true, std::sync::atomic::Ordering::SeqCst);
+                            match tx.inner.commit().await {
+                                Ok(()) => Ok(value),
+                                Err(e) if e.code().is_some() => {
+                                    Err(from_pg(e, Stage::InFlight, &server))
+                                }
+                                Err(e) => Err(Error::new(
+                                    ErrorKind::ConnectionLost,
+                                    Classification::Ambiguous,
+                                    format!("connection to {server} was lost during COMMIT"),
+                                )
+                                .with_source(e)),
                             }
-                            Err(e) => Err(Error::new(
-                                ErrorKind::ConnectionLost,
-                                Classification::Ambiguous,
-                                format!("connection to {server} was lost during COMMIT"),
-                            )
-                            .with_source(e)),
-                        },
+                        }
                     }
                 }
             }
         };
-        match &outcome {
-            Ok(_) => conn.mark_ok(),
-            Err(e) if e.kind() == ErrorKind::ConnectionLost => {
-                self.pool.discard(conn);
-                return outcome;
-            }
-            Err(_) => {}
+        let link_failed = matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionLost);
+        if !link_failed {
+            guard.conn().mark_ok();
         }
+        guard.finish(link_failed);
         outcome
     }
 }

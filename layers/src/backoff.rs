@@ -1,5 +1,9 @@
 //! Backoff schedules: how long to wait before each retry.
 //!
+//! The [retry layer](crate::retry) waits out a schedule between attempts (it is re-exported there as
+//! `retry::backoff`), and [recreation](crate::recreate) waits out an un-jittered [`Exponential`] between
+//! failed rebuilds. This module needs no Cargo feature, so both can use it without pulling in the other.
+//!
 //! A schedule is anything that implements [`Backoff`]. Three come with the crate:
 //!
 //! | schedule | delay before retry *n* (un-jittered) |
@@ -23,7 +27,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use rampart_layers::retry::backoff::{Backoff, Exponential, Jitter};
+//! use rampart_layers::backoff::{Backoff, Exponential, Jitter};
 //! use rampart_layers::rng::SplitMix64;
 //!
 //! let mut schedule = Exponential::builder()
@@ -39,16 +43,16 @@
 //! // Bad settings are refused when built, naming the field.
 //! let err = Exponential::builder().multiplier(0.0).build().unwrap_err();
 //! assert_eq!(err.field(), "multiplier");
-//! # Ok::<(), rampart_layers::retry::ConfigError>(())
+//! # Ok::<(), rampart_layers::ConfigError>(())
 //! ```
 
 use std::time::Duration;
 
-use super::error::ConfigError;
+use crate::ConfigError;
 use crate::rng::Rng;
 
 /// The longest delay a schedule can produce: `u64::MAX` nanoseconds (about 584 years).
-const LONGEST: Duration = Duration::from_nanos(u64::MAX);
+pub(crate) const LONGEST: Duration = Duration::from_nanos(u64::MAX);
 
 /// A backoff schedule: the delay before each retry.
 ///
@@ -440,7 +444,7 @@ impl Backoff for Constant {
 /// number; when it returns `None` (its `max_elapsed_time` passed) the retry layer stops.
 ///
 /// ```
-/// use rampart_layers::retry::backoff::{Backoff, BackoffCompat};
+/// use rampart_layers::backoff::{Backoff, BackoffCompat};
 /// use rampart_layers::rng::SplitMix64;
 /// use std::time::Duration;
 ///

@@ -105,6 +105,18 @@ impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for std::sync::Arc<C
     }
 }
 
+/// How `classifier` judges a call's outcome: `None` for a success.
+#[cfg(any(feature = "breaker", feature = "recreate"))]
+pub(crate) fn classify_result<Res, E, C: Classify<Res, E>>(
+    classifier: &C,
+    result: &Result<Res, E>,
+) -> Option<Classification> {
+    match result {
+        Ok(response) => classifier.classify_response(response),
+        Err(error) => Some(classifier.classify_error(error)),
+    }
+}
+
 /// A classifier from a closure over the error; see [`classify_fn`].
 #[derive(Clone, Copy)]
 pub struct ClassifyFn<F> {

@@ -7,7 +7,8 @@
 //! transient, how to check a connection) and ready-made stacks.
 //!
 //! One [`classify::Classify`] implementation decides for every layer what a failure means, so retry and the
-//! breaker never disagree about whether the downstream is in trouble.
+//! breaker never disagree about whether the downstream is in trouble. Every settings builder's `build()`
+//! refuses a bad value with the same [`ConfigError`], naming the setting.
 //!
 //! # Example
 //!
@@ -53,7 +54,9 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod classify;
+mod config_error;
 pub mod events;
 pub mod rng;
 
@@ -75,6 +78,7 @@ pub use breaker::{BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLa
 #[cfg(feature = "chaos")]
 pub use chaos::{Chaos, ChaosConfig, ChaosHandle, ChaosLayer, InjectedFault};
 pub use classify::{Classification, Classify, Idempotence, Idempotent};
+pub use config_error::ConfigError;
 #[cfg(feature = "deadline")]
 pub use deadline::{
     AttemptTimedOut, AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineExceeded,

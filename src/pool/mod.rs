@@ -372,6 +372,49 @@ impl managed::Manager for Manager {
     }
 }
 
+/// A connection in use by one request. If dropped before [`finish`](InFlight::finish) — the caller gave
+/// up, or a timeout above fired — it asks the server to cancel whatever it is running for the request and
+/// discards the connection: one with a request of unknown state on it, or on a dead link, is never reused.
+pub(crate) struct InFlight {
+    pool: Pool,
+    conn: Option<PooledConn>,
+}
+
+impl InFlight {
+    pub(crate) fn new(pool: Pool, conn: PooledConn) -> Self {
+        Self {
+            pool,
+            conn: Some(conn),
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut PooledConn {
+        self.conn.as_mut().expect("present until finish or drop")
+    }
+
+    /// The request completed (well or badly): return the connection, or discard it if its link failed.
+    pub(crate) fn finish(mut self, link_failed: bool) {
+        if let Some(conn) = self.conn.take() {
+            if link_failed || conn.client().is_closed() {
+                self.pool.discard(conn);
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tracing::debug!(
+                target: "rampart::pool",
+                "request abandoned in flight: cancelling it and discarding its connection"
+            );
+            self.pool.cancel_in_background(conn.client().cancel_token());
+            self.pool.discard(conn);
+        }
+    }
+}
+
 /// Pool statistics at one moment; see [`Pool::stats`]. Serializable for health documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]

@@ -8,8 +8,13 @@ use rampart::{ErrorKind, Query};
 
 use crate::support::*;
 
-const INSERT_IN_FLIGHT: &str =
-    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO w%' AND state = 'active'";
+/// Waits until a statement containing `marker` is running on the server.
+async fn until_running(cluster: &Cluster, marker: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' AND pid <> pg_backend_pid()"
+    );
+    until_count_is(cluster, &sql, |n| n >= 1, "at least 1").await;
+}
 
 #[tokio::test]
 async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
@@ -25,10 +30,10 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
 
     // Not idempotent: the reset leaves the outcome unknown, and it is reported, not replayed.
     let write = db.run(Query::write(
-        "INSERT INTO w (request_id) SELECT 'plain' FROM pg_sleep(0.5)",
+        "INSERT INTO w (request_id) SELECT 'plain' FROM pg_sleep(2) /* s5-plain */",
     ));
     let reset = async {
-        until_count(&cluster, INSERT_IN_FLIGHT, 1).await;
+        until_running(&cluster, "s5-plain").await;
         proxy.reset_all();
     };
     let (result, ()) = tokio::join!(write, reset);
@@ -40,6 +45,15 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
         err.to_string().contains("outcome is unknown"),
         "the error says so: {err}"
     );
+    // The server finishes the statement it had (the reset reaches the backend only when it answers):
+    // the write the caller was told is "unknown" was in fact applied, which is why replaying it would
+    // have been wrong.
+    until_count(
+        &cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%s5-plain%' AND state = 'active' AND pid <> pg_backend_pid()",
+        0,
+    )
+    .await;
     let plain_rows = count(
         &cluster,
         "SELECT count(*) FROM w WHERE request_id = 'plain'",
@@ -48,12 +62,14 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
     assert!(plain_rows <= 1);
 
     // Marked idempotent with a key the statement deduplicates on: replayed, applied exactly once.
-    let keyed = Query::write("INSERT INTO w (request_id) SELECT $1 FROM pg_sleep(0.5) ON CONFLICT (request_id) DO NOTHING")
+    let keyed = Query::write(
+        "INSERT INTO w (request_id) SELECT $1 FROM pg_sleep(2) ON CONFLICT (request_id) DO NOTHING /* s5-keyed */",
+    )
         .bind("keyed")
         .idempotency_key("keyed");
     let write = db.run(keyed);
     let reset = async {
-        until_count(&cluster, INSERT_IN_FLIGHT, 1).await;
+        until_running(&cluster, "s5-keyed").await;
         proxy.reset_all();
     };
     let (result, ()) = tokio::join!(write, reset);

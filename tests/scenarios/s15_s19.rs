@@ -276,8 +276,17 @@ async fn s18_load_during_a_restart() {
     // is missing and nothing unacknowledged is invented. A caller may get a typed error (the breaker may
     // open if the restart is slow), never an untyped one.
     for kind in tally.errors.keys() {
-        let typed = ["circuit_open", "timeout", "deadline_exceeded", "connect", "connection_lost"];
-        assert!(typed.contains(&kind.as_str()), "unexpected failure kind {kind}: {tally:?}");
+        let typed = [
+            "circuit_open",
+            "timeout",
+            "deadline_exceeded",
+            "connect",
+            "connection_lost",
+        ];
+        assert!(
+            typed.contains(&kind.as_str()),
+            "unexpected failure kind {kind}: {tally:?}"
+        );
     }
     report(
         "S18",

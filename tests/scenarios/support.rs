@@ -57,7 +57,7 @@ impl Tally {
     }
 
     pub(crate) fn record_pg<T>(&mut self, result: &Result<T, tokio_postgres::Error>) {
-        self.record(result, |e| pg_kind(e));
+        self.record(result, pg_kind);
     }
 }
 
@@ -93,19 +93,30 @@ pub(crate) async fn count(cluster: &Cluster, sql: &str) -> i64 {
         .get(0)
 }
 
-/// Waits (bounded) until `sql` counts `want`.
+/// Waits (bounded) until `sql` counts `want`, polling through one connection of its own.
 pub(crate) async fn until_count(cluster: &Cluster, sql: &str, want: i64) {
+    until_count_is(cluster, sql, |n| n == want, &format!("{want}")).await
+}
+
+/// Waits (bounded) until the number `sql` returns satisfies `ok`.
+pub(crate) async fn until_count_is(
+    cluster: &Cluster,
+    sql: &str,
+    ok: impl Fn(i64) -> bool,
+    expected: &str,
+) {
+    let client = connect(&cluster.url()).await;
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
-        let n = count(cluster, sql).await;
-        if n == want {
+        let n: i64 = client.query_one(sql, &[]).await.expect(sql).get(0);
+        if ok(n) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "`{sql}` stayed at {n}, expected {want}"
+            "`{sql}` stayed at {n}, expected {expected}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::error::ConfigError;
+use crate::ConfigError;
 
 /// How the closed state remembers recent calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::error::CircuitOpen;
 use super::state::{Permit, Shared};
 use super::sync::{Arc, Ordering};
 use super::window::Outcome;
-use crate::classify::Classify;
+use crate::classify::{Classify, classify_result};
 
 /// A permitted call's claim on the breaker; gives the permit back if dropped without an outcome
 /// (the caller cancelled the call).
@@ -38,11 +38,7 @@ impl PermitGuard {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let class = match result {
-            Ok(response) => classifier.classify_response(response),
-            Err(error) => Some(classifier.classify_error(error)),
-        };
-        let failure = match class {
+        let failure = match classify_result(classifier, result) {
             None => false,
             Some(c) if c.is_failure_of_downstream() => true,
             Some(_) => {

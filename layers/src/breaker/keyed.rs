@@ -8,11 +8,11 @@ use std::time::Duration;
 use tower::{BoxError, Layer, Service};
 
 use super::config::BreakerConfig;
-use super::error::ConfigError;
 use super::future::{PermitGuard, ResponseFuture};
 use super::handle::BreakerHandle;
 use super::state::Shared;
 use super::sync::Arc;
+use crate::ConfigError;
 use crate::classify::{Classify, TimeoutsAreTransient};
 
 struct Entry {

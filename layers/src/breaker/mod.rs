@@ -117,7 +117,7 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Service};
 
 pub use self::config::{BreakerConfig, BreakerConfigBuilder, SlidingWindow};
-pub use self::error::{CircuitOpen, ConfigError};
+pub use self::error::CircuitOpen;
 pub use self::handle::{BreakerHandle, BreakerMetrics};
 pub use self::keyed::{BreakerRegistry, KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 pub use self::layer::CircuitBreakerLayer;

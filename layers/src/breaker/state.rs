@@ -379,7 +379,7 @@ impl Shared {
             if cfg!(feature = "metrics") {
                 crate::events::counter(
                     "rampart_breaker_rejections_total",
-                    &[("name", self.name.to_string())],
+                    &[("name", self.name.to_string().into())],
                     1,
                 );
             }
@@ -419,10 +419,10 @@ impl Shared {
             crate::events::counter(
                 "rampart_breaker_transitions_total",
                 &[
-                    ("name", self.name.to_string()),
-                    ("from", t.from.as_str().to_owned()),
-                    ("to", t.to.as_str().to_owned()),
-                    ("reason", t.reason.as_str().to_owned()),
+                    ("name", self.name.to_string().into()),
+                    ("from", t.from.as_str().into()),
+                    ("to", t.to.as_str().into()),
+                    ("reason", t.reason.as_str().into()),
                 ],
                 1,
             );

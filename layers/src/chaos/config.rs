@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::error::ConfigError;
+use crate::ConfigError;
 
 /// Settings of [`Chaos`](super::Chaos), validated by [`ChaosConfigBuilder::build`]. Nothing is injected
 /// by default: each fault has to be asked for.

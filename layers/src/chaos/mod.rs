@@ -2,7 +2,7 @@
 //! schedule, repeatably under a seed.
 //!
 //! [`Chaos`] does nothing unless you stack it, and injects nothing its [`ChaosConfig`] does not ask for.
-//! For each call it draws one number from a [`SplitMix64`](crate::rng::SplitMix64) generator shared by
+//! For each call it draws one number from a [`SplitMix64`] generator shared by
 //! every clone and picks a fault by rate:
 //!
 //! | fault | what the caller sees | inner service called |
@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 pub use self::config::{ChaosConfig, ChaosConfigBuilder};
-pub use self::error::{ConfigError, Fault, InjectedFault};
+pub use self::error::{Fault, InjectedFault};
 pub use self::layer::ChaosLayer;
 
 use self::future::ResponseFuture;
@@ -170,7 +170,7 @@ impl ChaosHandle {
         tracing::debug!(target: "rampart::chaos", fault = fault.as_str(), "injecting a fault");
         crate::events::counter(
             "rampart_chaos_faults_total",
-            &[("fault", fault.as_str().to_owned())],
+            &[("fault", fault.as_str().into())],
             1,
         );
         Some(fault)

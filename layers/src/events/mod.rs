@@ -18,56 +18,46 @@
 //!
 //! Without the `metrics` feature the metric helpers compile to nothing.
 
+use std::borrow::Cow;
+
 /// A metric label: a static key and a value.
-pub type Label = (&'static str, String);
+///
+/// The value is a [`Cow`] so that the usual labels (a classification, a state, a reason: all
+/// `&'static str`) are passed as `value.into()` without allocating, with or without the `metrics`
+/// feature.
+pub type Label = (&'static str, Cow<'static, str>);
 
 /// Adds `value` to the counter `name` with the given labels.
 #[inline]
 pub fn counter(name: &'static str, labels: &[Label], value: u64) {
     #[cfg(feature = "metrics")]
-    {
-        let labels: Vec<metrics::Label> = labels
-            .iter()
-            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
-            .collect();
-        metrics::counter!(name, labels).increment(value);
-    }
+    metrics::counter!(name, to_metrics(labels)).increment(value);
     #[cfg(not(feature = "metrics"))]
-    {
-        let _ = (name, labels, value);
-    }
+    let _ = (name, labels, value);
 }
 
 /// Records `seconds` in the histogram `name` with the given labels.
 #[inline]
 pub fn histogram(name: &'static str, labels: &[Label], seconds: f64) {
     #[cfg(feature = "metrics")]
-    {
-        let labels: Vec<metrics::Label> = labels
-            .iter()
-            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
-            .collect();
-        metrics::histogram!(name, labels).record(seconds);
-    }
+    metrics::histogram!(name, to_metrics(labels)).record(seconds);
     #[cfg(not(feature = "metrics"))]
-    {
-        let _ = (name, labels, seconds);
-    }
+    let _ = (name, labels, seconds);
 }
 
 /// Sets the gauge `name` with the given labels.
 #[inline]
 pub fn gauge(name: &'static str, labels: &[Label], value: f64) {
     #[cfg(feature = "metrics")]
-    {
-        let labels: Vec<metrics::Label> = labels
-            .iter()
-            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
-            .collect();
-        metrics::gauge!(name, labels).set(value);
-    }
+    metrics::gauge!(name, to_metrics(labels)).set(value);
     #[cfg(not(feature = "metrics"))]
-    {
-        let _ = (name, labels, value);
-    }
+    let _ = (name, labels, value);
+}
+
+#[cfg(feature = "metrics")]
+fn to_metrics(labels: &[Label]) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(key, value)| metrics::Label::new(*key, value.clone()))
+        .collect()
 }

@@ -2,18 +2,48 @@
 
 use std::time::Duration;
 
-use super::error::ConfigError;
+use crate::ConfigError;
+use crate::backoff::{Exponential, Jitter, LONGEST};
 
 /// Settings of [`Recreate`](super::Recreate), validated by [`RecreateConfigBuilder::build`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecreateConfig {
     pub(crate) failure_threshold: u32,
-    pub(crate) initial_backoff: Duration,
-    pub(crate) max_backoff: Duration,
-    pub(crate) multiplier: f64,
+    // Un-jittered (the builder offers no jitter), so `backoff` reads its nominal delays.
+    pub(crate) schedule: Exponential,
 }
 
 impl Default for RecreateConfig {
+    fn default() -> Self {
+        RecreateConfigBuilder::default()
+            .build()
+            .expect("the default settings are valid")
+    }
+}
+
+impl RecreateConfig {
+    /// A builder starting from the defaults: rebuild after 10 consecutive failures; retry a failed rebuild
+    /// after 500 ms, doubling up to 30 s.
+    pub fn builder() -> RecreateConfigBuilder {
+        RecreateConfigBuilder::default()
+    }
+
+    /// The delay before rebuild attempt `attempt + 1`, after `attempt` failed attempts (1-based).
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        self.schedule.nominal_delay(attempt)
+    }
+}
+
+/// Builds a [`RecreateConfig`].
+#[derive(Debug, Clone)]
+pub struct RecreateConfigBuilder {
+    failure_threshold: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+}
+
+impl Default for RecreateConfigBuilder {
     fn default() -> Self {
         Self {
             failure_threshold: 10,
@@ -24,84 +54,67 @@ impl Default for RecreateConfig {
     }
 }
 
-impl RecreateConfig {
-    /// A builder starting from the defaults: rebuild after 10 consecutive failures; retry a failed rebuild
-    /// after 500 ms, doubling up to 30 s.
-    pub fn builder() -> RecreateConfigBuilder {
-        RecreateConfigBuilder {
-            config: Self::default(),
-        }
-    }
-
-    /// The delay before rebuild attempt `attempt + 1`, after `attempt` failed attempts (1-based).
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(64) as i32;
-        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exp);
-        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
-            self.max_backoff
-        } else {
-            Duration::from_secs_f64(secs)
-        }
-    }
-}
-
-/// Builds a [`RecreateConfig`].
-#[derive(Debug, Clone)]
-pub struct RecreateConfigBuilder {
-    config: RecreateConfig,
-}
-
 impl RecreateConfigBuilder {
     /// Rebuild after this many consecutive failures of the current service (default 10). A success
     /// resets the count.
     pub fn failure_threshold(mut self, failures: u32) -> Self {
-        self.config.failure_threshold = failures;
+        self.failure_threshold = failures;
         self
     }
 
     /// Wait this long before retrying a failed rebuild (default 500 ms).
     pub fn initial_backoff(mut self, delay: Duration) -> Self {
-        self.config.initial_backoff = delay;
+        self.initial_backoff = delay;
         self
     }
 
     /// Never wait longer than this between rebuild attempts (default 30 s).
     pub fn max_backoff(mut self, delay: Duration) -> Self {
-        self.config.max_backoff = delay;
+        self.max_backoff = delay;
         self
     }
 
     /// Multiply the wait by this after each failed attempt (default 2.0).
     pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.config.multiplier = multiplier;
+        self.multiplier = multiplier;
         self
     }
 
     /// Checks the settings.
     pub fn build(self) -> Result<RecreateConfig, ConfigError> {
-        let c = self.config;
-        if c.failure_threshold == 0 {
+        if self.failure_threshold == 0 {
             return Err(ConfigError::new("failure_threshold", "must be at least 1"));
         }
-        if c.initial_backoff.is_zero() {
+        if self.initial_backoff.is_zero() {
             return Err(ConfigError::new(
                 "initial_backoff",
                 "must be greater than zero",
             ));
         }
-        if c.max_backoff < c.initial_backoff {
+        if self.max_backoff < self.initial_backoff {
             return Err(ConfigError::new(
                 "max_backoff",
                 "must not be shorter than initial_backoff",
             ));
         }
-        if !(c.multiplier.is_finite() && c.multiplier >= 1.0) {
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
             return Err(ConfigError::new(
                 "multiplier",
                 "must be a finite number >= 1.0",
             ));
         }
-        Ok(c)
+        // Checked above under this builder's names; the schedule cannot wait longer than `LONGEST`
+        // (584 years, "never" either way), so longer settings are clamped rather than refused.
+        let schedule = Exponential::builder()
+            .base_delay(self.initial_backoff.min(LONGEST))
+            .max_delay(self.max_backoff.min(LONGEST))
+            .multiplier(self.multiplier)
+            .jitter(Jitter::None)
+            .build()?;
+        Ok(RecreateConfig {
+            failure_threshold: self.failure_threshold,
+            schedule,
+        })
     }
 }
 

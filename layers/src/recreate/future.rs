@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tower::BoxError;
 
 use super::shared::Tracker;
-use crate::classify::Classify;
+use crate::classify::{Classification, Classify, classify_result};
 
 pin_project! {
     /// The call on the service that was current when it started (it finishes there even if a rebuilt
@@ -54,16 +54,10 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(tracker) = this.tracker.take() {
-            tracker.on_outcome(*this.generation, is_failure(this.classifier, &result));
+            let failure = classify_result(this.classifier, &result)
+                .is_some_and(Classification::is_failure_of_downstream);
+            tracker.on_outcome(*this.generation, failure);
         }
         Poll::Ready(result.map_err(Into::into))
     }
-}
-
-pub(crate) fn is_failure<T, E, C: Classify<T, E>>(classifier: &C, result: &Result<T, E>) -> bool {
-    let class = match result {
-        Ok(response) => classifier.classify_response(response),
-        Err(error) => Some(classifier.classify_error(error)),
-    };
-    class.is_some_and(|c| c.is_failure_of_downstream())
 }

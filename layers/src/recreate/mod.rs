@@ -67,7 +67,6 @@
 //! ```
 
 mod config;
-mod error;
 pub mod future;
 mod layer;
 mod shared;
@@ -80,7 +79,6 @@ use std::time::Duration;
 use tower::{BoxError, Service};
 
 pub use self::config::{RecreateConfig, RecreateConfigBuilder};
-pub use self::error::ConfigError;
 pub use self::layer::RecreateLayer;
 
 use self::future::ResponseFuture;

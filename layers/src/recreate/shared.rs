@@ -105,7 +105,7 @@ where
                         "swapped in a rebuilt inner service");
                     crate::events::counter(
                         "rampart_recreate_rebuilds_total",
-                        &[("reason", reason.to_owned())],
+                        &[("reason", reason.into())],
                         1,
                     );
                     return;

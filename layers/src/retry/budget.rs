@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::error::ConfigError;
+use crate::ConfigError;
 
 /// A retry budget: retries may be at most a fraction of recent requests, plus a small floor.
 ///
@@ -29,7 +29,7 @@ use super::error::ConfigError;
 ///     .build()?;
 /// let shared = budget.clone(); // the same budget
 /// assert!(shared.try_withdraw());
-/// # Ok::<(), rampart_layers::retry::ConfigError>(())
+/// # Ok::<(), rampart_layers::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct RetryBudget {

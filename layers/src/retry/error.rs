@@ -6,37 +6,6 @@ use tower::BoxError;
 
 use crate::classify::Classification;
 
-/// A retry setting was refused when it was built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) const fn new(field: &'static str, reason: &'static str) -> Self {
-        Self { field, reason }
-    }
-
-    /// The name of the setting that was refused, as spelt by its builder method (`"multiplier"`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// Why it was refused.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid retry setting `{}`: {}", self.field, self.reason)
-    }
-}
-
-impl Error for ConfigError {}
-
 /// Why the retry layer stopped and returned an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -14,11 +14,11 @@ use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
 use super::{
-    backoff::Backoff,
     error::{GaveUp, RetryError},
     policy::{RetryEvent, RetryPolicy},
 };
 use crate::{
+    backoff::Backoff,
     classify::{Classification, Classify},
     deadline::{DeadlineExceeded, Deadlined},
     events,
@@ -212,7 +212,7 @@ fn report_gave_up<Res>(reason: GaveUp, attempts: u32, last: Option<&Failure<Res>
             tracing::warn!(target: "rampart::retry", attempt = attempts, class, reason = reason.as_str(), error = %error, "giving up");
             events::counter(
                 "rampart_retry_exhausted_total",
-                &[("reason", reason.as_str().to_owned())],
+                &[("reason", reason.as_str().into())],
                 1,
             );
         }
@@ -278,7 +278,7 @@ where
                     );
                     events::counter(
                         "rampart_retry_retries_total",
-                        &[("class", class.as_str().to_owned())],
+                        &[("class", class.as_str().into())],
                         1,
                     );
                     this.policy.notify(&RetryEvent {

@@ -82,7 +82,7 @@
 //! # }
 //! ```
 
-pub mod backoff;
+pub use crate::backoff;
 mod budget;
 mod error;
 pub mod future;
@@ -98,15 +98,15 @@ use tower::{BoxError, Service};
 
 pub use self::{
     budget::{RetryBudget, RetryBudgetBuilder},
-    error::{ConfigError, GaveUp, RetryError},
+    error::{GaveUp, RetryError},
     layer::RetryLayer,
     policy::{RetryEvent, RetryPolicy, RetryPolicyBuilder},
 };
+use crate::backoff::Backoff;
 use crate::{
     classify::{Classify, Idempotence},
     deadline::Deadlined,
 };
-use backoff::Backoff;
 
 /// Retries failed requests as its [`RetryPolicy`] says. See the [module docs](self).
 #[derive(Debug)]

@@ -7,12 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    backoff::{Backoff, Exponential, Jitter},
-    budget::RetryBudget,
-    error::ConfigError,
-};
+use super::budget::RetryBudget;
 use crate::{
+    ConfigError,
+    backoff::{Backoff, Exponential, Jitter},
     classify::{Classification, TimeoutsAreTransient},
     rng::{Rng, SplitMix64},
 };

@@ -68,7 +68,7 @@ use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
-pub use self::error::{ConfigError, ReplaceError, ValidationError};
+pub use self::error::{ReplaceError, ValidationError};
 pub use self::layer::ValidationLayer;
 pub use self::policy::{Check, Checked, ValidationPolicy, ValidationPolicyBuilder};
 

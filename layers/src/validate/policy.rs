@@ -8,7 +8,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Timeout};
 
-use super::error::{ConfigError, ValidationError};
+use super::error::ValidationError;
+use crate::ConfigError;
 
 /// When a resource must be checked before use, and how long the check may take.
 ///
@@ -163,7 +164,7 @@ where
         }
         crate::events::counter(
             "rampart_validate_checks_total",
-            &[("outcome", outcome.to_owned())],
+            &[("outcome", outcome.into())],
             1,
         );
         Poll::Ready(result)

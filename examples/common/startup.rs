@@ -1,0 +1,44 @@
+//! Start-up shared by the `http_health` and `grpc` examples' `main`s: the database, logs, and a shutdown
+//! signal.
+
+use std::error::Error;
+
+use rampart::testing::Cluster;
+use rampart::{Db, Stack};
+
+/// The stack over `DATABASE_URL`, or over a throwaway cluster so that `cargo run --example` needs no
+/// setup. Keep the cluster alive as long as the stack: dropping it stops the server and removes it.
+pub(crate) async fn database() -> Result<(Db, Option<Cluster>), Box<dyn Error>> {
+    // For a serverless host (Neon and the like), `Stack::serverless` has the longer timeouts it needs.
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => Ok((Stack::server(&url).build()?, None)),
+        Err(_) => {
+            println!("DATABASE_URL is not set: starting a throwaway PostgreSQL cluster");
+            let cluster = Cluster::new().await?;
+            let db = Stack::server(&cluster.url()).build()?;
+            Ok((db, Some(cluster)))
+        }
+    }
+}
+
+/// Logs to stderr, `info` and above unless `RUST_LOG` says otherwise.
+pub(crate) fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM, so the server stops gracefully and the throwaway cluster is removed.
+pub(crate) async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("shutting down");
+}
