@@ -338,6 +338,7 @@ impl StackBuilder {
             rebuilds,
             retries,
             attempt_timeout: self.attempt_timeout,
+            deadline: self.deadline,
         })
     }
 }
@@ -434,6 +435,7 @@ pub struct Db {
     rebuilds: Arc<dyn Fn() -> u64 + Send + Sync>,
     retries: Arc<AtomicU64>,
     attempt_timeout: Duration,
+    deadline: Duration,
 }
 
 impl fmt::Debug for Db {
@@ -472,7 +474,12 @@ impl Db {
     /// A [`Transactor`] over the current pool, whose runs are bounded by the stack's attempt timeout:
     /// for transactions re-run whole on serialization failures and deadlocks.
     pub fn transactor(&self) -> Transactor {
-        Transactor::new(self.pool()).attempt_timeout(Some(self.attempt_timeout))
+        // Like the stack's own retries, re-runs are bounded by the deadline rather than a small count, so a
+        // restart that takes a second is ridden out.
+        Transactor::new(self.pool())
+            .attempt_timeout(Some(self.attempt_timeout))
+            .max_elapsed(Some(self.deadline))
+            .max_attempts(100)
     }
 
     /// How many times the pool has been rebuilt after consecutive connection failures.

@@ -132,6 +132,7 @@ pub struct Transactor<B = Exponential> {
     schedule: B,
     budget: Option<Arc<RetryBudget>>,
     attempt_timeout: Option<Duration>,
+    max_elapsed: Option<Duration>,
     runs: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -153,6 +154,7 @@ impl Transactor<Exponential> {
             schedule,
             budget: None,
             attempt_timeout: Some(Duration::from_secs(30)),
+            max_elapsed: None,
             runs: Arc::default(),
         }
     }
@@ -187,8 +189,17 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
             schedule,
             budget: self.budget,
             attempt_timeout: self.attempt_timeout,
+            max_elapsed: self.max_elapsed,
             runs: self.runs,
         }
+    }
+
+    /// No run starts (and no wait begins) that would end past this much time after the first run
+    /// started: re-runs are bounded by time as well as by count. `None` (the default) bounds them by
+    /// count only.
+    pub fn max_elapsed(mut self, limit: Option<Duration>) -> Self {
+        self.max_elapsed = limit;
+        self
     }
 
     /// Shares a retry budget with other retrying layers, so re-runs can't multiply load.
@@ -224,6 +235,7 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         let mut schedule = self.schedule.clone();
         let mut rng = SplitMix64::from_entropy();
         let mut attempt = 0u32;
+        let started = tokio::time::Instant::now();
         loop {
             attempt += 1;
             self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -249,6 +261,12 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
                 });
             }
             let delay = schedule.next_delay(attempt, &mut rng).unwrap_or_default();
+            if self
+                .max_elapsed
+                .is_some_and(|limit| started.elapsed() + delay >= limit)
+            {
+                return Err(err.with_attempts(attempt));
+            }
             tracing::info!(
                 target: "rampart::tx", attempt, delay_ms = delay.as_millis() as u64, error = %err,
                 "transaction re-run"
