@@ -240,6 +240,54 @@ async fn idle_connections_are_evicted_in_the_background() {
 }
 
 #[tokio::test]
+async fn the_keepalive_pinger_checks_idle_connections_only_when_asked() {
+    let cluster = Cluster::new().await.unwrap();
+    let pinged = PoolConfig::builder()
+        .validation(quick_validation())
+        .keepalive_interval(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let db = PgService::new(pool(&cluster.url(), pinged));
+    db.clone().oneshot(Query::read("SELECT 1")).await.unwrap();
+    // Nobody sends a query; the pinger's checks are the only traffic, and they pass.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while db.pool().stats().validated < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            db.pool().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        db.pool().stats().created,
+        1,
+        "pinging reuses the idle connection"
+    );
+
+    // The default (and the serverless preset) never pings: an idle pool stays silent.
+    let quiet = PgService::new(pool(
+        &cluster.url(),
+        PoolConfig::builder()
+            .validation(quick_validation())
+            .build()
+            .unwrap(),
+    ));
+    quiet
+        .clone()
+        .oneshot(Query::read("SELECT 1"))
+        .await
+        .unwrap();
+    let validated = quiet.pool().stats().validated;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        quiet.pool().stats().validated,
+        validated,
+        "no pinger unless asked"
+    );
+}
+
+#[tokio::test]
 async fn the_deadline_is_pushed_down_as_statement_timeout() {
     let cluster = Cluster::new().await.unwrap();
     let db = PgService::new(pool(&cluster.url(), PoolConfig::default()));
