@@ -8,39 +8,9 @@ use tokio_postgres::error::SqlState;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A setting that cannot work, found when the configuration is built. Names the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-
-    /// The name of the offending setting (`url`, `max_size`, ...).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// What is wrong with it.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid `{}`: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// A setting that cannot work, found when the configuration is built; it names the field. The same type
+/// as every layer's builder returns, so a whole stack's bad settings are handled one way.
+pub use rampart_layers::ConfigError;
 
 /// What kind of failure an [`Error`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
