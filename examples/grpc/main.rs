@@ -19,6 +19,15 @@
 //! Why no generated code: `tonic-prost-build` needs a `build.rs`, which in this package would run for
 //! every build of the library, and a `protoc`. The two messages and the two-arm router are short enough
 //! to write by hand (`service.rs`); `signups.proto` documents the same service for other clients.
+//!
+//! # The layers on both sides
+//!
+//! The server's handlers reach the database through rampart's ready-made stack. The client mode
+//! (`signup`, `health`) goes through the same generic layers, this time around the tonic channel
+//! (`client.rs`): an overall deadline (sent to the server as `grpc-timeout`), retry with backoff and a
+//! budget, a circuit breaker, and a timeout per attempt, with one classifier for gRPC statuses
+//! (`UNAVAILABLE` and `DEADLINE_EXCEEDED` transient, `UNKNOWN` ambiguous, the rest permanent). Run the
+//! client before the server is up to watch it retry `UNAVAILABLE`; the retries are logged on stderr.
 
 #[allow(dead_code)] // shared with http_health, which also counts
 #[path = "../common/signups.rs"]
@@ -26,10 +35,12 @@ mod signups;
 #[path = "../common/startup.rs"]
 mod startup;
 
+mod client;
 mod service;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use client::{ClientSettings, ResilientClient, describe};
 use service::{SignupsClient, SignupsServer};
 
 #[tokio::main]
@@ -45,23 +56,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => serve(addr).await,
         ["signup", email, request_id] => {
-            let reply = SignupsClient::connect(addr)
-                .await?
-                .signup(email, request_id)
-                .await;
-            match reply {
+            let mut client = resilient_client(addr)?;
+            match client.signup(email, request_id).await {
                 Ok(reply) => println!("id: {}, created: {}", reply.id, reply.created),
-                Err(status) => println!("{:?}: {}", status.code(), status.message()),
+                Err(err) => println!("{}", describe(&err)),
             }
+            summary(&client);
             Ok(())
         }
         ["health"] => {
-            let reply = SignupsClient::connect(addr).await?.health().await?;
-            println!("{}", reply.report_json);
+            let mut client = resilient_client(addr)?;
+            match client.health().await {
+                Ok(reply) => println!("{}", reply.report_json),
+                Err(err) => println!("{}", describe(&err)),
+            }
+            summary(&client);
             Ok(())
         }
         _ => Err("usage: grpc [signup EMAIL REQUEST_ID | health]".into()),
     }
+}
+
+/// The client-side stack around a channel to `addr`, which connects on the first call (so a server
+/// that is not up yet is `UNAVAILABLE`, retried), with its retries logged on stderr.
+fn resilient_client(addr: SocketAddr) -> Result<ResilientClient, Box<dyn std::error::Error>> {
+    startup::logs();
+    Ok(ResilientClient::new(
+        SignupsClient::lazy(addr),
+        ClientSettings::default(),
+    )?)
+}
+
+/// What the client's stack did.
+fn summary(client: &ResilientClient) {
+    let breaker = client.breaker().metrics();
+    println!(
+        "client stack: {} retries; breaker {:?} is {} after {} calls, {} failed",
+        client.retries(),
+        client.breaker().name(),
+        breaker.state,
+        breaker.calls,
+        breaker.failures
+    );
 }
 
 async fn serve(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {

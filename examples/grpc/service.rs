@@ -1,5 +1,6 @@
 //! The gRPC service `rampart.example.Signups`, written by hand: its messages, a server that routes the
-//! two methods, and a client. Separate from `main` so that `tests/grpc` runs the very same code.
+//! two methods, and a plain client (`client.rs` stacks rampart's layers around it). Separate from `main`
+//! so that `tests/grpc` runs the very same code.
 //!
 //! No code generation: the messages are prost structs with the field tags of `signups.proto` (beside
 //! this file, for grpcurl and for clients in other languages), and each method is a closure handed to
@@ -9,6 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::uri::PathAndQuery;
@@ -132,7 +134,7 @@ async fn signup(db: Db, request: Request<SignupRequest>) -> Result<Response<Sign
 }
 
 async fn health(db: Db, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
-    let report = db.health(Some(std::time::Duration::from_secs(1))).await;
+    let report = db.health(Some(Duration::from_secs(1))).await;
     let json = serde_json::to_value(&report).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(HealthReply {
         status: json["status"].as_str().unwrap_or_default().to_owned(),
@@ -190,53 +192,77 @@ pub(crate) fn status_of(err: &rampart::Error) -> Status {
     Status::with_metadata(code, failure.message(), metadata)
 }
 
-/// A client of `rampart.example.Signups`.
+/// A unary method of `rampart.example.Signups`, named by its request message: the message knows its
+/// path and its reply, so one generic call serves both methods (and the client-side stack in
+/// `client.rs` wraps that one call).
+pub(crate) trait Method: prost::Message + Clone + Send + Sync + 'static {
+    /// The method's path, `/package.Service/Method`.
+    const PATH: &'static str;
+    /// The reply message.
+    type Reply: prost::Message + Default + Send + Sync + 'static;
+}
+
+impl Method for SignupRequest {
+    const PATH: &'static str = SIGNUP;
+    type Reply = SignupReply;
+}
+
+impl Method for HealthRequest {
+    const PATH: &'static str = HEALTH;
+    type Reply = HealthReply;
+}
+
+impl SignupRequest {
+    pub(crate) fn new(email: &str, request_id: &str) -> Self {
+        Self {
+            email: email.to_owned(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
+/// A plain client of `rampart.example.Signups`: one call, one HTTP/2 request, no retry. `client.rs`
+/// stacks rampart's layers around it.
 #[derive(Clone)]
 pub(crate) struct SignupsClient {
     grpc: tonic::client::Grpc<Channel>,
 }
 
 impl SignupsClient {
-    /// Connects to a server on `addr`.
-    pub(crate) async fn connect(addr: SocketAddr) -> Result<Self, tonic::transport::Error> {
+    /// A client for a server on `addr`. It connects on the first call, and again after losing the
+    /// connection, so a server that is not up (yet, or any more) is a call failing with `UNAVAILABLE`,
+    /// which a retry layer above can handle, rather than an error here.
+    pub(crate) fn lazy(addr: SocketAddr) -> Self {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("an address makes a valid URI")
-            .connect()
-            .await?;
-        Ok(Self {
+            .connect_lazy();
+        Self {
             grpc: tonic::client::Grpc::new(channel),
-        })
+        }
     }
 
-    pub(crate) async fn signup(
+    /// Calls the method of `message`. With a `timeout`, the request carries it as `grpc-timeout`, so
+    /// the server gives up when the caller would (tonic's server enforces the header).
+    pub(crate) async fn call<M: Method>(
         &mut self,
-        email: &str,
-        request_id: &str,
-    ) -> Result<SignupReply, Status> {
-        let request = SignupRequest {
-            email: email.to_owned(),
-            request_id: request_id.to_owned(),
-        };
-        self.unary(SIGNUP, request).await
-    }
-
-    pub(crate) async fn health(&mut self) -> Result<HealthReply, Status> {
-        self.unary(HEALTH, HealthRequest {}).await
-    }
-
-    async fn unary<Q, A>(&mut self, path: &'static str, request: Q) -> Result<A, Status>
-    where
-        Q: prost::Message + Send + Sync + 'static,
-        A: prost::Message + Default + Send + Sync + 'static,
-    {
+        message: M,
+        timeout: Option<Duration>,
+    ) -> Result<M::Reply, Status> {
         self.grpc
             .ready()
             .await
             .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-        let path = PathAndQuery::from_static(path);
+        let mut request = Request::new(message);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
         let response = self
             .grpc
-            .unary(Request::new(request), path, ProstCodec::default())
+            .unary(
+                request,
+                PathAndQuery::from_static(M::PATH),
+                ProstCodec::default(),
+            )
             .await?;
         Ok(response.into_inner())
     }

@@ -157,6 +157,19 @@ async fn the_breaker_opens_when_the_server_stops_and_health_follows_it() {
     let cluster = Cluster::new().await.unwrap();
     let server = Server::start(Stack::server(&cluster.url()).build().unwrap()).await;
     assert_eq!(server.get("/users/count").await.status, StatusCode::OK);
+    // This server's breaker is named by its redacted URL, so its series are told apart from those of
+    // the other tests in this binary, which share the process-wide recorder.
+    let this_server = format!("@127.0.0.1:{}/", cluster.port());
+    let before = Metrics::scrape(&server).await;
+    assert_eq!(
+        before.sum(
+            "rampart_breaker_transitions_total",
+            &[&this_server, r#"to="open""#]
+        ),
+        0.0,
+        "{}",
+        before.0
+    );
 
     cluster.stop().unwrap();
     let deadline = tokio::time::Instant::now() + BOUND;
@@ -196,6 +209,39 @@ async fn the_breaker_opens_when_the_server_stops_and_health_follows_it() {
     assert_eq!(health.json()["status"], "down");
     assert_eq!(health.json()["breaker"]["state"], "open");
 
+    // /metrics shows the outage: the transition to open, the refusal, and the retries before it.
+    let down = Metrics::scrape(&server).await;
+    assert_eq!(
+        down.sum(
+            "rampart_breaker_transitions_total",
+            &[&this_server, r#"from="closed""#, r#"to="open""#]
+        ),
+        1.0,
+        "{}",
+        down.0
+    );
+    assert!(
+        down.sum("rampart_breaker_rejections_total", &[&this_server]) >= 1.0,
+        "{}",
+        down.0
+    );
+    // The retry counters carry no server label: they only have to have grown while this server was down.
+    for name in [
+        "rampart_retry_attempts_total",
+        "rampart_retry_retries_total",
+    ] {
+        assert!(
+            down.sum(name, &[]) > before.sum(name, &[]),
+            "{name} did not grow:\n{}",
+            down.0
+        );
+    }
+    assert!(
+        down.sum("rampart_retry_retries_total", &[r#"class="transient""#]) >= 1.0,
+        "{}",
+        down.0
+    );
+
     // Back: once the breaker's wait is over, a request goes through and closes it again.
     cluster.start().await.unwrap();
     let deadline = tokio::time::Instant::now() + BOUND;
@@ -213,6 +259,65 @@ async fn the_breaker_opens_when_the_server_stops_and_health_follows_it() {
     }
     let health = server.get("/health").await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+    // The first request after the wait was one of the half-open breaker's probes; the others close it.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let health = loop {
+        let health = server.get("/health").await;
+        assert_eq!(health.status, StatusCode::OK, "{}", health.body);
+        if health.json()["breaker"]["state"] == "closed" {
+            break health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never closed again: {}",
+            health.body
+        );
+        assert_eq!(server.get("/users/count").await.status, StatusCode::OK);
+    };
+    assert_eq!(health.json()["status"], "up", "{}", health.body);
+
+    // ... and the way back: open to half-open after the wait, half-open to closed on the probes.
+    let back = Metrics::scrape(&server).await;
+    for (from, to) in [("open", "half_open"), ("half_open", "closed")] {
+        let (from, to) = (format!("from=\"{from}\""), format!("to=\"{to}\""));
+        assert!(
+            back.sum(
+                "rampart_breaker_transitions_total",
+                &[&this_server, &from, &to]
+            ) >= 1.0,
+            "no {from} {to} transition:\n{}",
+            back.0
+        );
+    }
+}
+
+/// A scrape of `/metrics`, in Prometheus' text format.
+struct Metrics(String);
+
+impl Metrics {
+    async fn scrape(server: &Server) -> Metrics {
+        let answer = server.get("/metrics").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        Metrics(answer.body)
+    }
+
+    /// The sum of the series of `name` whose line contains every one of `parts` (0 when there is none).
+    fn sum(&self, name: &str, parts: &[&str]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .map(|line| {
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("not a sample: {line}"))
+            })
+            .sum()
+    }
 }
 
 /// Everything logged by this test binary, at every level, for looking through afterwards.
