@@ -20,6 +20,22 @@
 //! | an attempt timeout or deadline | the statement is cancelled on the server | `Transient` |
 //! | classes `22` (data), `23` (constraint), `42` (syntax, access), `28` (authentication), `3D` (no such database) and every other code | the caller's mistake or a hard failure | `Permanent` |
 //!
+//!
+//! # A pooler's own errors
+//!
+//! PgBouncer (through 1.18 at least; later versions keep the messages) reports its own failures as
+//! `08P01` with a message, and closes the client connection after most of them. `08P01` alone would make
+//! them all transient; [`classify_pooler_message`] tells them apart:
+//!
+//! | PgBouncer message | meaning | classification |
+//! |---|---|---|
+//! | `no more connections allowed (max_client_conn)` | the pooler's client limit is reached (at connect) | `Transient` |
+//! | `pgbouncer cannot connect to server`, `server login has been failing, try again later (server_login_retry)` | Postgres is down or refusing the pooler; it waits `server_login_retry` before trying again | `Transient` |
+//! | `query_wait_timeout` | no server connection became free in time: the request never reached Postgres | `Transient` |
+//! | `client_idle_timeout`, `idle transaction timeout`, `database configuration changed`, `database removed`, `pooler is shutting down`, `RECONNECT` | the pooler closed this client connection; a new one works | `Transient` |
+//! | `server conn crashed?`, `query timeout` | the server connection was lost (or dropped by the pooler's `query_timeout`) while the request used it: it may have been applied | `Ambiguous` (`Transient` inside an uncommitted transaction or before anything was sent) |
+//! | `no such database`, `no such user`, `password authentication failed`, `unsupported startup parameter`, `... not allowed` | configuration: retrying will not help | `Permanent` |
+//!
 //! `Permanent` errors are never retried and never count against the breaker: a burst of bad SQL does not
 //! take the database "down". `Ambiguous` errors are retried only for requests marked idempotent.
 
@@ -43,6 +59,56 @@ pub fn classify_sqlstate(code: &SqlState) -> Classification {
     }
 }
 
+/// The classification of an error a pooler (PgBouncer) reports about itself, as SQLSTATE `08P01` with
+/// this message; `None` for a message it does not know, which the SQLSTATE then decides (see the table
+/// in the [module docs](self)). `Ambiguous` means "the outcome is unknown if the request was in flight".
+pub fn classify_pooler_message(message: &str) -> Option<Classification> {
+    const AMBIGUOUS: [&str; 2] = ["server conn crashed", "query timeout"];
+    const TRANSIENT: [&str; 10] = [
+        "max_client_conn",
+        "cannot connect to server",
+        "server_login_retry",
+        "query_wait_timeout",
+        "client_idle_timeout",
+        "idle transaction timeout",
+        "database configuration changed",
+        "database removed",
+        "shutting down",
+        "RECONNECT",
+    ];
+    const PERMANENT: [&str; 6] = [
+        "no such database",
+        "no such user",
+        "authentication failed",
+        "unsupported startup parameter",
+        "not allowed",
+        "SSL required",
+    ];
+    if AMBIGUOUS.iter().any(|m| message.contains(m)) {
+        Some(Classification::Ambiguous)
+    } else if TRANSIENT.iter().any(|m| message.contains(m)) {
+        Some(Classification::Transient)
+    } else if PERMANENT.iter().any(|m| message.contains(m)) {
+        Some(Classification::Permanent)
+    } else {
+        None
+    }
+}
+
+/// The classification of a server's (or a pooler's) error: the SQLSTATE, refined by the message for a
+/// pooler's `08P01`.
+fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Classification {
+    if *code == SqlState::PROTOCOL_VIOLATION {
+        if let Some(class) = err
+            .as_db_error()
+            .and_then(|db| classify_pooler_message(db.message()))
+        {
+            return class;
+        }
+    }
+    classify_sqlstate(code)
+}
+
 /// Where in a request's life a tokio-postgres error happened; decides whether a lost connection leaves
 /// the outcome unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +127,15 @@ pub(crate) enum Stage {
 /// Converts a tokio-postgres error into a classified [`Error`]. `server` is the redacted address.
 pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) -> Error {
     if let Some(code) = err.code().cloned() {
-        let class = classify_sqlstate(&code);
+        let class = match classify_db(&code, &err) {
+            // Nothing was sent, or it was inside a transaction the server rolls back.
+            Classification::Ambiguous
+                if stage != Stage::InFlight && code.code().starts_with("08") =>
+            {
+                Classification::Transient
+            }
+            class => class,
+        };
         let message = match err.as_db_error() {
             Some(db) => format!("{}: {}", db.severity(), db.message()),
             None => err.to_string(),
@@ -155,7 +229,7 @@ impl<Res> Classify<Res, BoxError> for PgClassifier {
             }
             if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
                 return match pg.code() {
-                    Some(code) => classify_sqlstate(code),
+                    Some(code) => classify_db(code, pg),
                     None => Classification::Ambiguous,
                 };
             }
@@ -204,6 +278,51 @@ mod tests {
                 want,
                 "{code}"
             );
+        }
+    }
+
+    #[test]
+    fn pgbouncer_messages() {
+        let cases = [
+            (
+                "no more connections allowed (max_client_conn)",
+                Some(Classification::Transient),
+            ),
+            (
+                "server login has been failing, try again later (server_login_retry)",
+                Some(Classification::Transient),
+            ),
+            (
+                "pgbouncer cannot connect to server",
+                Some(Classification::Transient),
+            ),
+            ("query_wait_timeout", Some(Classification::Transient)),
+            ("client_idle_timeout", Some(Classification::Transient)),
+            ("idle transaction timeout", Some(Classification::Transient)),
+            (
+                "database configuration changed",
+                Some(Classification::Transient),
+            ),
+            ("server conn crashed?", Some(Classification::Ambiguous)),
+            ("query timeout", Some(Classification::Ambiguous)),
+            ("no such database: app", Some(Classification::Permanent)),
+            ("no such user: app", Some(Classification::Permanent)),
+            (
+                "password authentication failed",
+                Some(Classification::Permanent),
+            ),
+            (
+                "unsupported startup parameter: search_path",
+                Some(Classification::Permanent),
+            ),
+            (
+                "transaction blocks not allowed in statement pooling mode",
+                Some(Classification::Permanent),
+            ),
+            ("invalid frontend message", None),
+        ];
+        for (message, want) in cases {
+            assert_eq!(classify_pooler_message(message), want, "{message}");
         }
     }
 

@@ -13,6 +13,11 @@
 //! | keepalive pinger | off (may be turned on) | off, always | an application-level ping would keep a suspended compute awake, and billed |
 //! | `application_name` | `rampart` | `rampart` | so operators can find the connections in `pg_stat_activity` |
 //!
+//! A third preset, [`pooler`](PgConfig::pooler), is for a pooler in transaction mode (PgBouncer and the
+//! hosted poolers built on it): the `server` settings, plus [`PoolerMode::Transaction`], which keeps no
+//! state in the server session between transactions (see [`crate::pooler`]). It is a setting of its
+//! own ([`PgConfig::pooling`]) so that it combines with `serverless` for a serverless host's pooler.
+//!
 //! Keepalives only help an *idle* link: Linux sends no probes while data is unacknowledged, and nothing
 //! at the TCP level helps against a peer that acknowledges and never answers. That is why the ready-made
 //! stacks also put a deadline and a per-attempt timeout on every request.
@@ -79,12 +84,32 @@ pub enum Preset {
     Serverless,
 }
 
+/// What sits between the application and Postgres, as far as session state is concerned.
+///
+/// In [`Transaction`](PoolerMode::Transaction) mode rampart keeps no state in the server session
+/// between transactions; see [`crate::pooler`] for what changes and what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PoolerMode {
+    /// Postgres itself, or a pooler in session mode: one server session per connection, for as long as
+    /// the connection lives. Statements are prepared once per connection and cached, and a deadline is
+    /// pushed down as a session `SET statement_timeout`.
+    #[default]
+    Session,
+    /// A pooler in transaction mode (PgBouncer `pool_mode = transaction`, Neon's `-pooler` endpoints,
+    /// Supabase's pooler on port 6543): consecutive transactions on one connection may run on different
+    /// server sessions. Statements are sent unnamed (no prepared statement outlives its request), and a
+    /// deadline is pushed down as `SET LOCAL statement_timeout` inside the statement's own transaction.
+    Transaction,
+}
+
 /// Connection settings for one Postgres server; see the [module docs](self).
 #[derive(Clone)]
 pub struct PgConfig {
     pg: tokio_postgres::Config,
     tls: TlsMode,
     preset: Preset,
+    pooler: PoolerMode,
 }
 
 impl fmt::Debug for PgConfig {
@@ -92,6 +117,7 @@ impl fmt::Debug for PgConfig {
         f.debug_struct("PgConfig")
             .field("url", &self.redacted_url())
             .field("preset", &self.preset)
+            .field("pooler", &self.pooler)
             .field("connect_timeout", &self.pg.get_connect_timeout())
             .field("keepalives_idle", &self.pg.get_keepalives_idle())
             .field("keepalives_interval", &self.pg.get_keepalives_interval())
@@ -158,6 +184,14 @@ impl PgConfig {
         Self::parse(url, Preset::Serverless)
     }
 
+    /// Settings for a pooler in transaction mode (PgBouncer, Neon's `-pooler` endpoints, Supabase's
+    /// pooler): the [`server`](Self::server) timeouts with [`PoolerMode::Transaction`]. For a serverless
+    /// host's pooler endpoint, start from [`serverless`](Self::serverless) and add
+    /// [`pooling`](Self::pooling)`(PoolerMode::Transaction)`.
+    pub fn pooler(url: &str) -> Result<Self, ConfigError> {
+        Ok(Self::server(url)?.pooling(PoolerMode::Transaction))
+    }
+
     fn parse(url: &str, preset: Preset) -> Result<Self, ConfigError> {
         let (parsable, verify) = split_verify_modes(url.trim());
         let mut pg: tokio_postgres::Config =
@@ -199,7 +233,12 @@ impl PgConfig {
         if pg.get_application_name().is_none() {
             pg.application_name("rampart");
         }
-        let mut config = PgConfig { pg, tls, preset };
+        let mut config = PgConfig {
+            pg,
+            tls,
+            preset,
+            pooler: PoolerMode::Session,
+        };
         config.sync_ssl_mode();
         Ok(config)
     }
@@ -245,6 +284,17 @@ impl PgConfig {
         self.tls = mode;
         self.sync_ssl_mode();
         self
+    }
+
+    /// Whether a pooler in transaction mode sits in front of the server (see [`PoolerMode`]).
+    pub fn pooling(mut self, mode: PoolerMode) -> Self {
+        self.pooler = mode;
+        self
+    }
+
+    /// The pooler mode in force.
+    pub fn pooler_mode(&self) -> PoolerMode {
+        self.pooler
     }
 
     /// The TLS mode in force.
@@ -353,6 +403,22 @@ mod tests {
             );
         }
         assert!(PgConfig::from_url("postgres://u@h/db?sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn the_pooler_preset_is_the_server_preset_in_transaction_mode() {
+        let c = PgConfig::pooler("postgres://u@pgbouncer.internal:6432/db").unwrap();
+        assert_eq!(c.pooler_mode(), PoolerMode::Transaction);
+        assert_eq!(c.preset(), Preset::Server);
+        assert_eq!(
+            PgConfig::server("postgres://u@h/db").unwrap().pooler_mode(),
+            PoolerMode::Session
+        );
+        let neon = PgConfig::serverless("postgres://u@ep-cool-1-pooler.neon.tech/db")
+            .unwrap()
+            .pooling(PoolerMode::Transaction);
+        assert_eq!(neon.preset(), Preset::Serverless);
+        assert_eq!(neon.pooler_mode(), PoolerMode::Transaction);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod config;
 mod error;
 pub mod health;
 pub mod pool;
+pub mod pooler;
 pub mod query;
 pub mod service;
 pub mod stack;
@@ -50,7 +51,7 @@ pub mod testing;
 pub use rampart_layers as layers;
 
 pub use classify::PgClassifier;
-pub use config::{PgConfig, Preset, TlsMode};
+pub use config::{PgConfig, PoolerMode, Preset, TlsMode};
 pub use error::{ConfigError, Error, ErrorKind};
 pub use health::{HealthReport, Status};
 pub use pool::{Pool, PoolConfig, PoolStats};

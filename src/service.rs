@@ -13,6 +13,10 @@
 //! The response future is boxed: it is an `async` block whose type cannot be named, and the allocation
 //! is noise beside a network round trip (see `BENCHMARKS.md`).
 //!
+//! Behind a pooler in transaction mode ([`PoolerMode::Transaction`]) nothing may live in the session:
+//! statements are sent unnamed and the deadline is set with `SET LOCAL` inside the statement's own
+//! transaction; see [`crate::pooler`].
+//!
 //! `poll_ready` is always ready: the pool is the capacity, and how long to wait for it depends on the
 //! request's deadline, which only `call` sees. Bound concurrency with the pool size, or stack tower's
 //! `ConcurrencyLimit` in front.
@@ -29,6 +33,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use crate::classify::{Stage, closed_before_send, from_pg};
+use crate::config::PoolerMode;
 use crate::error::{Error, ErrorKind};
 use crate::health::Tracker;
 use crate::pool::{InFlight, Pool};
@@ -42,7 +47,7 @@ fn slack(remaining_ms: u64) -> u64 {
 
 /// The statement timeout to set for a request with `remaining` time, or `None` if the session's current
 /// setting `current_ms` already fits (at least the remaining time, at most remaining plus slack).
-fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64) -> Option<u64> {
+pub(crate) fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64) -> Option<u64> {
     match remaining {
         None => (current_ms != 0).then_some(0),
         Some(remaining) => {
@@ -115,6 +120,9 @@ async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
     if in_flight.conn().client().is_closed() {
         in_flight.finish(true);
         return Err(closed_before_send(server));
+    }
+    if pool.pg_config().pooler_mode() == PoolerMode::Transaction {
+        return crate::pooler::run(&pool, in_flight, &query).await;
     }
     // Preparing sends only a Parse: if the link fails here the statement never ran.
     let statement = match in_flight.conn().client().prepare_cached(query.sql()).await {

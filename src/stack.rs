@@ -41,6 +41,10 @@
 //! | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
 //! | recreate | after 8 consecutive lost pooled links | same |
 //!
+//! [`Stack::pooler`] is the `server` stack for a pooler in transaction mode (PgBouncer and the hosted
+//! poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
+//! statement's own transaction; see [`crate::pooler`].
+//!
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 
 use std::fmt;
@@ -64,7 +68,7 @@ use tower::util::{BoxCloneSyncService, Either};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use crate::classify::PgClassifier;
-use crate::config::{PgConfig, Preset};
+use crate::config::{PgConfig, PoolerMode, Preset};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::{HealthReport, Tracker};
 use crate::pool::{Pool, PoolConfig};
@@ -112,6 +116,14 @@ impl Stack {
     /// The stack for a serverless host that suspends when idle (Neon and the like).
     pub fn serverless(url: &str) -> StackBuilder {
         StackBuilder::new(PgConfig::serverless(url))
+    }
+
+    /// The stack for a pooler in transaction mode (PgBouncer, Neon's `-pooler` endpoints, Supabase's
+    /// pooler): the [`server`](Self::server) stack, keeping no state in the server session between
+    /// transactions (see [`crate::pooler`]). For a serverless host's pooler endpoint use
+    /// `Stack::serverless(url).pooling(PoolerMode::Transaction)`.
+    pub fn pooler(url: &str) -> StackBuilder {
+        StackBuilder::new(PgConfig::pooler(url))
     }
 
     /// The stack for connection settings you built yourself; defaults follow the settings' preset.
@@ -168,6 +180,12 @@ impl StackBuilder {
             breaker: Some(breaker),
             recreate_after: Some(8),
         }
+    }
+
+    /// Whether a pooler in transaction mode sits in front of the server ([`PoolerMode`]).
+    pub fn pooling(mut self, mode: PoolerMode) -> Self {
+        self.pg = self.pg.map(|c| c.pooling(mode));
+        self
     }
 
     /// Pool settings.

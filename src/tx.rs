@@ -45,14 +45,20 @@ use tokio_postgres::types::ToSql;
 pub use tokio_postgres::IsolationLevel;
 
 use crate::classify::{Stage, from_pg};
+use crate::config::PoolerMode;
 use crate::error::{Error, ErrorKind};
 use crate::pool::{InFlight, Pool};
+use crate::pooler::{ParamTypes, set_local_timeout, typed};
 
 /// A transaction in progress, handed to the closure of [`Transactor::run`]. Its methods return
 /// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
 pub struct Tx<'a> {
     inner: deadpool_postgres::Transaction<'a>,
     server: &'a str,
+    /// Behind a transaction pooler: the pool's parameter types, for unnamed statements.
+    unnamed: Option<&'a ParamTypes>,
+    /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
+    prelude: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -71,46 +77,84 @@ impl Tx<'_> {
         from_pg(e, Stage::InTransaction, self.server)
     }
 
-    /// Runs a statement and returns its rows (statements are prepared once per connection and cached).
+    /// Runs `statement`, with the pending `SET LOCAL` pipelined in front of it the first time.
+    async fn send<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        let prelude = self
+            .prelude
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match prelude {
+            None => statement.await.map_err(|e| self.err(e)),
+            Some(set) => {
+                let (set, result) =
+                    futures_util::future::join(self.inner.batch_execute(&set), statement).await;
+                set.map_err(|e| self.err(e))?;
+                result.map_err(|e| self.err(e))
+            }
+        }
+    }
+
+    /// Runs a statement and returns its rows (statements are prepared once per connection and cached;
+    /// behind a transaction pooler they are sent unnamed).
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        let statement = self
-            .inner
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.inner
-            .query(&statement, params)
-            .await
-            .map_err(|e| self.err(e))
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.query_typed(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.query(&statement, params).await
+                }
+            }
+        })
+        .await
     }
 
     /// Runs a statement that returns exactly one row.
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        let statement = self
-            .inner
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.inner
-            .query_one(&statement, params)
-            .await
-            .map_err(|e| self.err(e))
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.query_typed_one(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.query_one(&statement, params).await
+                }
+            }
+        })
+        .await
     }
 
     /// Runs a statement and returns the number of rows it affected.
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        let statement = self
-            .inner
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| self.err(e))?;
-        self.inner
-            .execute(&statement, params)
-            .await
-            .map_err(|e| self.err(e))
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.execute_typed(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.execute(&statement, params).await
+                }
+            }
+        })
+        .await
     }
 
-    /// The underlying deadpool-postgres transaction, for anything else (errors from it are yours to map).
+    /// The underlying deadpool-postgres transaction, for anything else (errors from it are yours to map;
+    /// behind a transaction pooler, don't use its `prepare_cached`: see [`crate::pooler`]).
     pub fn inner(&self) -> &deadpool_postgres::Transaction<'_> {
         &self.inner
     }
@@ -309,6 +353,11 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         // Dropped before the end (the run timed out, the caller gave up): cancelled and discarded.
         let mut guard = InFlight::new(self.pool.clone(), conn);
         let server = self.pool.server().to_owned();
+        let pooled = self.pool.pg_config().pooler_mode() == PoolerMode::Transaction;
+        // Behind a transaction pooler the server session may carry anyone's `statement_timeout`; on a
+        // direct connection, one a deadline pushed down earlier. Either way, this transaction sets its own.
+        let prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
+            .then(|| set_local_timeout(self.attempt_timeout));
         let outcome = {
             let mut builder = guard
                 .conn()
@@ -324,6 +373,8 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
                     let tx = Tx {
                         inner,
                         server: &server,
+                        unnamed: pooled.then(|| self.pool.param_types()),
+                        prelude: std::sync::Mutex::new(prelude),
                     };
                     let body = f(&tx).await;
                     match body {

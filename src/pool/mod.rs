@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use crate::classify::{Stage, from_pg};
 use crate::config::PgConfig;
 use crate::error::{ConfigError, Error, ErrorKind};
+use crate::pooler::ParamTypes;
 use crate::tls::Connector;
 
 /// Pool settings; build with [`PoolConfig::builder`].
@@ -463,6 +464,7 @@ pub struct Pool {
     server: Arc<str>,
     pg: Arc<PgConfig>,
     cancel_tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    param_types: Arc<ParamTypes>,
 }
 
 impl fmt::Debug for Pool {
@@ -519,6 +521,7 @@ impl Pool {
             server,
             pg: Arc::new(pg),
             cancel_tls,
+            param_types: Arc::default(),
         };
         pool.spawn_background(&runtime);
         Ok(pool)
@@ -709,6 +712,11 @@ impl Pool {
     /// The pool settings.
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// Parameter types learned per SQL text, for unnamed statements behind a transaction pooler.
+    pub(crate) fn param_types(&self) -> &ParamTypes {
+        &self.param_types
     }
 
     /// Closes the pool: checked-out connections close when returned, waiting callers fail.

@@ -74,7 +74,7 @@ fn find_bin_dir_from(
 
 /// The uid and gid to run the server as: the `postgres` user when we are root (PostgreSQL refuses to run
 /// as root), nobody else otherwise.
-fn run_as() -> Result<Option<(u32, u32)>, HarnessError> {
+pub(crate) fn run_as() -> Result<Option<(u32, u32)>, HarnessError> {
     let euid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(u32::MAX);
@@ -100,7 +100,7 @@ fn run_as() -> Result<Option<(u32, u32)>, HarnessError> {
         })
 }
 
-fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
+pub(crate) fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
     let mut cmd = Command::new(program);
     if let Some((uid, gid)) = user {
         cmd.uid(uid).gid(gid);
@@ -126,15 +126,12 @@ fn run(mut cmd: Command, what: &str) -> Result<(), HarnessError> {
     }
 }
 
-/// A data directory made by `initdb` once per machine (per server version and password) and copied by
-/// every cluster: a copy takes a tenth of the time of an `initdb`. Test processes race to create it
-/// safely: each builds its own and renames it into place; the loser removes its copy.
-fn template(
-    bin: &Path,
-    user: Option<(u32, u32)>,
-    password: Option<&str>,
-) -> Result<PathBuf, HarnessError> {
-    let key = fnv1a(format!("{}\0{}", bin.display(), password.unwrap_or("\0trust")).as_bytes());
+/// A data directory made by `initdb` once per machine (per server version) and copied by every cluster:
+/// a copy takes a tenth of the time of an `initdb`. Test processes race to create it safely: each builds
+/// its own and renames it into place; the loser removes its copy. It trusts every connection; a cluster
+/// that wants a password sets one after its first start (so passwords never multiply templates).
+fn template(bin: &Path, user: Option<(u32, u32)>) -> Result<PathBuf, HarnessError> {
+    let key = fnv1a(bin.display().to_string().as_bytes());
     let root = std::env::temp_dir().join("rampart-pg-templates");
     let path = root.join(format!("{key:016x}"));
     if path.join("PG_VERSION").is_file() {
@@ -156,28 +153,11 @@ fn template(
         "postgres",
         "--encoding=UTF8",
         "--locale=C",
+        "--auth=trust",
         "-D",
     ])
     .arg(&data);
-    let pwfile = staging.path().join("pwfile");
-    match password {
-        None => {
-            cmd.arg("--auth=trust");
-        }
-        Some(password) => {
-            std::fs::write(&pwfile, password)
-                .map_err(|e| HarnessError::io("writing the password file", e))?;
-            chown(&pwfile, user)?;
-            cmd.args([
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--pwfile",
-            ])
-            .arg(&pwfile);
-        }
-    }
     run(cmd, "initdb")?;
-    let _ = std::fs::remove_file(&pwfile);
     // Another process may have won the race; its template is as good as ours.
     if std::fs::rename(&data, &path).is_err() && !path.join("PG_VERSION").is_file() {
         return Err(HarnessError::new(format!(
@@ -188,13 +168,49 @@ fn template(
     Ok(path)
 }
 
+/// Stops and removes clusters whose test process died without dropping them (killed by a timeout, say):
+/// each cluster directory records its owner's pid, and a server whose owner is gone is nobody's.
+fn reap_orphans(bin: &Path, user: Option<(u32, u32)>) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_cluster = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("rampart-pg-"));
+        let Ok(owner) = std::fs::read_to_string(dir.join("owner.pid")) else {
+            continue;
+        };
+        let alive = owner
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !is_cluster || alive {
+            continue;
+        }
+        if dir.join("data").join("postmaster.pid").is_file() {
+            let mut cmd = command(&bin.join("pg_ctl"), user);
+            cmd.args(["stop", "-w", "-t", "10", "-m", "immediate", "-D"])
+                .arg(dir.join("data"));
+            let _ = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), HarnessError> {
+pub(crate) fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), HarnessError> {
     if let Some((uid, gid)) = user {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .map_err(|e| HarnessError::io(format!("chown {}", path.display()), e))?;
@@ -202,7 +218,7 @@ fn chown(path: &Path, user: Option<(u32, u32)>) -> Result<(), HarnessError> {
     Ok(())
 }
 
-fn owned_temp_dir(user: Option<(u32, u32)>) -> Result<tempfile::TempDir, HarnessError> {
+pub(crate) fn owned_temp_dir(user: Option<(u32, u32)>) -> Result<tempfile::TempDir, HarnessError> {
     let dir = tempfile::Builder::new()
         .prefix("rampart-pg-")
         .tempdir()
@@ -211,7 +227,7 @@ fn owned_temp_dir(user: Option<(u32, u32)>) -> Result<tempfile::TempDir, Harness
     Ok(dir)
 }
 
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -253,12 +269,21 @@ impl ClusterBuilder {
     pub async fn start(self) -> Result<Cluster, HarnessError> {
         let bin = find_bin_dir()?;
         let user = run_as()?;
-        let template = template(&bin, user, self.password.as_deref())?;
+        reap_orphans(&bin, user);
+        let template = template(&bin, user)?;
         let dir = owned_temp_dir(user)?;
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| HarnessError::io("recording the cluster's owner", e))?;
         let data = dir.path().join("data");
         let mut cp = command(Path::new("cp"), user);
         cp.arg("-a").arg(&template).arg(&data);
         run(cp, "copying the template cluster")?;
+        if self.password.is_some() {
+            // Local (socket) connections stay trusted, for the harness itself; TCP needs the password.
+            let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+            std::fs::write(data.join("pg_hba.conf"), hba)
+                .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
+        }
         let cluster = Cluster {
             bin,
             user,
@@ -270,6 +295,16 @@ impl ClusterBuilder {
             dir,
         };
         cluster.start().await?;
+        if let Some(password) = &cluster.password {
+            let admin = cluster.socket_client().await?;
+            let literal = password.replace('\'', "''");
+            admin
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{literal}'"
+                ))
+                .await
+                .map_err(|e| HarnessError::new(format!("setting the cluster's password failed: {e}")))?;
+        }
         Ok(cluster)
     }
 }
@@ -334,6 +369,10 @@ impl Cluster {
             Some(pw) => format!("postgres://postgres:{pw}@{addr}/postgres"),
             None => format!("postgres://postgres@{addr}/postgres"),
         }
+    }
+
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// The data directory (for reading the server log, `server.log` beside it).
@@ -406,9 +445,33 @@ impl Cluster {
         self.wait_ready().await
     }
 
+    /// Connection settings for the server's Unix socket, which trusts the `postgres` user whatever the
+    /// TCP rules say.
+    fn socket_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path())
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres");
+        config
+    }
+
+    async fn socket_client(&self) -> Result<tokio_postgres::Client, HarnessError> {
+        let (client, connection) = self
+            .socket_config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| {
+                HarnessError::new(format!("connecting to the cluster's socket failed: {e}"))
+            })?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     async fn wait_ready(&self) -> Result<(), HarnessError> {
         let started = Instant::now();
-        let url = self.url();
+        let config = self.socket_config();
         loop {
             if !self.is_running() {
                 return Err(HarnessError::new(format!(
@@ -419,7 +482,7 @@ impl Cluster {
             // Connection refused (not listening yet) and 57P03 (starting up) both mean: not ready yet.
             if let Ok(Ok((client, conn))) = tokio::time::timeout(
                 Duration::from_secs(2),
-                tokio_postgres::connect(&url, tokio_postgres::NoTls),
+                config.connect(tokio_postgres::NoTls),
             )
             .await
             {

@@ -1,4 +1,5 @@
-//! The test harness: throwaway PostgreSQL clusters and an in-process TCP fault proxy.
+//! The test harness: throwaway PostgreSQL clusters, an in-process TCP fault proxy, and a throwaway
+//! PgBouncer in transaction mode ([`PgBouncer`]).
 //!
 //! Enabled by the `testing` feature. Every test, example and benchmark in this repository uses this one
 //! implementation, and so can yours: a test that needs a server to stop, restart or misbehave starts a
@@ -22,13 +23,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A test that needs PostgreSQL and cannot find it **fails** with [`HarnessError`], whose message says how
+//! A test that needs PostgreSQL (or PgBouncer) and cannot find it **fails** with [`HarnessError`], whose message says how
 //! to install the server or which variable to set. It never skips silently.
 
 mod cluster;
 mod error;
+mod pgbouncer;
 mod proxy;
 
 pub use cluster::{Cluster, ClusterBuilder, find_bin_dir};
 pub use error::HarnessError;
+pub use pgbouncer::{PgBouncer, PgBouncerBuilder, find_pgbouncer};
 pub use proxy::{Fault, FaultProxy, ProxyStats};

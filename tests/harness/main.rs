@@ -334,3 +334,23 @@ async fn idle_cut_kills_only_links_idle_longer_than_the_limit() {
     assert!(!idle.is_closed(), "cut silently");
     assert!(select_one(&idle).await.is_err());
 }
+
+#[tokio::test]
+async fn clusters_left_by_a_dead_test_process_are_reaped() {
+    // A cluster directory whose owner has exited (a process killed by a timeout never drops its cluster).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let orphan = std::env::temp_dir().join(format!("rampart-pg-orphan-test-{dead_pid}"));
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("owner.pid"), dead_pid.to_string()).unwrap();
+    // One whose owner is alive (this process) is left alone.
+    let ours = std::env::temp_dir().join(format!("rampart-pg-live-test-{}", std::process::id()));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::write(ours.join("owner.pid"), std::process::id().to_string()).unwrap();
+
+    let _cluster = Cluster::new().await.unwrap();
+    assert!(!orphan.exists(), "the orphan was removed");
+    assert!(ours.exists(), "a live owner's cluster is kept");
+    std::fs::remove_dir_all(&ours).unwrap();
+}

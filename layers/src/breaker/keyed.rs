@@ -213,7 +213,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let shared = self.registry.breaker(&(self.key_of)(&req));
-        match shared.try_acquire_at(shared.now()) {
+        match shared.try_acquire() {
             Ok(permit) => ResponseFuture::called(
                 self.inner.call(req),
                 PermitGuard::new(shared, permit),

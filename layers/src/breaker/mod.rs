@@ -218,7 +218,7 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Readiness::Idle = self.ready {
-            self.ready = match self.shared.try_acquire_at(self.shared.now()) {
+            self.ready = match self.shared.try_acquire() {
                 Ok(permit) => Readiness::Admitted(PermitGuard::new(self.shared.clone(), permit)),
                 Err(open) => Readiness::Rejected(open),
             };

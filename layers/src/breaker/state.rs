@@ -202,6 +202,11 @@ impl Core {
         self.go(Phase::Closed, reason)
     }
 
+    /// Whether [`try_acquire`](Core::try_acquire) reads its `now` (only while open).
+    pub(crate) fn waits_for_time(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+
     /// Asks to let one call through at `now`.
     pub(crate) fn try_acquire(
         &mut self,
@@ -369,8 +374,25 @@ impl Shared {
         nanos(elapsed) > self.slow_call_nanos
     }
 
+    /// Asks to let one call through now.
+    pub(crate) fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
+        self.try_acquire_with(|| self.now())
+    }
+
+    /// At a given time: for the loom model, which has no clock.
+    #[cfg(loom)]
     pub(crate) fn try_acquire_at(&self, now: u64) -> Result<Permit, CircuitOpen> {
-        let (result, transition) = self.lock().try_acquire(now);
+        self.try_acquire_with(|| now)
+    }
+
+    fn try_acquire_with(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
+        let (result, transition) = {
+            let mut core = self.lock();
+            // Only the wait of the open state depends on the time: the other states (closed, above
+            // all) answer without reading the clock.
+            let now = if core.waits_for_time() { now() } else { 0 };
+            core.try_acquire(now)
+        };
         if let Some(t) = transition {
             self.report(t);
         }

@@ -55,12 +55,16 @@ pin_project! {
 }
 
 /// The per-request bookkeeping, apart from the pinned state so it can be borrowed alongside it.
+///
+/// The schedule and the jitter generator are set up at the first failure, and the clock is read at the
+/// start only when a deadline or `max_elapsed` needs it: the success path, by far the commonest, pays for
+/// none of them (a lock on the shared generator, a copy of the schedule, a clock read).
 struct Tracker<B, Res> {
-    schedule: B,
-    rng: SplitMix64,
+    schedule: Option<B>,
+    rng: Option<SplitMix64>,
     idempotent: bool,
     deadline: Option<Instant>,
-    started: Instant,
+    started: Option<Instant>,
     attempts: u32,
     last: Option<Failure<Res>>,
 }
@@ -93,19 +97,18 @@ where
     where
         Req: Clone,
     {
-        let now = Instant::now();
-        let mut schedule = policy.schedule().clone();
-        schedule.reset();
+        let deadline = request.deadline();
+        let now = (deadline.is_some() || policy.max_elapsed().is_some()).then(Instant::now);
         let mut tracker = Tracker {
-            schedule,
-            rng: policy.request_rng(),
+            schedule: None,
+            rng: None,
             idempotent,
-            deadline: request.deadline(),
-            started: now,
+            deadline,
+            started: now.filter(|_| policy.max_elapsed().is_some()),
             attempts: 0,
             last: None,
         };
-        let state = if tracker.expired(now) {
+        let state = if now.is_some_and(|now| tracker.expired(now)) {
             // `Ready` gives up at once, without calling the service.
             State::Ready
         } else {
@@ -147,7 +150,7 @@ impl<B, Res> Tracker<B, Res> {
     }
 }
 
-impl<B: Backoff, Res> Tracker<B, Res> {
+impl<B: Backoff + Clone, Res> Tracker<B, Res> {
     /// The wait before the next attempt, or why there is none. Withdraws from the budget only when the
     /// answer is to retry.
     fn next_delay<C>(
@@ -165,17 +168,18 @@ impl<B: Backoff, Res> Tracker<B, Res> {
         if self.attempts >= policy.max_attempts() {
             return Err(GaveUp::AttemptsExhausted);
         }
-        let delay = self
-            .schedule
-            .next_delay(self.attempts, &mut self.rng)
+        let schedule = self.schedule.get_or_insert_with(|| {
+            let mut schedule = policy.schedule().clone();
+            schedule.reset();
+            schedule
+        });
+        let rng = self.rng.get_or_insert_with(|| policy.request_rng());
+        let delay = schedule
+            .next_delay(self.attempts, rng)
             .ok_or(GaveUp::ScheduleEnded)?;
         let now = Instant::now();
-        if let Some(max_elapsed) = policy.max_elapsed() {
-            if now
-                .saturating_duration_since(self.started)
-                .saturating_add(delay)
-                > max_elapsed
-            {
+        if let (Some(max_elapsed), Some(started)) = (policy.max_elapsed(), self.started) {
+            if now.saturating_duration_since(started).saturating_add(delay) > max_elapsed {
                 return Err(GaveUp::ElapsedLimit);
             }
         }
@@ -225,7 +229,7 @@ where
     S::Error: Into<BoxError>,
     Req: Clone,
     C: Classify<S::Response, S::Error>,
-    B: Backoff,
+    B: Backoff + Clone,
 {
     type Output = Result<S::Response, RetryError>;
 
