@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -503,6 +504,18 @@ impl Target for BareTarget {
     }
 }
 
+/// An error and its causes, one after the other ("error connecting to server: Connection refused ...").
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn accounts_for(worker: usize, n: u64) -> (i32, i32) {
     let from = ((worker as u64 + n) % ACCOUNTS as u64) as i32 + 1;
     let to = ((worker as u64 + 3 * n + 1) % ACCOUNTS as u64) as i32 + 1;
@@ -533,7 +546,7 @@ impl Drill {
     async fn setup_tables(&self, table: &str) -> Result<(), String> {
         let (client, connection) = tokio_postgres::connect(&self.direct_url, NoTls)
             .await
-            .map_err(|e| format!("cannot reach the database: {e}"))?;
+            .map_err(|e| format!("cannot reach the database: {}", with_causes(&e)))?;
         tokio::spawn(connection);
         client
             .batch_execute(&format!(
@@ -1019,7 +1032,8 @@ fn main() {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(message) if message.is_empty() => {
-            println!("{USAGE}");
+            // Through a closed pipe (`drill --help | head`) there is nobody to tell: not a reason to panic.
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
             return;
         }
         Err(message) => {
