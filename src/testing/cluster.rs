@@ -5,11 +5,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::HarnessError;
+use super::process::{self, Process};
 
 const INSTALL_HINT: &str = "install the PostgreSQL server (Debian/Ubuntu: `apt-get install -y postgresql`; \
      macOS: `brew install postgresql`) or set PG_BIN to the directory holding `initdb` and `postgres`";
@@ -291,7 +291,7 @@ impl ClusterBuilder {
             settings: self.settings,
             password: self.password,
             data,
-            child: Mutex::new(None),
+            process: Process::default(),
             dir,
         };
         cluster.start().await?;
@@ -321,7 +321,7 @@ pub struct Cluster {
     settings: Vec<(String, String)>,
     password: Option<String>,
     data: PathBuf,
-    child: Mutex<Option<Child>>,
+    process: Process,
     // Last, so it is removed after the server has stopped (see Drop).
     dir: tempfile::TempDir,
 }
@@ -382,11 +382,7 @@ impl Cluster {
 
     /// Whether the server process is running.
     pub fn is_running(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        match child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -395,9 +391,7 @@ impl Cluster {
 
     /// The last lines of the server log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        process::log_tail(&self.log_path(), lines)
     }
 
     /// Starts the server (again) on the same port and data, and waits until it accepts connections.
@@ -441,7 +435,7 @@ impl Cluster {
         let child = cmd
             .spawn()
             .map_err(|e| HarnessError::io("starting postgres", e))?;
-        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        self.process.set(child);
         self.wait_ready().await
     }
 
@@ -470,43 +464,19 @@ impl Cluster {
     }
 
     async fn wait_ready(&self) -> Result<(), HarnessError> {
-        let started = Instant::now();
-        let config = self.socket_config();
-        loop {
-            if !self.is_running() {
-                return Err(HarnessError::new(format!(
-                    "postgres exited while starting; its log ends with:\n{}",
-                    self.log_tail(20)
-                )));
-            }
-            // Connection refused (not listening yet) and 57P03 (starting up) both mean: not ready yet.
-            if let Ok(Ok((client, conn))) = tokio::time::timeout(
-                Duration::from_secs(2),
-                config.connect(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                let conn = tokio::spawn(conn);
-                let ok = client.simple_query("SELECT 1").await.is_ok();
-                drop(client);
-                let _ = conn.await;
-                if ok {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(HarnessError::new(format!(
-                    "postgres did not accept connections within {START_TIMEOUT:?}; its log ends with:\n{}",
-                    self.log_tail(20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let log = self.log_path();
+        process::wait_until_answering(
+            "postgres",
+            &self.socket_config(),
+            &self.process,
+            &log,
+            START_TIMEOUT,
+        )
+        .await
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> Result<(), HarnessError> {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(mut process) = child.take() else {
+        let Some(mut process) = self.process.take() else {
             return Ok(());
         };
         if matches!(process.try_wait(), Ok(Some(_))) {
@@ -544,12 +514,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if self.pg_ctl_stop("immediate").is_err() {
-            if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        // On failure pg_ctl_stop has killed the process itself.
+        let _ = self.pg_ctl_stop("immediate");
     }
 }
 

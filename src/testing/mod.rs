@@ -29,6 +29,7 @@
 mod cluster;
 mod error;
 mod pgbouncer;
+mod process;
 mod proxy;
 
 pub use cluster::{Cluster, ClusterBuilder, find_bin_dir};

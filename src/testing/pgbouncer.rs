@@ -3,12 +3,12 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use super::HarnessError;
 use super::cluster::{Cluster, command, free_port, owned_temp_dir, run_as};
+use super::process::{self, Process};
 
 const INSTALL_HINT: &str = "install PgBouncer (Debian/Ubuntu: `apt-get install -y pgbouncer`; macOS: \
      `brew install pgbouncer`) or set PGBOUNCER_BIN to the `pgbouncer` binary";
@@ -157,9 +157,10 @@ impl PgBouncerBuilder {
             .map_err(|e| HarnessError::io(format!("starting {}", bin.display()), e))?;
         let bouncer = PgBouncer {
             port,
-            child: Mutex::new(Some(child)),
+            process: Process::default(),
             dir,
         };
+        bouncer.process.set(child);
         bouncer.wait_ready().await?;
         Ok(bouncer)
     }
@@ -187,7 +188,7 @@ fn path_str(path: &Path) -> String {
 /// ```
 pub struct PgBouncer {
     port: u16,
-    child: Mutex<Option<Child>>,
+    process: Process,
     // Last, so it is removed after PgBouncer has stopped.
     dir: tempfile::TempDir,
 }
@@ -229,61 +230,30 @@ impl PgBouncer {
 
     /// The last lines of PgBouncer's log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log =
-            std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        process::log_tail(&self.dir.path().join("pgbouncer.log"), lines)
     }
 
     /// Whether the PgBouncer process is running.
     pub fn is_running(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        match child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.is_running()
     }
 
     /// Kills PgBouncer: every client connection through it is cut.
     pub fn stop(&self) {
-        if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(mut child) = self.process.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
     async fn wait_ready(&self) -> Result<(), HarnessError> {
-        let started = Instant::now();
-        let url = self.url();
-        loop {
-            if !self.is_running() {
-                return Err(HarnessError::new(format!(
-                    "pgbouncer exited while starting; its log ends with:\n{}",
-                    self.log_tail(20)
-                )));
-            }
-            if let Ok(Ok((client, conn))) = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio_postgres::connect(&url, tokio_postgres::NoTls),
-            )
+        let config: tokio_postgres::Config = self
+            .url()
+            .parse()
+            .map_err(|e| HarnessError::new(format!("bad PgBouncer URL: {e}")))?;
+        let log = self.dir.path().join("pgbouncer.log");
+        process::wait_until_answering("pgbouncer", &config, &self.process, &log, START_TIMEOUT)
             .await
-            {
-                let conn = tokio::spawn(conn);
-                let ok = client.simple_query("SELECT 1").await.is_ok();
-                drop(client);
-                let _ = conn.await;
-                if ok {
-                    return Ok(());
-                }
-            }
-            if started.elapsed() > START_TIMEOUT {
-                return Err(HarnessError::new(format!(
-                    "pgbouncer did not pass a query within {START_TIMEOUT:?}; its log ends with:\n{}",
-                    self.log_tail(20)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
     }
 }
 
