@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use hdrhistogram::Histogram;
 use rampart::testing::Cluster;
-use rampart::{Db, PoolConfig, Query, Stack};
+use rampart::{Db, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
 use tokio_postgres::{Client, NoTls, Statement};
+use tower::ServiceExt;
 
 const POOL_SIZE: usize = 16;
 
@@ -57,6 +58,8 @@ enum Target {
     Deadpool(deadpool_postgres::Pool),
     Bb8(bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>),
     Rampart(Db),
+    /// The bottom of the stack alone: what the layers above it cost end to end is the difference.
+    PgService(PgService),
 }
 
 impl Target {
@@ -93,6 +96,13 @@ impl Target {
                     Work::IndexedRead => Query::read(work.sql()).bind(key),
                 };
                 db.run(query).await.is_ok()
+            }
+            Target::PgService(svc) => {
+                let query = match work {
+                    Work::SelectOne => Query::read(work.sql()),
+                    Work::IndexedRead => Query::read(work.sql()).bind(key),
+                };
+                svc.clone().oneshot(query).await.is_ok()
             }
         }
     }
@@ -152,12 +162,13 @@ async fn measure(target: &Target, work: Work, callers: usize, secs: f64) -> Outc
     }
 }
 
-const CLIENTS: [&str; 5] = [
+const CLIENTS: [&str; 6] = [
     "raw tokio-postgres (16 clients)",
     "deadpool-postgres Fast",
     "deadpool-postgres Verified",
     "bb8-postgres (test on checkout)",
     "rampart Stack::server (validation on)",
+    "rampart PgService alone (pool with validation, no layers)",
 ];
 
 /// Builds client `which` of [`CLIENTS`] afresh for one row (dropped after it, so the server never holds
@@ -203,6 +214,16 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
                 .await
                 .expect("bb8"),
         ),
+        5 => Target::PgService(PgService::new(
+            Pool::new(
+                PgConfig::server(url).expect("url"),
+                PoolConfig::builder()
+                    .max_size(POOL_SIZE)
+                    .build()
+                    .expect("pool config"),
+            )
+            .expect("pool"),
+        )),
         _ => Target::Rampart(
             Stack::server(url)
                 .pool(
