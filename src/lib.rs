@@ -50,6 +50,11 @@ pub mod testing;
 
 pub use rampart_layers as layers;
 
+/// The README's Rust examples, compiled as doc tests so the front page can't drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use classify::PgClassifier;
 pub use config::{PgConfig, PoolerMode, Preset, TlsMode};
 pub use error::{ConfigError, Error, ErrorKind};
