@@ -66,6 +66,8 @@ use rampart_layers::retry::backoff::{Exponential, Jitter};
 use rampart_layers::retry::{RetryBudget, RetryError, RetryLayer, RetryPolicy};
 use tower::util::{BoxCloneSyncService, Either};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::classify::PgClassifier;
 use crate::config::{PgConfig, PoolerMode, Preset};
@@ -396,6 +398,16 @@ fn connection_failures() -> impl Classify<Response, BoxError> + Clone {
     })
 }
 
+/// The first keyword of a statement (`SELECT`, `insert`, ...) as written, for logs; at most 16 bytes.
+fn statement_verb(sql: &str) -> &str {
+    let sql = sql.trim_start();
+    let end = sql
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sql.len())
+        .min(16);
+    &sql[..end]
+}
+
 /// Turns whatever a layer returned into a [`rampart::Error`](Error).
 fn into_error(err: BoxError) -> Error {
     let err = match err.downcast::<RetryError>() {
@@ -519,13 +531,40 @@ impl Db {
 impl tower::Service<Query> for Db {
     type Response = Response;
     type Error = Error;
-    type Future = <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future;
+    type Future = Instrumented<
+        <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
+    /// Every request runs in a `rampart.query` span (target `rampart::query`, level debug), so the
+    /// events of its attempts, retries, validation and breaker decisions can be followed together. The
+    /// span names the statement's verb, never its text or parameters, which may hold data.
     fn call(&mut self, query: Query) -> Self::Future {
-        self.inner.call(query)
+        let span = tracing::debug_span!(
+            target: "rampart::query",
+            "rampart.query",
+            verb = statement_verb(query.sql()),
+            idempotent = query.is_idempotent(),
+            keyed = query.key().is_some(),
+        );
+        self.inner.call(query).instrument(span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_verb_of_a_statement_is_logged() {
+        assert_eq!(statement_verb("  SELECT secret FROM t"), "SELECT");
+        assert_eq!(statement_verb("insert into t values ('pw')"), "insert");
+        assert_eq!(statement_verb("ALTER ROLE x PASSWORD 'pw'"), "ALTER");
+        assert_eq!(statement_verb("(SELECT 1)"), "");
+        assert_eq!(statement_verb("é"), "");
+        assert_eq!(statement_verb(&"A".repeat(40)), "A".repeat(16));
     }
 }
