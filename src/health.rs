@@ -218,6 +218,8 @@ impl HealthReport {
     }
 }
 
+/// One `SELECT 1` through the service, timed. Its outcome is the freshest there is, so it is recorded
+/// (a service under a stack does not record its own outcomes; recording twice is harmless).
 async fn probe_once(service: &PgService, limit: Duration) -> Result<Duration, ()> {
     use tower::ServiceExt;
     let started = Instant::now();
@@ -226,7 +228,13 @@ async fn probe_once(service: &PgService, limit: Duration) -> Result<Duration, ()
         .oneshot(Query::read("SELECT 1").timeout(limit))
         .await
     {
-        Ok(_) => Ok(started.elapsed()),
-        Err(_) => Err(()),
+        Ok(_) => {
+            service.tracker().success();
+            Ok(started.elapsed())
+        }
+        Err(e) => {
+            service.tracker().error(&e);
+            Err(())
+        }
     }
 }

@@ -76,6 +76,9 @@ pub(crate) fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64
 pub struct PgService {
     pool: Pool,
     tracker: Arc<Tracker>,
+    /// Whether this service reports its outcomes to the tracker. A ready-made stack reports at its top
+    /// (where layer errors such as an open breaker are seen too), so its service does not do it again.
+    reports: bool,
 }
 
 impl PgService {
@@ -84,12 +87,17 @@ impl PgService {
         Self {
             pool,
             tracker: Arc::default(),
+            reports: true,
         }
     }
 
-    /// A service that reports outcomes to a tracker shared with the stack above it.
+    /// A service under a stack that reports outcomes to `tracker` itself; this one only reads it.
     pub(crate) fn with_tracker(pool: Pool, tracker: Arc<Tracker>) -> Self {
-        Self { pool, tracker }
+        Self {
+            pool,
+            tracker,
+            reports: false,
+        }
     }
 
     /// The pool.
@@ -200,6 +208,9 @@ impl tower::Service<Query> for PgService {
 
     fn call(&mut self, query: Query) -> Self::Future {
         let pool = self.pool.clone();
+        if !self.reports {
+            return Box::pin(run(pool, query));
+        }
         let tracker = self.tracker.clone();
         Box::pin(async move {
             let result = run(pool, query).await;
