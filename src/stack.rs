@@ -234,7 +234,7 @@ impl StackBuilder {
         self
     }
 
-    /// Rebuild the pool after this many consecutive connection-level failures; `None` never rebuilds.
+    /// Rebuild the pool after this many consecutive lost pooled links; `None` never rebuilds.
     pub fn recreate_after(mut self, failures: Option<u32>) -> Self {
         self.recreate_after = failures;
         self
@@ -288,8 +288,8 @@ impl StackBuilder {
         // One tracker for the whole stack: errors made by the layers (a deadline, an open breaker) count
         // for health as much as those of the service, and it survives a rebuilt pool.
         let tracker = Arc::new(Tracker::default());
-        let current = Arc::new(Mutex::new(PgService::with_tracker(pool, tracker.clone())));
-        let service = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let service = PgService::with_tracker(pool, tracker.clone());
+        let current = Arc::new(Mutex::new(service.clone()));
 
         let recreate = match self.recreate_after {
             Some(threshold) => Some(
