@@ -1,13 +1,16 @@
-//! End to end on loopback Postgres: `SELECT 1` and a small indexed read, at 1, 8 and 32 concurrent
-//! callers, through a raw tokio-postgres client, deadpool-postgres alone (Fast and Verified recycling),
-//! bb8-postgres (its default: a check on every checkout) and rampart's full stack, every pool of the same
-//! size. Prints throughput and latency percentiles as a Markdown table.
+//! End to end on loopback Postgres: `SELECT 1` and a small indexed read, at 1, 8, 32 and 128 concurrent
+//! callers, through raw tokio-postgres clients (one per pool slot, and one client shared by every caller,
+//! which pipelines their queries), deadpool-postgres alone (Fast and Verified recycling), bb8-postgres
+//! (its default: a check on every checkout) and rampart's full stack, pooled and multiplexed, every pool
+//! of the same size. Prints throughput and latency percentiles as a Markdown table.
 //!
 //! Criterion measures one operation at a time; throughput under concurrency and tail latency need callers
 //! running side by side for a fixed time, so this is a plain program: `cargo bench --bench e2e`
 //! (`-- --secs N` to change the measuring time per row, `-- --quick` for 32 callers only,
 //! `-- --only NAME` for the clients whose name contains NAME, `-- --rounds N` for the number of
-//! interleaved runs a row is the median of, 3 by default).
+//! interleaved runs a row is the median of, 3 by default, `-- --mux` for the multiplexing comparison
+//! only: the shared raw client, deadpool Fast, bb8 and rampart multiplexed, `-- --mux-connections N` for
+//! the number of shared connections, 2 by default).
 //! The server is a throwaway cluster of the test harness (fsync off), on loopback.
 
 use std::sync::Arc;
@@ -16,11 +19,14 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use hdrhistogram::Histogram;
 use rampart::testing::Cluster;
-use rampart::{Db, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
+use rampart::{Db, MuxConfig, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
 use tokio_postgres::{Client, NoTls, Statement};
 use tower::ServiceExt;
 
 const POOL_SIZE: usize = 16;
+
+/// Shared connections of the multiplexed stack (`-- --mux-connections N`, 2 by default).
+static MUX_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(2);
 
 #[derive(Clone, Copy)]
 enum Work {
@@ -55,6 +61,8 @@ impl Work {
 #[derive(Clone)]
 enum Target {
     Raw(Arc<Vec<(Client, Statement)>>),
+    /// One client shared by every caller: tokio-postgres pipelines their queries over one connection.
+    Shared(Arc<(Client, Statement)>),
     Deadpool(deadpool_postgres::Pool),
     Bb8(bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>),
     Rampart(Db),
@@ -67,6 +75,13 @@ impl Target {
         match self {
             Target::Raw(clients) => {
                 let (client, stmt) = &clients[caller % clients.len()];
+                match work {
+                    Work::SelectOne => client.query(stmt, &[]).await.is_ok(),
+                    Work::IndexedRead => client.query(stmt, &[&key]).await.is_ok(),
+                }
+            }
+            Target::Shared(shared) => {
+                let (client, stmt) = &**shared;
                 match work {
                     Work::SelectOne => client.query(stmt, &[]).await.is_ok(),
                     Work::IndexedRead => client.query(stmt, &[&key]).await.is_ok(),
@@ -162,14 +177,19 @@ async fn measure(target: &Target, work: Work, callers: usize, secs: f64) -> Outc
     }
 }
 
-const CLIENTS: [&str; 6] = [
+const CLIENTS: [&str; 8] = [
     "raw tokio-postgres (16 clients)",
     "deadpool-postgres Fast",
     "deadpool-postgres Verified",
     "bb8-postgres (test on checkout)",
     "rampart Stack::server (validation on)",
     "rampart PgService alone (pool with validation, no layers)",
+    "raw tokio-postgres, one shared client (pipelined)",
+    "rampart Stack::server multiplexed (shared connections)",
 ];
+
+/// The clients of the multiplexing comparison (`--mux`).
+const MUX_SET: [usize; 4] = [6, 1, 3, 7];
 
 /// Builds client `which` of [`CLIENTS`] afresh for one row (dropped after it, so the server never holds
 /// more than one client's connections).
@@ -214,6 +234,34 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
                 .await
                 .expect("bb8"),
         ),
+        6 => {
+            let (client, conn) = pg.connect(NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            let stmt = client.prepare(work.sql()).await.expect("prepare");
+            Target::Shared(Arc::new((client, stmt)))
+        }
+        7 => Target::Rampart(
+            Stack::server(url)
+                .pool(
+                    PoolConfig::builder()
+                        .max_size(POOL_SIZE)
+                        .build()
+                        .expect("pool config"),
+                )
+                .multiplex(
+                    MuxConfig::builder()
+                        .connections(MUX_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed))
+                            std::env::var("MUXC")
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(2),
+                        )
+                        .build()
+                        .expect("mux"),
+                )
+                .build()
+                .expect("stack"),
+        ),
         5 => Target::PgService(PgService::new(
             Pool::new(
                 PgConfig::server(url).expect("url"),
@@ -247,6 +295,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2.0);
     let quick = args.iter().any(|a| a == "--quick");
+    let mux_only = args.iter().any(|a| a == "--mux");
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--mux-connections")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+    {
+        MUX_CONNECTIONS.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
     let rounds: usize = args
         .iter()
         .position(|a| a == "--rounds")
@@ -283,9 +340,10 @@ fn main() {
             )
             .await
             .expect("schema");
-        let levels: &[usize] = if quick { &[32] } else { &[1, 8, 32] };
+        let levels: &[usize] = if quick { &[32] } else { &[1, 8, 32, 128] };
         println!(
-            "pool size {POOL_SIZE}, {secs} s per run, median of {rounds} interleaved runs per row"
+            "pool size {POOL_SIZE}, {} shared connections when multiplexed, {secs} s per run, median of {rounds} interleaved runs per row",
+            MUX_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
         );
         println!();
         println!("| query | callers | client | queries/s | p50 | p99 | max | errors |");
@@ -302,7 +360,9 @@ fn main() {
                 let mut runs: Vec<Vec<Outcome>> = CLIENTS.iter().map(|_| Vec::new()).collect();
                 for _ in 0..rounds {
                     for (which, name) in CLIENTS.iter().enumerate() {
-                        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+                        if only.as_ref().is_some_and(|o| !name.contains(o.as_str()))
+                            || (mux_only && !MUX_SET.contains(&which))
+                        {
                             continue;
                         }
                         let target = build(which, work, &cluster.url()).await;

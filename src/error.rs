@@ -69,6 +69,8 @@ pub struct Error {
     retry_in: Option<Duration>,
     attempts: Option<u32>,
     source: Option<BoxError>,
+    /// Lost on a shared (multiplexed) connection, which the multiplexer replaces itself.
+    shared: bool,
 }
 
 impl Error {
@@ -85,7 +87,19 @@ impl Error {
             retry_in: None,
             attempts: None,
             source: None,
+            shared: false,
         }
+    }
+
+    /// Marks a lost connection as a shared one (see [`crate::mux`]).
+    pub(crate) fn on_shared_connection(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Whether the connection lost was a shared one, which the multiplexer replaces itself.
+    pub(crate) fn is_on_shared_connection(&self) -> bool {
+        self.shared
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {

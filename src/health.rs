@@ -18,6 +18,7 @@ use rampart_layers::breaker::{BreakerHandle, BreakerState};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::mux::MuxStats;
 use crate::pool::{Pool, PoolStats};
 use crate::query::Query;
 use crate::service::PgService;
@@ -138,6 +139,8 @@ pub struct HealthReport {
     pub pool: PoolStats,
     /// The breaker, if the stack has one.
     pub breaker: Option<BreakerReport>,
+    /// The shared connections, if the service is multiplexed.
+    pub multiplex: Option<MuxStats>,
 }
 
 impl HealthReport {
@@ -153,7 +156,9 @@ impl HealthReport {
             Some(limit) => Some(probe_once(service, limit).await),
             None => None,
         };
-        Self::from_parts(service.pool(), service.tracker(), breaker, probe_result)
+        let mut report = Self::from_parts(service.pool(), service.tracker(), breaker, probe_result);
+        report.multiplex = service.mux_stats();
+        report
     }
 
     fn from_parts(
@@ -214,6 +219,7 @@ impl HealthReport {
             recent_error,
             pool: pool_stats,
             breaker,
+            multiplex: None,
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct Query {
     idempotent: bool,
     idempotency_key: Option<Arc<str>>,
     deadline: Option<Instant>,
+    /// The time the caller granted with [`Query::timeout`].
+    requested: Option<Duration>,
+    exclusive: bool,
 }
 
 impl fmt::Debug for Query {
@@ -51,6 +54,7 @@ impl fmt::Debug for Query {
             .field("idempotent", &self.idempotent)
             .field("idempotency_key", &self.idempotency_key)
             .field("deadline", &self.deadline)
+            .field("exclusive", &self.exclusive)
             .finish()
     }
 }
@@ -64,6 +68,8 @@ impl Query {
             idempotent: false,
             idempotency_key: None,
             deadline: None,
+            requested: None,
+            exclusive: false,
         }
     }
 
@@ -108,9 +114,37 @@ impl Query {
     /// earlier one). The service pushes what is left of it down as `statement_timeout`.
     ///
     /// [`DeadlineLayer`]: rampart_layers::deadline::DeadlineLayer
+    ///
+    /// In a multiplexed service ([`crate::mux`]) a timeout longer than the shared connections' statement
+    /// timeout sends the query to an exclusive connection: granting more time says it may be slow.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.deadline = Some(Instant::now() + timeout);
+        self.requested = Some(timeout);
         self
+    }
+
+    /// Runs the statement on a connection of its own, never on a shared one of a multiplexed service
+    /// ([`crate::mux`]): for a statement that may be slow, or that uses session state rampart does not
+    /// recognise from its first keyword (a function that sets a session variable, say). Without
+    /// multiplexing every statement has a connection of its own anyway.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// Whether the statement must run on a connection of its own ([`Query::exclusive`]).
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// The time granted with [`Query::timeout`], if any.
+    pub fn requested_timeout(&self) -> Option<Duration> {
+        self.requested
+    }
+
+    /// The SQL text, shared.
+    pub(crate) fn shared_sql(&self) -> Arc<str> {
+        self.sql.clone()
     }
 
     /// The SQL text.

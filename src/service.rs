@@ -17,6 +17,9 @@
 //! statements are sent unnamed and the deadline is set with `SET LOCAL` inside the statement's own
 //! transaction; see [`crate::pooler`].
 //!
+//! [`PgService::multiplexed`] adds shared connections that pipeline many independent statements each,
+//! beside the pool; see [`crate::mux`] for how requests are routed between the two.
+//!
 //! `poll_ready` is always ready: the pool is the capacity, and how long to wait for it depends on the
 //! request's deadline, which only `call` sees. Bound concurrency with the pool size, or stack tower's
 //! `ConcurrencyLimit` in front.
@@ -34,8 +37,10 @@ use tokio_postgres::types::ToSql;
 
 use crate::classify::{Stage, closed_before_send, from_pg};
 use crate::config::PoolerMode;
+use crate::error::ConfigError;
 use crate::error::{Error, ErrorKind};
 use crate::health::Tracker;
+use crate::mux::{Mux, MuxConfig, MuxStats};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 
@@ -75,6 +80,7 @@ pub(crate) fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64
 #[derive(Clone, Debug)]
 pub struct PgService {
     pool: Pool,
+    mux: Option<Arc<Mux>>,
     tracker: Arc<Tracker>,
     /// Whether this service reports its outcomes to the tracker. A ready-made stack reports at its top
     /// (where layer errors such as an open breaker are seen too), so its service does not do it again.
@@ -86,18 +92,62 @@ impl PgService {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
+            mux: None,
             tracker: Arc::default(),
             reports: true,
         }
     }
 
+    /// A multiplexed service: independent statements pipelined over a few shared connections, the rest
+    /// (transactions, session state, slow statements) on connections from `pool`; see [`crate::mux`].
+    /// Fails if `pool` is behind a pooler in transaction mode. Opens no connection yet.
+    ///
+    /// ```no_run
+    /// use rampart::{MuxConfig, PgConfig, PgService, Pool, PoolConfig, Query};
+    /// use tower::ServiceExt;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = Pool::new(PgConfig::from_url("postgres://postgres@127.0.0.1/postgres")?, PoolConfig::default())?;
+    /// let db = PgService::multiplexed(pool, MuxConfig::default())?;
+    /// let answer = db.oneshot(Query::read("SELECT 1")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn multiplexed(pool: Pool, config: MuxConfig) -> Result<Self, ConfigError> {
+        let mut service = Self::new(pool);
+        service.mux = Some(service.new_mux(config)?);
+        Ok(service)
+    }
+
+    fn new_mux(&self, config: MuxConfig) -> Result<Arc<Mux>, ConfigError> {
+        Mux::new(
+            Arc::new(self.pool.pg_config().clone()),
+            self.pool.config(),
+            self.pool.server().into(),
+            config,
+        )
+    }
+
     /// A service under a stack that reports outcomes to `tracker` itself; this one only reads it.
-    pub(crate) fn with_tracker(pool: Pool, tracker: Arc<Tracker>) -> Self {
-        Self {
+    pub(crate) fn with_tracker(
+        pool: Pool,
+        mux: Option<MuxConfig>,
+        tracker: Arc<Tracker>,
+    ) -> Result<Self, ConfigError> {
+        let mut service = Self {
             pool,
+            mux: None,
             tracker,
             reports: false,
+        };
+        if let Some(config) = mux {
+            service.mux = Some(service.new_mux(config)?);
         }
+        Ok(service)
+    }
+
+    /// What the shared connections are doing, if the service is multiplexed.
+    pub fn mux_stats(&self) -> Option<MuxStats> {
+        self.mux.as_ref().map(|m| m.stats())
     }
 
     /// The pool.
@@ -110,7 +160,31 @@ impl PgService {
     }
 }
 
-async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
+/// Runs a statement on `client` and collects its rows and affected-row count.
+pub(crate) async fn execute(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    params: &[crate::query::Param],
+) -> Result<Response, tokio_postgres::Error> {
+    let params = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
+    let stream = client.query_raw(statement, params).await?;
+    futures_util::pin_mut!(stream);
+    let rows: Vec<tokio_postgres::Row> = stream.as_mut().try_collect().await?;
+    Ok(Response::new(rows, stream.rows_affected().unwrap_or(0)))
+}
+
+async fn run(pool: Pool, mux: Option<Arc<Mux>>, query: Query) -> Result<Response, Error> {
+    let query = match mux {
+        Some(mux) if mux.shares(&query) => match mux.run(query).await {
+            Ok(result) => return result,
+            Err(spilled) => spilled,
+        },
+        _ => query,
+    };
+    run_pooled(pool, query).await
+}
+
+async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
     let remaining = query
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
@@ -146,11 +220,6 @@ async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
     let set_timeout = statement_timeout_for(remaining, in_flight.conn().statement_timeout_ms());
-    let params: Vec<&(dyn ToSql + Sync)> = query
-        .params()
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
 
     let (set_result, result) = {
         let client = in_flight.conn().client();
@@ -164,12 +233,7 @@ async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
                 None => Ok(None),
             }
         };
-        let rows = async {
-            let stream = client.query_raw(&statement, params.iter().copied()).await?;
-            futures_util::pin_mut!(stream);
-            let rows: Vec<tokio_postgres::Row> = stream.as_mut().try_collect().await?;
-            Ok::<_, tokio_postgres::Error>((rows, stream.rows_affected().unwrap_or(0)))
-        };
+        let rows = execute(client, &statement, query.params());
         futures_util::future::join(set, rows).await
     };
     match set_result {
@@ -180,10 +244,10 @@ async fn run(pool: Pool, query: Query) -> Result<Response, Error> {
     }
     let result = set_result.and(result);
     match result {
-        Ok((rows, affected)) => {
+        Ok(response) => {
             in_flight.conn().mark_ok();
             in_flight.finish(false);
-            Ok(Response::new(rows, affected))
+            Ok(response)
         }
         Err(e) => {
             // A server error means the link works; anything else means it does not.
@@ -208,12 +272,13 @@ impl tower::Service<Query> for PgService {
 
     fn call(&mut self, query: Query) -> Self::Future {
         let pool = self.pool.clone();
+        let mux = self.mux.clone();
         if !self.reports {
-            return Box::pin(run(pool, query));
+            return Box::pin(run(pool, mux, query));
         }
         let tracker = self.tracker.clone();
         Box::pin(async move {
-            let result = run(pool, query).await;
+            let result = run(pool, mux, query).await;
             match &result {
                 Ok(_) => tracker.success(),
                 Err(e) => tracker.error(e),

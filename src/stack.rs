@@ -73,6 +73,7 @@ use crate::classify::PgClassifier;
 use crate::config::{PgConfig, PoolerMode, Preset};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::{HealthReport, Tracker};
+use crate::mux::MuxConfig;
 use crate::pool::{Pool, PoolConfig};
 use crate::query::{Query, Response};
 use crate::service::PgService;
@@ -91,6 +92,7 @@ pub struct StackBuilder {
     budget: Option<(Duration, u32, f32)>,
     breaker: Option<BreakerConfig>,
     recreate_after: Option<u32>,
+    mux: Option<MuxConfig>,
 }
 
 impl fmt::Debug for StackBuilder {
@@ -101,6 +103,7 @@ impl fmt::Debug for StackBuilder {
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_attempts", &self.max_attempts)
+            .field("mux", &self.mux)
             .finish_non_exhaustive()
     }
 }
@@ -181,7 +184,26 @@ impl StackBuilder {
             budget: Some((Duration::from_secs(10), 10, 0.2)),
             breaker: Some(breaker),
             recreate_after: Some(8),
+            mux: None,
         }
+    }
+
+    /// Multiplexes independent statements over a few shared connections instead of giving each its own
+    /// pooled connection; transactions and session work still use the pool. Several times the throughput
+    /// of a pool for short statements under concurrency (see [`crate::mux`] for the routing and the
+    /// failure semantics, `BENCHMARKS.md` for the figures). Unless set in `config`, the shared
+    /// connections' statement timeout is the stack's attempt timeout. Not available behind a pooler in
+    /// transaction mode ([`build`](Self::build) fails).
+    ///
+    /// ```no_run
+    /// use rampart::{MuxConfig, Stack};
+    /// # fn demo() -> Result<(), rampart::ConfigError> {
+    /// let db = Stack::server("postgres://app@db.internal/app").multiplex(MuxConfig::default()).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn multiplex(mut self, config: MuxConfig) -> Self {
+        self.mux = Some(config);
+        self
     }
 
     /// Whether a pooler in transaction mode sits in front of the server ([`PoolerMode`]).
@@ -288,7 +310,10 @@ impl StackBuilder {
         // One tracker for the whole stack: errors made by the layers (a deadline, an open breaker) count
         // for health as much as those of the service, and it survives a rebuilt pool.
         let tracker = Arc::new(Tracker::default());
-        let service = PgService::with_tracker(pool, tracker.clone());
+        let mux = self
+            .mux
+            .map(|m| m.or_statement_timeout(self.attempt_timeout));
+        let service = PgService::with_tracker(pool, mux.clone(), tracker.clone())?;
         let current = Arc::new(Mutex::new(service.clone()));
 
         let recreate = match self.recreate_after {
@@ -308,7 +333,7 @@ impl StackBuilder {
                 let current = current.clone();
                 let tracker = tracker.clone();
                 let built = Pool::new(pg.clone(), pool_config.clone())
-                    .map(|pool| PgService::with_tracker(pool, tracker));
+                    .and_then(|pool| PgService::with_tracker(pool, mux.clone(), tracker));
                 async move {
                     let service = built.map_err(|e| -> BoxError { Box::new(e) })?;
                     *current.lock().unwrap_or_else(|p| p.into_inner()) = service.clone();
@@ -390,10 +415,13 @@ impl Classify<Response, BoxError> for BreakerClassifier {
 
 /// What counts toward rebuilding the pool: only pooled links found dead. Failed connects do not count:
 /// a new pool would connect to the same server and fail the same way (the breaker and the retry backoff
-/// are what help then).
+/// are what help then). Nor do shared connections lost in multiplexed mode: one lost shared connection
+/// fails every request in flight on it at once, and the multiplexer replaces it itself.
 fn connection_failures() -> impl Classify<Response, BoxError> + Clone {
     classify_fn(|err: &BoxError| match err.downcast_ref::<Error>() {
-        Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Transient,
+        Some(e) if e.kind() == ErrorKind::ConnectionLost && !e.is_on_shared_connection() => {
+            Classification::Transient
+        }
         _ => Classification::Permanent,
     })
 }

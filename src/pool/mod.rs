@@ -105,6 +105,11 @@ impl PoolConfig {
         self.max_lifetime
     }
 
+    /// The fraction of the max lifetime taken off at random, per connection.
+    pub fn lifetime_jitter(&self) -> f64 {
+        self.lifetime_jitter
+    }
+
     /// How long a connection may sit unused before the background task closes it.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout

@@ -14,3 +14,5 @@ mod s01_s04;
 mod s05_s09;
 mod s10_s14;
 mod s15_s19;
+
+mod mux;
