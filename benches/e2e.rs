@@ -251,11 +251,6 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
                 .multiplex(
                     MuxConfig::builder()
                         .connections(MUX_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed))
-                            std::env::var("MUXC")
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(2),
-                        )
                         .build()
                         .expect("mux"),
                 )
