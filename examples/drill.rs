@@ -30,17 +30,19 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rampart::testing::{Cluster, Fault, FaultProxy};
-use rampart::{Db, Query, Stack};
+use rampart::{Db, MuxConfig, Query, Stack};
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
 const USAGE: &str = "\
-usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--database-url URL] [--json] [--log-format pretty|json]
+usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [--database-url URL] [--json] [--log-format pretty|json]
 
   --duration       how long each stack runs (default 60s; accepts 90s, 2m, 500ms)
   --faults         comma-separated, in order: idle-kill, restart, black-hole, reset, refuse (default: all;
                    restart needs the throwaway cluster, so it is left out with --database-url)
   --concurrency    concurrent workers (default 8)
+  --multiplex      run rampart's statements pipelined over 2 shared connections instead of the pool
+                   (transfers still use the pool)
   --database-url   drill this server instead of a throwaway cluster (loopback only; also DATABASE_URL)
   --json           print the report as one JSON document
   --log-format     also print rampart's logs to stderr, as text or JSON (default: no logs)";
@@ -111,6 +113,7 @@ struct Options {
     database_url: Option<String>,
     json: bool,
     log_format: Option<String>,
+    multiplex: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -142,6 +145,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
         database_url: std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()),
         json: false,
         log_format: None,
+        multiplex: false,
     };
     let mut faults_given = false;
     let mut args = args.into_iter();
@@ -176,6 +180,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             }
             "--database-url" => options.database_url = Some(value()?),
             "--json" => options.json = true,
+            "--multiplex" => options.multiplex = true,
             "--log-format" => {
                 let v = value()?;
                 if v != "pretty" && v != "json" {
@@ -957,13 +962,15 @@ async fn main_inner(options: Options) -> Result<(), String> {
 
     // rampart first.
     drill.setup_tables("rampart_drill").await?;
-    let db = Stack::server(&drill.proxied_url)
+    let mut stack = Stack::server(&drill.proxied_url)
         .attempt_timeout(Duration::from_secs(1))
         .deadline(Duration::from_secs(9))
         // The deadline, not a count, bounds the retries: a 2 s refusal must not exhaust them.
-        .max_attempts(30)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .max_attempts(30);
+    if drill.options.multiplex {
+        stack = stack.multiplex(MuxConfig::default());
+    }
+    let db = stack.build().map_err(|e| e.to_string())?;
     let links_before = drill.proxy.stats().links_opened;
     let target = Arc::new(RampartTarget {
         db: db.clone(),

@@ -351,12 +351,6 @@ impl fmt::Debug for Mux {
     }
 }
 
-thread_local! {
-    /// Where this thread starts looking, so ties between equally loaded connections are broken
-    /// differently by successive requests without a shared counter bouncing between cores.
-    static START: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 impl Mux {
     pub(crate) fn new(
         pg: Arc<PgConfig>,
@@ -538,21 +532,12 @@ impl Mux {
     /// The slot to send the next request to: the least-loaded ready one that is not full, preferring
     /// those not stalled; `None` if none can take it. Starts connecting empty slots it passes.
     fn pick(&self, now_ms: u64) -> Option<usize> {
-        let n = self.slots.len();
-        let start = START.with(|s| {
-            let v = s.get();
-            s.set(v.wrapping_add(1));
-            v % n
-        });
+        // Always scanned from the first: at low concurrency the same connection takes every request and
+        // its server process stays warm (alternating between idle connections costs a wake-up of a cold
+        // backend per request, measurable at one caller); under load the counts differ and spread it.
         let stall_ms = self.config.stall_after.as_millis() as u64;
         let mut best: Option<(usize, (bool, usize))> = None;
-        for k in 0..n {
-            let index = if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            };
-            let slot = &self.slots[index];
+        for (index, slot) in self.slots.iter().enumerate() {
             if !slot.ready.load(Ordering::Acquire) {
                 if !slot.connecting.load(Ordering::Acquire) {
                     self.connect_in_background(index);

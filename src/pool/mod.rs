@@ -464,18 +464,23 @@ pub struct PoolStats {
 #[derive(Clone)]
 pub struct Pool {
     inner: managed::Pool<Manager>,
+    /// Everything else in one allocation, so a clone (one per request) is two reference counts.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     counters: Arc<Counters>,
-    config: Arc<PoolConfig>,
+    config: PoolConfig,
     server: Arc<str>,
-    pg: Arc<PgConfig>,
+    pg: PgConfig,
     cancel_tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    param_types: Arc<ParamTypes>,
+    param_types: ParamTypes,
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("server", &self.server)
+            .field("server", &self.shared.server)
             .field("stats", &self.stats())
             .finish()
     }
@@ -521,20 +526,22 @@ impl Pool {
             .map_err(|e| ConfigError::new("pool", e.to_string()))?;
         let pool = Pool {
             inner,
-            counters,
-            config: Arc::new(config),
-            server,
-            pg: Arc::new(pg),
-            cancel_tls,
-            param_types: Arc::default(),
+            shared: Arc::new(Shared {
+                counters,
+                config,
+                server,
+                pg,
+                cancel_tls,
+                param_types: ParamTypes::default(),
+            }),
         };
         pool.spawn_background(&runtime);
         Ok(pool)
     }
 
     fn spawn_background(&self, runtime: &tokio::runtime::Handle) {
-        let counters = self.counters.clone();
-        let config = self.config.clone();
+        let counters = self.shared.counters.clone();
+        let config = self.shared.config.clone();
         let sweep_every = [config.idle_timeout, config.max_lifetime]
             .into_iter()
             .flatten()
@@ -605,8 +612,8 @@ impl Pool {
     /// (a request's remaining deadline).
     pub async fn get_within(&self, limit: Option<Duration>) -> Result<PooledConn, Error> {
         let wait = match limit {
-            Some(limit) => limit.min(self.config.wait_timeout),
-            None => self.config.wait_timeout,
+            Some(limit) => limit.min(self.shared.config.wait_timeout),
+            None => self.shared.config.wait_timeout,
         };
         let mut timeouts = self.inner.timeouts();
         timeouts.wait = Some(wait);
@@ -619,7 +626,7 @@ impl Pool {
     fn checkout_error(&self, err: PoolError<tokio_postgres::Error>, waited: Duration) -> Error {
         match err {
             PoolError::Timeout(TimeoutType::Wait) => {
-                bump(&self.counters.checkout_timeouts);
+                bump(&self.shared.counters.checkout_timeouts);
                 let status = self.inner.status();
                 Error::new(
                     ErrorKind::PoolExhausted,
@@ -627,7 +634,7 @@ impl Pool {
                     format!(
                         "pool exhausted: no connection to {} became free within {waited:?} \
                          ({} of {} connections in use, {} callers waiting)",
-                        self.server,
+                        self.shared.server,
                         status.size - status.available.min(status.size),
                         status.max_size,
                         status.waiting
@@ -637,9 +644,9 @@ impl Pool {
             PoolError::Timeout(_) => Error::new(
                 ErrorKind::Connect,
                 Classification::Transient,
-                format!("could not connect to {}: timed out", self.server),
+                format!("could not connect to {}: timed out", self.shared.server),
             ),
-            PoolError::Backend(e) => from_pg(e, Stage::Connect, &self.server),
+            PoolError::Backend(e) => from_pg(e, Stage::Connect, &self.shared.server),
             PoolError::Closed => Error::new(
                 ErrorKind::PoolClosed,
                 Classification::Permanent,
@@ -656,7 +663,7 @@ impl Pool {
     /// Removes a connection from the pool and closes it: for one whose request was abandoned mid-flight
     /// or whose link failed, which must never be handed out again.
     pub fn discard(&self, conn: PooledConn) {
-        bump(&self.counters.discarded);
+        bump(&self.shared.counters.discarded);
         drop(managed::Object::take(conn));
     }
 
@@ -666,8 +673,8 @@ impl Pool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let tls = self.cancel_tls.clone();
-        let server = self.server.clone();
+        let tls = self.shared.cancel_tls.clone();
+        let server = self.shared.server.clone();
         runtime.spawn(async move {
             let result = match tls {
                 Some(tls) => token.cancel_query(tls).await,
@@ -683,7 +690,7 @@ impl Pool {
     /// Statistics now.
     pub fn stats(&self) -> PoolStats {
         let status = self.inner.status();
-        let c = &self.counters;
+        let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         PoolStats {
             max_size: status.max_size,
@@ -706,22 +713,22 @@ impl Pool {
 
     /// The server, with the password redacted.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.shared.server
     }
 
     /// The connection settings.
     pub fn pg_config(&self) -> &PgConfig {
-        &self.pg
+        &self.shared.pg
     }
 
     /// The pool settings.
     pub fn config(&self) -> &PoolConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// Parameter types learned per SQL text, for unnamed statements behind a transaction pooler.
     pub(crate) fn param_types(&self) -> &ParamTypes {
-        &self.param_types
+        &self.shared.param_types
     }
 
     /// Closes the pool: checked-out connections close when returned, waiting callers fail.
