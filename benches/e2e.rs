@@ -10,7 +10,7 @@
 //! `-- --only NAME` for the clients whose name contains NAME, `-- --rounds N` for the number of
 //! interleaved runs a row is the median of, 3 by default, `-- --mux` for the multiplexing comparison
 //! only: the shared raw client, deadpool Fast, bb8 and rampart multiplexed, `-- --mux-connections N` for
-//! the number of shared connections, 2 by default).
+//! the number of shared connections, 1 by default, as `MuxConfig::default()`).
 //! The server is a throwaway cluster of the test harness (fsync off), on loopback.
 
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use tower::ServiceExt;
 
 const POOL_SIZE: usize = 16;
 
-/// Shared connections of the multiplexed stack (`-- --mux-connections N`, 2 by default).
-static MUX_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(2);
+/// Shared connections of the multiplexed stack (`-- --mux-connections N`, 1 by default).
+static MUX_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 #[derive(Clone, Copy)]
 enum Work {

@@ -41,7 +41,7 @@ usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [-
   --faults         comma-separated, in order: idle-kill, restart, black-hole, reset, refuse (default: all;
                    restart needs the throwaway cluster, so it is left out with --database-url)
   --concurrency    concurrent workers (default 8)
-  --multiplex      run rampart's statements pipelined over 2 shared connections instead of the pool
+  --multiplex      run rampart's statements pipelined over one shared connection instead of the pool
                    (transfers still use the pool)
   --database-url   drill this server instead of a throwaway cluster (loopback only; also DATABASE_URL)
   --json           print the report as one JSON document

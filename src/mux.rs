@@ -10,14 +10,15 @@
 //!
 //! [`PgService::multiplexed`](crate::PgService::multiplexed) (or
 //! [`StackBuilder::multiplex`](crate::StackBuilder::multiplex)) turns it on. The service then keeps a
-//! small set of shared connections ([`MuxConfig::connections`], 2 by default) beside its pool:
+//! small set of shared connections ([`MuxConfig::connections`], one by default) beside its pool:
 //!
 //! - **Routing.** A request goes to the least-loaded healthy shared connection (fewest requests in
-//!   flight), skipping a connection that is *stalled* (requests in flight, none finished for
+//!   flight; ties go to the first, so a lone caller keeps one server process warm), skipping a connection
+//!   that is *stalled* (requests in flight, none finished for
 //!   [`stall_after`](MuxConfigBuilder::stall_after)) and one at its in-flight bound
 //!   ([`max_in_flight`](MuxConfigBuilder::max_in_flight)). When no shared connection can take it (all
-//!   full, stalled with others free, or none connected yet) it *spills* to an exclusive connection from the
-//!   pool: nothing waits for a shared connection.
+//!   full or stalled, or none connected yet) it *spills* to an exclusive connection from the pool:
+//!   nothing waits for a shared connection.
 //! - **Exclusive work.** Whatever needs the session to itself runs on an exclusive pool connection:
 //!   statements that change or use session state (`BEGIN`/`COMMIT`, `SET`, `LISTEN`, cursors, `PREPARE`,
 //!   `COPY`, `DISCARD`, `LOCK`, session advisory locks, temporary tables), maintenance (`VACUUM`,
@@ -98,7 +99,7 @@ pub struct MuxConfig {
 impl Default for MuxConfig {
     fn default() -> Self {
         MuxConfig {
-            connections: 2,
+            connections: 1,
             max_in_flight: 128,
             statement_timeout: None,
             stall_after: Duration::from_millis(100),
@@ -107,7 +108,7 @@ impl Default for MuxConfig {
 }
 
 impl MuxConfig {
-    /// A builder starting from the defaults: 2 shared connections, at most 128 requests in flight on each,
+    /// A builder starting from the defaults: 1 shared connection, at most 128 requests in flight on it,
     /// the statement timeout of the stack's attempt timeout (3 s for a service built alone), a connection
     /// with requests in flight and none finished for 100 ms counted as stalled.
     pub fn builder() -> MuxConfigBuilder {
@@ -151,8 +152,13 @@ pub struct MuxConfigBuilder {
 }
 
 impl MuxConfigBuilder {
-    /// How many shared connections (1 to 64). Two by default: one is enough for the throughput on a few
-    /// cores, the second keeps half the traffic flowing while the first is replaced.
+    /// How many shared connections (1 to 64). One by default. One pipelined connection carries about as
+    /// many short statements as one server process can run (tens of thousands a second); while it is
+    /// being replaced, requests spill to the pool, so a second is not needed for availability. A second
+    /// adds server-side parallelism: on loopback it lowered the median latency at 32 callers by 45% but
+    /// doubled the p99 (4.5 ms against 2.1 ms), because the server shared the client's two cores and a
+    /// descheduled server process holds up everything queued on its connection (`BENCHMARKS.md`). Use
+    /// more than one when the server has cores to spare and the shared statements keep one busy.
     pub fn connections(mut self, connections: usize) -> Self {
         self.config.connections = connections;
         self
@@ -251,15 +257,17 @@ fn bump(counter: &AtomicU64) {
 /// One open shared connection.
 struct Conn {
     client: Client,
-    /// Statements prepared on this connection, by SQL text.
-    statements: Mutex<HashMap<Arc<str>, Statement>>,
+    /// Statements prepared on this connection, by SQL text. A read-write lock, not a mutex: every request
+    /// reads it, and readers never wait for each other (a mutex held by a thread the OS preempts stalls
+    /// the other workers for a time slice: milliseconds of tail latency on a busy machine).
+    statements: RwLock<HashMap<Arc<str>, Statement>>,
     expires_at: Option<Instant>,
 }
 
 impl Conn {
     fn cached(&self, sql: &str) -> Option<Statement> {
         self.statements
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(sql)
             .cloned()
@@ -267,7 +275,7 @@ impl Conn {
 
     fn cache(&self, sql: Arc<str>, statement: Statement) {
         self.statements
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(sql, statement);
     }
@@ -479,7 +487,7 @@ impl Mux {
             })??;
         Ok(Conn {
             client,
-            statements: Mutex::default(),
+            statements: RwLock::default(),
             expires_at: self.expiry(),
         })
     }
@@ -529,14 +537,15 @@ impl Mux {
         self.connect_in_background(index);
     }
 
-    /// The slot to send the next request to: the least-loaded ready one that is not full, preferring
-    /// those not stalled; `None` if none can take it. Starts connecting empty slots it passes.
+    /// The slot to send the next request to: the least-loaded ready one that is neither full nor stalled;
+    /// `None` if none can take it (the request then goes to the pool, which a stall on a shared
+    /// connection does not hold up). Starts connecting empty slots it passes.
     fn pick(&self, now_ms: u64) -> Option<usize> {
         // Always scanned from the first: at low concurrency the same connection takes every request and
         // its server process stays warm (alternating between idle connections costs a wake-up of a cold
         // backend per request, measurable at one caller); under load the counts differ and spread it.
         let stall_ms = self.config.stall_after.as_millis() as u64;
-        let mut best: Option<(usize, (bool, usize))> = None;
+        let mut best: Option<(usize, usize)> = None;
         for (index, slot) in self.slots.iter().enumerate() {
             if !slot.ready.load(Ordering::Acquire) {
                 if !slot.connecting.load(Ordering::Acquire) {
@@ -550,10 +559,12 @@ impl Mux {
             }
             let stalled = load > 0
                 && now_ms.saturating_sub(slot.last_progress_ms.load(Ordering::Relaxed)) > stall_ms;
-            let score = (stalled, load);
-            if best.is_none_or(|(_, s)| score < s) {
-                best = Some((index, score));
-                if score == (false, 0) {
+            if stalled {
+                continue;
+            }
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((index, load));
+                if load == 0 {
                     break;
                 }
             }

@@ -1,11 +1,10 @@
 //! The response future of [`CircuitBreaker`](super::CircuitBreaker).
 
+use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
-
-use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower::BoxError;
 
 use super::error::CircuitOpen;
@@ -29,11 +28,12 @@ impl PermitGuard {
         }
     }
 
+    #[inline]
     fn finish<Res, E, C: Classify<Res, E>>(
         mut self,
         classifier: &C,
         result: &Result<Res, E>,
-        started: u64,
+        slow_after: Option<Instant>,
     ) {
         let Some(permit) = self.permit.take() else {
             return;
@@ -49,12 +49,12 @@ impl PermitGuard {
                 return;
             }
         };
-        let now = self.shared.now();
-        let slow = self
-            .shared
-            .is_slow(Duration::from_nanos(now.saturating_sub(started)));
+        // One clock read, compared with the instant the call would become slow at (computed at
+        // `call`): no conversion of either into a duration.
+        let finished = Instant::now();
+        let slow = slow_after.is_some_and(|after| finished > after);
         self.shared
-            .record_at(permit, Outcome { failure, slow }, now);
+            .record(permit, Outcome { failure, slow }, finished);
     }
 }
 
@@ -82,7 +82,7 @@ pin_project! {
             future: F,
             guard: Option<PermitGuard>,
             classifier: C,
-            started: u64,
+            slow_after: Option<Instant>,
         },
         Rejected {
             error: Option<CircuitOpen>,
@@ -106,14 +106,15 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(future: F, guard: PermitGuard, classifier: C) -> Self {
-        let started = guard.shared.now();
+        let slow_after = guard.shared.slow_after(Instant::now());
         Self {
             kind: Kind::Called {
                 future,
                 guard: Some(guard),
                 classifier,
-                started,
+                slow_after,
             },
         }
     }
@@ -133,6 +134,7 @@ where
 {
     type Output = Result<Res, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Rejected { error } => Poll::Ready(Err(Box::new(
@@ -144,11 +146,11 @@ where
                 future,
                 guard,
                 classifier,
-                started,
+                slow_after,
             } => {
                 let result = ready!(future.poll(cx));
                 if let Some(guard) = guard.take() {
-                    guard.finish(classifier, &result, *started);
+                    guard.finish(classifier, &result, *slow_after);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

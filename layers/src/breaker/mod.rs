@@ -42,10 +42,24 @@
 //! # Cost
 //!
 //! State is shared by every clone through one `Arc`: a short `std::sync::Mutex` held for a few
-//! comparisons (never across a call), plus atomic totals. Rejecting a call costs a clock read, an
-//! uncontended lock and the `Box` that turns [`CircuitOpen`] (two words) into a [`BoxError`]: tens of
-//! nanoseconds. The permit is taken in `poll_ready`, so an open breaker answers ready at once (without
-//! waiting for the inner service) and `call` returns the rejection.
+//! comparisons (never across a call), plus atomic totals. The permit is taken in `poll_ready`, so an
+//! open breaker answers ready at once (without waiting for the inner service) and `call` returns the
+//! rejection. Per call:
+//!
+//! - **Admission** while closed (or disabled) is one atomic load: the lock publishes, each time it is
+//!   released, the epoch whose permits anyone may take, and a permit taken just before a transition
+//!   is stale and ignored, as one admitted under the lock would be. Open and half-open take the lock.
+//! - **Timing** is two reads of tokio's clock (at `call` and when the response is ready) and a
+//!   comparison of instants: the instant the call would turn slow is computed at `call`, so no
+//!   instant is converted into a duration on the way.
+//! - **Recording** takes the lock once. A time window is handed the start of the current bucket,
+//!   cached as an interval of instants, instead of the finishing time converted to nanoseconds: the
+//!   window only reads a time through the bucket it falls in, so this is exactly what the exact time
+//!   would record (see `BucketClock` in the source); the exact time is computed only to time an
+//!   opening.
+//! - **Rejecting** costs a clock read, the lock and the `Box` that turns [`CircuitOpen`] (two words)
+//!   into a [`BoxError`]. The service's error type is `BoxError`, so a rejection that carries its
+//!   `retry_after` cannot avoid that allocation (only a zero-sized error boxes for free).
 //!
 //! # Events and metrics
 //!
@@ -216,6 +230,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Readiness::Idle = self.ready {
             self.ready = match self.shared.try_acquire() {
@@ -236,6 +251,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::replace(&mut self.ready, Readiness::Idle) {
             Readiness::Admitted(guard) => {

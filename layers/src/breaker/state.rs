@@ -143,8 +143,28 @@ pub(crate) struct Core {
     slow_call_rate_ppm: u64,
     half_open_calls: u32,
     config: BreakerConfig,
+    /// Maps finishing instants to the time window's buckets without converting each one.
+    pub(crate) bucket_clock: BucketClock,
 }
 
+/// The time window's current bucket as an interval of tokio instants: an outcome that finishes before
+/// `end` falls in the bucket starting `start` nanoseconds after the breaker's origin.
+///
+/// Converting an `Instant` to nanoseconds since the origin (a subtraction of two `timespec`s and a
+/// 128-bit multiplication) costs more than the clock read itself; comparing two instants costs a few
+/// instructions. The window only ever uses a time through the bucket it falls in
+/// ([`Window`](super::window)), so handing it `start` for any instant before `end` gives it exactly the
+/// counts the instant itself would: the cache is equivalent to the exact time by construction, under a
+/// paused tokio clock as under the real one (its instants are tokio's). An instant *before* `start`
+/// (a thread that read the clock just before another moved the bucket on) lands in the current bucket,
+/// as it already did without the cache (the window never records into a bucket older than its newest).
+#[derive(Debug, Default)]
+pub(crate) struct BucketClock {
+    end: Option<tokio::time::Instant>,
+    start: u64,
+}
+
+#[inline]
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
@@ -172,11 +192,21 @@ impl Core {
             slow_call_rate_ppm: config.slow_call_rate_ppm,
             half_open_calls: config.half_open_calls,
             config,
+            bucket_clock: BucketClock::default(),
         }
     }
 
     pub(crate) fn state(&self) -> BreakerState {
         self.phase.state()
+    }
+
+    /// The epoch whose permits anyone may take without the lock (closed or disabled: every call is
+    /// let through), or [`LOCKED`].
+    fn admitting(&self) -> u64 {
+        match self.phase {
+            Phase::Closed | Phase::Disabled => self.epoch,
+            _ => LOCKED,
+        }
     }
 
     fn go(&mut self, to: Phase, reason: TransitionReason) -> Transition {
@@ -208,6 +238,7 @@ impl Core {
     }
 
     /// Asks to let one call through at `now`.
+    #[inline]
     pub(crate) fn try_acquire(
         &mut self,
         now: u64,
@@ -246,25 +277,38 @@ impl Core {
     }
 
     /// Records the outcome of a permitted call that finished at `now`.
+    #[cfg(any(test, loom))]
     pub(crate) fn on_outcome(
         &mut self,
         permit: Permit,
         outcome: Outcome,
         now: u64,
     ) -> Option<Transition> {
+        self.on_outcome_with(permit, outcome, now, || now)
+    }
+
+    /// Records the outcome of a permitted call; `window_now` is a time in the bucket the call finished
+    /// in (all the window reads), `exact` the time itself, read only to time an opening.
+    pub(crate) fn on_outcome_with(
+        &mut self,
+        permit: Permit,
+        outcome: Outcome,
+        window_now: u64,
+        exact: impl FnOnce() -> u64,
+    ) -> Option<Transition> {
         if permit.epoch != self.epoch {
             return None;
         }
         match &mut self.phase {
             Phase::Closed => {
-                let counts = self.window.record(now, outcome);
+                let counts = self.window.record(window_now, outcome);
                 if counts.calls < self.minimum_calls {
                     return None;
                 }
                 if at_least(counts.failures, counts.calls, self.failure_rate_ppm) {
-                    Some(self.open(now, TransitionReason::FailureRate))
+                    Some(self.open(exact(), TransitionReason::FailureRate))
                 } else if at_least(counts.slow, counts.calls, self.slow_call_rate_ppm) {
-                    Some(self.open(now, TransitionReason::SlowCallRate))
+                    Some(self.open(exact(), TransitionReason::SlowCallRate))
                 } else {
                     None
                 }
@@ -275,9 +319,9 @@ impl Core {
                 if counts.calls < self.half_open_calls {
                     None
                 } else if at_least(counts.failures, counts.calls, self.failure_rate_ppm) {
-                    Some(self.open(now, TransitionReason::ProbesFailed))
+                    Some(self.open(exact(), TransitionReason::ProbesFailed))
                 } else if at_least(counts.slow, counts.calls, self.slow_call_rate_ppm) {
-                    Some(self.open(now, TransitionReason::ProbesSlow))
+                    Some(self.open(exact(), TransitionReason::ProbesSlow))
                 } else {
                     Some(self.close(TransitionReason::ProbesSucceeded))
                 }
@@ -336,12 +380,49 @@ pub(crate) struct Totals {
     pub(crate) transitions: AtomicU64,
 }
 
+/// [`Shared::admit`] when a permit needs the lock (open, half-open, forced open).
+const LOCKED: u64 = u64::MAX;
+
+/// The lock on [`Core`]: on release, publishes whether calls may be admitted without it.
+pub(crate) struct CoreGuard<'a> {
+    core: MutexGuard<'a, Core>,
+    admit: &'a AtomicU64,
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock (the `MutexGuard` field is dropped after this): the published value is
+        // the state as of this release, and releases are ordered by the lock.
+        self.admit.store(self.core.admitting(), Ordering::Release);
+    }
+}
+
 /// Everything every clone of one breaker shares.
+///
+/// The closed state (and the disabled one) admits every call, so `try_acquire` answers there from
+/// `admit`, one atomic load, without the lock: `admit` holds the epoch of the state as of the last
+/// release of the lock, or [`LOCKED`]. A permit taken that way just before a transition carries the
+/// epoch before it, and its outcome is ignored: exactly what happens to a call admitted under the lock
+/// just before the transition. Open, half-open and forced-open states go through the lock as before.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: std::sync::Arc<str>,
+    admit: AtomicU64,
     origin: tokio::time::Instant,
-    slow_call_nanos: u64,
+    slow_call: Duration,
     core: Mutex<Core>,
     pub(crate) totals: Totals,
 }
@@ -350,31 +431,86 @@ impl Shared {
     pub(crate) fn new(config: BreakerConfig) -> Self {
         Self {
             name: config.name.clone(),
+            admit: AtomicU64::new(0), // closed, epoch 0
             origin: tokio::time::Instant::now(),
-            slow_call_nanos: nanos(config.slow_call_duration),
+            slow_call: config.slow_call_duration,
             core: Mutex::new(Core::new(config)),
             totals: Totals::default(),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+    #[inline]
+    pub(crate) fn lock(&self) -> CoreGuard<'_> {
         // A panic while holding this lock can only come from a bug in `Core`; the state is still
         // consistent enough to keep serving, so do not propagate the poison.
-        self.core
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        CoreGuard {
+            core: self
+                .core
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            admit: &self.admit,
+        }
     }
 
     /// Nanoseconds since the breaker was made, from tokio's clock (so tests can pause it).
+    #[inline]
     pub(crate) fn now(&self) -> u64 {
-        nanos(tokio::time::Instant::now().saturating_duration_since(self.origin))
+        self.nanos_at(tokio::time::Instant::now())
     }
 
-    pub(crate) fn is_slow(&self, elapsed: Duration) -> bool {
-        nanos(elapsed) > self.slow_call_nanos
+    #[inline]
+    fn nanos_at(&self, at: tokio::time::Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.origin))
+    }
+
+    /// The instant after which a call started at `started` is slow (`None`: never), so that telling
+    /// whether it was is a comparison of two instants when it finishes.
+    pub(crate) fn slow_after(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        started.checked_add(self.slow_call)
+    }
+
+    /// Records the outcome of a permitted call that finished at `finished`.
+    pub(crate) fn record(&self, permit: Permit, outcome: Outcome, finished: tokio::time::Instant) {
+        self.count(outcome);
+        let transition = {
+            let mut core = self.lock();
+            let window_now = match core.window.bucket_nanos() {
+                // A count window does not read the time.
+                None => 0,
+                Some(_) if core.bucket_clock.end.is_some_and(|end| finished < end) => {
+                    core.bucket_clock.start
+                }
+                Some(bucket) => {
+                    let now = self.nanos_at(finished);
+                    let start = now - now % bucket;
+                    core.bucket_clock = BucketClock {
+                        end: self
+                            .origin
+                            .checked_add(Duration::from_nanos(start.saturating_add(bucket))),
+                        start,
+                    };
+                    now
+                }
+            };
+            core.on_outcome_with(permit, outcome, window_now, || self.nanos_at(finished))
+        };
+        if let Some(t) = transition {
+            self.report(t);
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.totals.calls.fetch_add(1, Ordering::Relaxed);
+        if outcome.failure {
+            self.totals.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.slow {
+            self.totals.slow_calls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Asks to let one call through now.
+    #[inline]
     pub(crate) fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
         self.try_acquire_with(|| self.now())
     }
@@ -385,7 +521,16 @@ impl Shared {
         self.try_acquire_with(|| now)
     }
 
+    #[inline]
     fn try_acquire_with(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
+        let epoch = self.admit.load(Ordering::Acquire);
+        if epoch != LOCKED {
+            return Ok(Permit { epoch });
+        }
+        self.try_acquire_locked(now)
+    }
+
+    fn try_acquire_locked(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
         let (result, transition) = {
             let mut core = self.lock();
             // Only the wait of the open state depends on the time: the other states (closed, above
@@ -409,14 +554,10 @@ impl Shared {
         result
     }
 
+    /// At a given time: for the loom model, which has no clock.
+    #[cfg(loom)]
     pub(crate) fn record_at(&self, permit: Permit, outcome: Outcome, now: u64) {
-        self.totals.calls.fetch_add(1, Ordering::Relaxed);
-        if outcome.failure {
-            self.totals.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        if outcome.slow {
-            self.totals.slow_calls.fetch_add(1, Ordering::Relaxed);
-        }
+        self.count(outcome);
         let transition = self.lock().on_outcome(permit, outcome, now);
         if let Some(t) = transition {
             self.report(t);
@@ -529,6 +670,88 @@ mod tests {
         assert_eq!(
             c.on_outcome(probe.unwrap(), OK, 10 * S).unwrap().to,
             BreakerState::Closed
+        );
+    }
+
+    /// The bucket clock hands the window exactly the bucket the exact time would, at and around
+    /// bucket boundaries, under tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn bucket_clock_matches_the_exact_time() {
+        use tokio::time::{Instant, advance};
+        let config = BreakerConfig::builder()
+            .sliding_window(SlidingWindow::Time {
+                size: Duration::from_secs(3),
+                buckets: 3,
+            })
+            .minimum_calls(1_000)
+            .build()
+            .unwrap();
+        let shared = Shared::new(config);
+        let origin = Instant::now();
+        let record = |at: Instant| {
+            let permit = shared.try_acquire().unwrap();
+            shared.record(permit, OK, at);
+        };
+        let calls = |shared: &Shared| {
+            let now = shared.now();
+            shared.lock().window_counts(now).calls
+        };
+        // Bucket [0, 1 s): two outcomes, the second through the cache.
+        record(origin);
+        record(origin + Duration::from_millis(999));
+        // Exactly at 1 s: the next bucket, not the cached one.
+        record(origin + Duration::from_secs(1));
+        advance(Duration::from_millis(2_999)).await;
+        assert_eq!(calls(&shared), 3, "all three in the window until 3 s");
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            calls(&shared),
+            1,
+            "at 3 s the first bucket has left, the call at 1 s stays"
+        );
+        // A later bucket moves the cache on; an instant from before it lands in the newest bucket,
+        // as the exact time does (the window never records into an older bucket than its newest).
+        record(origin + Duration::from_millis(3_500));
+        record(origin + Duration::from_millis(2_500));
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(calls(&shared), 2, "at 4 s: the two outcomes of [3 s, 4 s)");
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(calls(&shared), 0);
+    }
+
+    /// Closed and disabled admit without the lock; every other state takes it, and the published
+    /// epoch follows every transition, those made through the handle included.
+    #[tokio::test(start_paused = true)]
+    async fn lock_free_admission_follows_the_state() {
+        let shared = Shared::new(
+            BreakerConfig::builder()
+                .sliding_window(SlidingWindow::Count(1))
+                .minimum_calls(1)
+                .wait_in_open(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        );
+        let early = shared.try_acquire().unwrap();
+        let permit = shared.try_acquire().unwrap();
+        shared.record(permit, FAIL, tokio::time::Instant::now());
+        assert_eq!(shared.lock().state(), BreakerState::Open);
+        assert!(shared.try_acquire().is_err(), "open rejects");
+        // A permit taken while closed is stale now: its outcome does nothing.
+        shared.record(early, OK, tokio::time::Instant::now());
+        assert_eq!(shared.lock().state(), BreakerState::Open);
+        let t = shared.lock().disable();
+        assert_eq!(t.to, BreakerState::Disabled);
+        assert!(shared.try_acquire().is_ok(), "disabled admits");
+        let t = shared.lock().force_open();
+        assert_eq!(t.to, BreakerState::ForcedOpen);
+        assert!(shared.try_acquire().unwrap_err().is_forced());
+        shared.lock().reset();
+        let permit = shared.try_acquire().expect("closed admits");
+        shared.record(permit, OK, tokio::time::Instant::now());
+        assert_eq!(
+            shared.lock().window_counts(0).calls,
+            1,
+            "its epoch is current"
         );
     }
 }

@@ -2,6 +2,10 @@
 //!
 //! Both keep running totals, so recording an outcome and reading the rates are O(1) (the time window
 //! clears expired buckets as the clock passes them, at most once per bucket).
+//!
+//! The time window reads its `now` only through `now / bucket_nanos` (the bucket it falls in), which is
+//! what lets [`Shared`](super::state::Shared) hand it the start of the current bucket instead of the
+//! exact time on the hot path (see `BucketClock` there).
 
 /// What one finished call contributes to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,14 @@ impl Window {
         match self {
             Window::Count(w) => w.record(outcome),
             Window::Time(w) => w.record(now, outcome),
+        }
+    }
+
+    /// The length of a time window's buckets, `None` for a count window (which ignores time).
+    pub(crate) fn bucket_nanos(&self) -> Option<u64> {
+        match self {
+            Window::Count(_) => None,
+            Window::Time(w) => Some(w.bucket_nanos),
         }
     }
 

@@ -15,6 +15,36 @@ use super::error::{AttemptTimedOut, DeadlineExceeded};
 use crate::events;
 
 pin_project! {
+    /// A timer started only if the response is not ready at once: a response that is ready when first
+    /// polled (a cache, a fast path, a refusal) never touches tokio's timer (a handle on the runtime, an
+    /// entry in its wheel). The deadline itself is fixed before, so when the timer starts does not
+    /// change when it fires: a `Sleep` made at the first `Pending` poll with the deadline read at `call`
+    /// is the `Sleep` that `tokio::time::sleep` would have made at `call`, registered with the timer
+    /// wheel at the same moment (tokio registers a `Sleep` on its first poll, not when it is made).
+    #[project = LazySleepProj]
+    #[derive(Debug)]
+    enum LazySleep {
+        Unset,
+        Set { #[pin] sleep: Sleep },
+    }
+}
+
+impl LazySleep {
+    /// Polls the timer for `deadline`, starting it first if needed.
+    fn poll_until(mut self: Pin<&mut Self>, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if let LazySleepProj::Unset = self.as_mut().project() {
+            self.set(LazySleep::Set {
+                sleep: tokio::time::sleep_until(deadline),
+            });
+        }
+        match self.project() {
+            LazySleepProj::Set { sleep } => sleep.poll(cx),
+            LazySleepProj::Unset => unreachable!("set above"),
+        }
+    }
+}
+
+pin_project! {
     /// Response future of [`Deadline`](super::Deadline).
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
@@ -28,7 +58,7 @@ pin_project! {
     #[derive(Debug)]
     enum State<F> {
         // Racing the inner future against the deadline.
-        Limited { #[pin] response: F, #[pin] sleep: Sleep, deadline: Instant },
+        Limited { #[pin] response: F, #[pin] sleep: LazySleep, deadline: Instant },
         // The request carries no deadline and the layer sets none.
         Unlimited { #[pin] response: F },
         // The deadline had passed before the call: the inner service was not called.
@@ -37,12 +67,12 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(super) fn limited(response: F, deadline: Instant) -> Self {
-        let sleep = tokio::time::sleep_until(deadline);
         Self {
             state: State::Limited {
                 response,
-                sleep,
+                sleep: LazySleep::Unset,
                 deadline,
             },
         }
@@ -74,6 +104,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Limited {
@@ -85,7 +116,7 @@ where
                 if let Poll::Ready(result) = response.poll(cx) {
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                match sleep.poll(cx) {
+                match sleep.poll_until(*deadline, cx) {
                     Poll::Ready(()) => Poll::Ready(Err(exceeded(*deadline))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -103,16 +134,24 @@ pin_project! {
         #[pin]
         response: F,
         #[pin]
-        sleep: Sleep,
+        sleep: LazySleep,
+        deadline: Instant,
         limit: Duration,
     }
 }
 
 impl<F> AttemptFuture<F> {
+    /// The attempt's clock starts now (at `call`), whenever the timer itself starts.
+    #[inline]
     pub(super) fn new(response: F, limit: Duration) -> Self {
+        let now = Instant::now();
         Self {
             response,
-            sleep: tokio::time::sleep(limit),
+            sleep: LazySleep::Unset,
+            // As `tokio::time::sleep` does for a limit too long to add.
+            deadline: now
+                .checked_add(limit)
+                .unwrap_or_else(|| super::far_future(now)),
             limit,
         }
     }
@@ -125,12 +164,13 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.response.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
+        match this.sleep.poll_until(*this.deadline, cx) {
             Poll::Ready(()) => {
                 let limit_ms = this.limit.as_millis() as u64;
                 tracing::debug!(target: "rampart::deadline", limit_ms, "attempt timed out");

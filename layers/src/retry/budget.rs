@@ -1,10 +1,53 @@
 //! The retry budget.
+//!
+//! # Design
+//!
+//! Every request deposits into the budget and only retries withdraw, so the deposit is on the path of
+//! every call and the withdrawal is not. tower's `TpsBudget` (Finagle's design) reads the clock and takes
+//! a lock on every deposit to rotate its time slots. This budget moves all of the time keeping to the
+//! rare side:
+//!
+//! - A **deposit** is one relaxed `fetch_add` on a counter of all requests ever made. Every
+//!   [`TICK`]th deposit also *observes* the budget (below), so that a busy client that never retries
+//!   still leaves a trace of when its requests were made.
+//! - The window is cut into [`SLOTS`] slots. Each slot remembers the counter's value at the first
+//!   observation made in it, and the retries withdrawn in it. An observation (every withdrawal, every
+//!   `TICK`th deposit) reads the clock under a mutex and starts the current slot if it has not been.
+//! - A **withdrawal** observes, then counts the requests made since the first observation of the oldest
+//!   slot still in the window, and the retries withdrawn in the slots still in the window:
+//!
+//!   `reserve + requests × deposit_amount − retries × withdraw_amount ≥ withdraw_amount`
+//!
+//!   with tower's amounts (ratio 0.2: a request is worth 1, a retry costs 5; the reserve is
+//!   `min_retries_per_second × window` retries).
+//!
+//! Why this is sound: every request counted was made after an observation that fell inside the window,
+//! so the budget never counts a request older than the window (it never allows *more* retries than the
+//! ratio of recent requests plus the floor). It may miss requests made in the window before its first
+//! observation there; as an observation happens at least every `TICK` requests, it misses fewer than
+//! `TICK` of them (at ratio 0.2, fewer than 13 retries), and only while no retry has been withdrawn
+//! recently. A client that sends fewer than `TICK` requests per window lives on the floor, which is
+//! what the floor is for. Withdrawals are counted exactly. Time is tokio's ([`tokio::time::Instant`]),
+//! so a paused test clock drives the budget as it drives tower's.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
-use tower::retry::budget::{Budget, TpsBudget};
+use tokio::time::Instant;
 
 use crate::ConfigError;
+
+/// Slots the window is cut into (as many as tower's `TpsBudget`).
+const SLOTS: usize = 10;
+
+/// Every `TICK`th deposit observes the budget: the most requests the window can miss at its old edge.
+const TICK: u64 = 64;
 
 /// A retry budget: retries may be at most a fraction of recent requests, plus a small floor.
 ///
@@ -13,9 +56,12 @@ use crate::ConfigError;
 /// triples the load on something already failing. A budget caps retries across *all* requests: each
 /// request deposits into it, each retry withdraws, and a retry that finds it empty is not made.
 ///
-/// [`RetryBudget`] is tower's [`TpsBudget`] (Finagle's design) behind a validated builder, so a bad
-/// setting is an error at build time instead of a panic inside `TpsBudget::new`. Clones share one budget
-/// through an `Arc`.
+/// Over the last `window`, retries may be at most `retry_ratio` of the requests made, plus
+/// `min_retries_per_second × window`: the semantics of tower's `TpsBudget` (Finagle's design), with a
+/// deposit that costs one atomic increment instead of a clock read and a lock (see
+/// [the retry module](super#the-retry-budget) for the design and why it never allows more than that).
+/// The builder validates
+/// the settings, so a bad one is an error at build time. Clones share one budget through an `Arc`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,8 +79,36 @@ use crate::ConfigError;
 /// ```
 #[derive(Clone)]
 pub struct RetryBudget {
-    inner: Arc<TpsBudget>,
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    /// Requests deposited since the budget was made.
+    deposits: AtomicU64,
+    slots: Mutex<[Slot; SLOTS]>,
+    origin: Instant,
+    slot_nanos: u64,
+    deposit_amount: u64,
+    withdraw_amount: u64,
+    reserve: u64,
+    settings: RetryBudgetBuilder,
+}
+
+/// One slot of the window: `epoch` is the time since the budget was made, in slots.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    epoch: u64,
+    /// The deposit counter at the first observation in this slot.
+    first: u64,
+    withdrawals: u64,
+}
+
+/// A slot that no epoch matches (never in the window).
+const UNUSED: Slot = Slot {
+    epoch: u64::MAX,
+    first: 0,
+    withdrawals: 0,
+};
 
 impl RetryBudget {
     /// A builder starting from tower's defaults: a 10 s window, 10 retries a second, a ratio of 0.2.
@@ -43,27 +117,121 @@ impl RetryBudget {
     }
 
     /// Records a request (not a retry), allowing `ratio` more retries for the window.
+    #[inline]
     pub fn deposit(&self) {
-        self.inner.deposit();
+        let before = self.inner.deposits.fetch_add(1, Ordering::Relaxed);
+        if before % TICK == TICK - 1 {
+            self.inner.observe();
+        }
     }
 
     /// Takes one retry from the budget; `false` if none is left.
     pub fn try_withdraw(&self) -> bool {
-        self.inner.withdraw()
+        self.inner.try_withdraw()
+    }
+}
+
+impl Inner {
+    fn new(settings: RetryBudgetBuilder) -> Self {
+        let RetryBudgetBuilder {
+            window,
+            min_per_second,
+            ratio,
+        } = settings;
+        // tower's amounts, so the rounding is the same as `TpsBudget`'s.
+        let (deposit_amount, withdraw_amount) = if ratio == 0.0 {
+            (0, 1)
+        } else if ratio <= 1.0 {
+            (1, (1.0 / ratio) as u64)
+        } else {
+            (1000, (1000.0 / ratio) as u64)
+        };
+        let reserve = (min_per_second as u64)
+            .saturating_mul(window.as_secs())
+            .saturating_mul(withdraw_amount);
+        let mut slots = [UNUSED; SLOTS];
+        slots[0] = Slot {
+            epoch: 0,
+            first: 0,
+            withdrawals: 0,
+        };
+        Self {
+            deposits: AtomicU64::new(0),
+            slots: Mutex::new(slots),
+            origin: Instant::now(),
+            slot_nanos: (window.as_nanos() / SLOTS as u128).max(1) as u64,
+            deposit_amount,
+            withdraw_amount,
+            reserve,
+            settings,
+        }
+    }
+
+    /// Locks the slots and starts the current one if no observation has been made in it yet; returns
+    /// the current epoch and the deposit counter as observed.
+    fn lock_and_observe(&self) -> (std::sync::MutexGuard<'_, [Slot; SLOTS]>, u64, u64) {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Read under the lock, so the epochs the slots see never go backwards.
+        let elapsed = Instant::now().saturating_duration_since(self.origin);
+        let epoch = (elapsed.as_nanos() / self.slot_nanos as u128) as u64;
+        let deposits = self.deposits.load(Ordering::Relaxed);
+        let slot = &mut slots[(epoch % SLOTS as u64) as usize];
+        if slot.epoch != epoch {
+            *slot = Slot {
+                epoch,
+                first: deposits,
+                withdrawals: 0,
+            };
+        }
+        (slots, epoch, deposits)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn observe(&self) {
+        drop(self.lock_and_observe());
+    }
+
+    fn try_withdraw(&self) -> bool {
+        let (mut slots, epoch, deposits) = self.lock_and_observe();
+        let oldest = epoch.saturating_sub(SLOTS as u64 - 1);
+        let mut base = deposits;
+        let mut withdrawals = 0u64;
+        for slot in slots.iter().filter(|s| (oldest..=epoch).contains(&s.epoch)) {
+            base = base.min(slot.first);
+            withdrawals += slot.withdrawals;
+        }
+        let balance =
+            (self.reserve as u128) + (deposits - base) as u128 * self.deposit_amount as u128;
+        let spent = (withdrawals as u128 + 1) * self.withdraw_amount as u128;
+        if balance < spent {
+            return false;
+        }
+        slots[(epoch % SLOTS as u64) as usize].withdrawals += 1;
+        true
     }
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
         Self {
-            inner: Arc::new(TpsBudget::default()),
+            inner: Arc::new(Inner::new(RetryBudgetBuilder::default())),
         }
     }
 }
 
 impl fmt::Debug for RetryBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RetryBudget").field(&self.inner).finish()
+        let s = &self.inner.settings;
+        f.debug_struct("RetryBudget")
+            .field("window", &s.window)
+            .field("min_retries_per_second", &s.min_per_second)
+            .field("retry_ratio", &s.ratio)
+            .field("deposits", &self.inner.deposits.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -107,7 +275,7 @@ impl RetryBudgetBuilder {
 
     /// Checks the settings and builds the budget.
     pub fn build(self) -> Result<RetryBudget, ConfigError> {
-        // The same limits `TpsBudget::new` asserts, checked here so it cannot panic.
+        // The limits `TpsBudget::new` asserts, so the settings mean what they mean there.
         if self.window < Duration::from_secs(1) || self.window > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "window",
@@ -127,7 +295,7 @@ impl RetryBudgetBuilder {
             ));
         }
         Ok(RetryBudget {
-            inner: Arc::new(TpsBudget::new(self.window, self.min_per_second, self.ratio)),
+            inner: Arc::new(Inner::new(self)),
         })
     }
 }
@@ -180,5 +348,130 @@ mod tests {
             "two requests earn one retry at ratio 0.5"
         );
         assert!(!budget.try_withdraw());
+    }
+
+    fn budget(window_secs: u64, min: u32, ratio: f32) -> RetryBudget {
+        RetryBudget::builder()
+            .window(Duration::from_secs(window_secs))
+            .min_retries_per_second(min)
+            .retry_ratio(ratio)
+            .build()
+            .unwrap()
+    }
+
+    fn withdraw_all(budget: &RetryBudget) -> u32 {
+        let mut n = 0;
+        while budget.try_withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_and_retries_leave_the_window() {
+        // 10 s window in 1 s slots, no floor, one retry per two requests.
+        let budget = budget(10, 0, 0.5);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 5);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            !budget.try_withdraw(),
+            "spent (and the slot at 5 s is observed)"
+        );
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert_eq!(
+            withdraw_all(&budget),
+            2,
+            "the first five retries still count"
+        );
+        // At 10 s the first slot (its 10 requests and 5 retries) has left the window.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(withdraw_all(&budget), 0, "4 requests, 2 retries: spent");
+        for _ in 0..2 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 1);
+        // At 20 s nothing is left in the window, neither requests nor retries.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(withdraw_all(&budget), 0);
+        budget.deposit();
+        budget.deposit();
+        assert_eq!(withdraw_all(&budget), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_comes_back_with_the_window() {
+        let budget = budget(2, 3, 0.0);
+        assert_eq!(withdraw_all(&budget), 6, "3 a second over 2 s");
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 0, "a zero ratio earns nothing");
+        tokio::time::advance(Duration::from_millis(1_999)).await;
+        assert_eq!(withdraw_all(&budget), 0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(withdraw_all(&budget), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratios_above_one_and_tower_rounding() {
+        // ratio 2: a request is worth 1000, a retry costs 500.
+        let budget = budget(1, 0, 2.0);
+        budget.deposit();
+        assert_eq!(withdraw_all(&budget), 2);
+        // ratio 0.3: a retry costs 3 requests (1 / 0.3 rounded down, as tower does).
+        let budget = budget_of(0.3);
+        for _ in 0..7 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 2);
+    }
+
+    fn budget_of(ratio: f32) -> RetryBudget {
+        budget(1, 0, ratio)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_client_without_retries_is_seen_every_tick() {
+        // 10 s window in 1 s slots; no floor; ratio 1: one retry per request.
+        let budget = budget(10, 0, 1.0);
+        // 3 × TICK requests in the first second: observed at each tick, never by a withdrawal.
+        for _ in 0..3 * TICK {
+            budget.deposit();
+        }
+        // Quiet until 9.5 s: all of them are still in the window.
+        tokio::time::advance(Duration::from_millis(9_500)).await;
+        assert!(budget.try_withdraw());
+        // 2 × TICK more in the slot [9 s, 10 s).
+        for _ in 0..2 * TICK {
+            budget.deposit();
+        }
+        // At 10.5 s the first second has left: only the later requests count (the withdrawal at
+        // 9.5 s observed the slot before them), less the one retry made.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(withdraw_all(&budget) as u64, 2 * TICK - 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_before_the_first_observation_of_a_window_are_at_most_a_tick() {
+        let budget = budget(10, 0, 1.0);
+        // A tick observes at 0.5 s...
+        tokio::time::advance(Duration::from_millis(500)).await;
+        for _ in 0..TICK {
+            budget.deposit();
+        }
+        // ...then TICK - 1 requests at 5 s, unobserved until the withdrawal at 10.7 s.
+        tokio::time::advance(Duration::from_millis(4_500)).await;
+        for _ in 0..TICK - 1 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_millis(5_700)).await;
+        // Their slot is in the window but was never observed: the budget undercounts them (it may
+        // allow fewer retries than the ratio, never more).
+        assert_eq!(withdraw_all(&budget), 0);
     }
 }

@@ -47,8 +47,9 @@ pin_project! {
     enum State<F> {
         // An attempt is in flight.
         Calling { #[pin] future: F },
-        // Waiting out the backoff before the next attempt.
-        Backoff { #[pin] sleep: Sleep },
+        // Waiting out the backoff before the next attempt. Boxed: a retry is rare next to a success,
+        // and an inline `Sleep` would make every request's future (and every move of it) much larger.
+        Backoff { sleep: Pin<Box<Sleep>> },
         // Waiting for the inner service to be ready for the next attempt.
         Ready,
     }
@@ -56,12 +57,12 @@ pin_project! {
 
 /// The per-request bookkeeping, apart from the pinned state so it can be borrowed alongside it.
 ///
-/// The schedule and the jitter generator are set up at the first failure, and the clock is read at the
-/// start only when a deadline or `max_elapsed` needs it: the success path, by far the commonest, pays for
-/// none of them (a lock on the shared generator, a copy of the schedule, a clock read).
+/// The schedule and the jitter generator are set up (boxed) at the first failure, and the clock is read
+/// at the start only when a deadline or `max_elapsed` needs it: the success path, by far the commonest,
+/// pays for none of them (a lock on the shared generator, a copy of the schedule, a clock read), and its
+/// future stays small.
 struct Tracker<B, Res> {
-    schedule: Option<B>,
-    rng: Option<SplitMix64>,
+    backoff: Option<Box<(B, SplitMix64)>>,
     idempotent: bool,
     deadline: Option<Instant>,
     started: Option<Instant>,
@@ -88,6 +89,7 @@ where
 {
     /// Starts the first attempt on `service`, which must be ready, unless the request's deadline has
     /// already passed.
+    #[inline]
     pub(super) fn new(
         mut service: S,
         request: Req,
@@ -100,8 +102,7 @@ where
         let deadline = request.deadline();
         let now = (deadline.is_some() || policy.max_elapsed().is_some()).then(Instant::now);
         let mut tracker = Tracker {
-            schedule: None,
-            rng: None,
+            backoff: None,
             idempotent,
             deadline,
             started: now.filter(|_| policy.max_elapsed().is_some()),
@@ -168,12 +169,11 @@ impl<B: Backoff + Clone, Res> Tracker<B, Res> {
         if self.attempts >= policy.max_attempts() {
             return Err(GaveUp::AttemptsExhausted);
         }
-        let schedule = self.schedule.get_or_insert_with(|| {
+        let (schedule, rng) = &mut **self.backoff.get_or_insert_with(|| {
             let mut schedule = policy.schedule().clone();
             schedule.reset();
-            schedule
+            Box::new((schedule, policy.request_rng()))
         });
-        let rng = self.rng.get_or_insert_with(|| policy.request_rng());
         let delay = schedule
             .next_delay(self.attempts, rng)
             .ok_or(GaveUp::ScheduleEnded)?;
@@ -233,6 +233,7 @@ where
 {
     type Output = Result<S::Response, RetryError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let tracker = this.tracker;
@@ -295,12 +296,12 @@ where
                         this.state.set(State::Ready);
                     } else {
                         this.state.set(State::Backoff {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         });
                     }
                 }
                 StateProj::Backoff { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
