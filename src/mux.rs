@@ -440,21 +440,23 @@ impl Mux {
         !exclusive
     }
 
-    /// Opens a connection for slot `index` in the background, unless one is being opened already.
-    fn connect_in_background(&self, index: usize) {
+    /// Opens a connection for slot `index` in the background, unless one is being opened already;
+    /// whether this call started it.
+    fn connect_in_background(&self, index: usize) -> bool {
         let slot = &self.slots[index];
         if slot
             .connecting
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return;
+            return false;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             slot.connecting.store(false, Ordering::Release);
-            return;
+            return false;
         };
         runtime.spawn(connect_loop(self.me.clone(), index));
+        true
     }
 
     async fn connect(&self) -> Result<Conn, Error> {
@@ -600,12 +602,13 @@ impl Mux {
             self.lost(index, conn, "closed");
             return Tried::NotSent;
         }
+        // Past its lifetime: a replacement is opened while this one keeps serving.
         if conn.expires_at.is_some_and(|at| Instant::now() >= at)
             && !slot.connecting.load(Ordering::Acquire)
+            && self.connect_in_background(index)
         {
             bump(&self.counters.retired);
             tracing::debug!(target: "rampart::mux", server = %self.server, slot = index, "shared connection reached its max lifetime, replacing it");
-            self.connect_in_background(index);
         }
         if now_ms.saturating_sub(slot.last_ok_ms.load(Ordering::Relaxed)) > self.bypass_ms {
             bump(&self.counters.validated);
@@ -794,12 +797,17 @@ pub(crate) fn needs_session(sql: &str) -> bool {
         }
     }
     // Session-level advisory locks (`pg_advisory_lock`, `pg_try_advisory_lock_shared`, ...) outlive the
-    // statement; the `_xact_` variants end with its implicit transaction and are fine.
-    let lower = sql.to_ascii_lowercase();
-    lower.match_indices("advisory_").any(|(at, _)| {
-        let tail = &lower[at..];
-        (tail.starts_with("advisory_lock") || tail.starts_with("advisory_unlock"))
-            && !tail.starts_with("advisory_xact")
+    // statement; the `_xact_` variants end with its implicit transaction and are fine. Scanned without
+    // allocating: this runs for every request.
+    let bytes = sql.as_bytes();
+    (0..bytes.len()).any(|at| {
+        if bytes[at] | 0x20 != b'a' {
+            return false;
+        }
+        let tail = &bytes[at..];
+        let starts =
+            |word: &[u8]| tail.len() >= word.len() && tail[..word.len()].eq_ignore_ascii_case(word);
+        starts(b"advisory_lock") || starts(b"advisory_unlock")
     })
 }
 

@@ -45,6 +45,10 @@
 //! poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
 //! statement's own transaction; see [`crate::pooler`].
 //!
+//! [`StackBuilder::multiplex`] puts independent statements on a shared, pipelined connection instead of
+//! a pooled one each (several times a pool's throughput for short statements); everything above the
+//! service is the same. See [`crate::mux`].
+//!
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 
 use std::fmt;

@@ -523,3 +523,39 @@ async fn mux_transactions_mix_with_multiplexed_statements() {
     );
     assert_eq!(s.lost, 0);
 }
+
+/// A shared connection past its max lifetime is replaced while it keeps serving: the requests running
+/// across the hand-over all succeed.
+#[tokio::test]
+async fn mux_connections_are_replaced_at_the_end_of_their_lifetime() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url())
+        .pool(
+            pool_config()
+                .max_lifetime(Some(Duration::from_millis(300)))
+                .lifetime_jitter(0.0)
+                .build()
+                .unwrap(),
+        )
+        .multiplex(mux(1))
+        .build()
+        .unwrap();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    until("the shared connection is ready", || stats(&db).ready == 1).await;
+    let mut tally = Tally::default();
+    let deadline = tokio::time::Instant::now() + crate::support::BOUND;
+    while stats(&db).retired < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retirement: {:?}",
+            stats(&db)
+        );
+        let batch = (0..8).map(|_| db.run(Query::read("SELECT 1")));
+        for r in futures_util::future::join_all(batch).await {
+            tally.record_rampart(&r);
+        }
+    }
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let s = stats(&db);
+    assert!(s.connects >= 2 && s.lost == 0, "{s:?}");
+}
