@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use hdrhistogram::Histogram;
-use rampart::testing::Cluster;
 use rampart::{Db, MuxConfig, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
 use tokio_postgres::{Client, NoTls, Statement};
 use tower::ServiceExt;
+
+mod common;
 
 const POOL_SIZE: usize = 16;
 
@@ -316,25 +317,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let cluster = Cluster::new()
-            .await
-            .expect("cluster (needs the PostgreSQL server binaries)");
-        let (setup, conn) = cluster
-            .url()
-            .parse::<tokio_postgres::Config>()
-            .expect("url")
-            .connect(NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        setup
-            .batch_execute(
-                "CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL);
-                 INSERT INTO kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
-                 ANALYZE kv;",
-            )
-            .await
-            .expect("schema");
+        let cluster = common::cluster_with_kv().await;
         let levels: &[usize] = if quick { &[32] } else { &[1, 8, 32, 128] };
         println!(
             "pool size {POOL_SIZE}, {} shared connections when multiplexed, {secs} s per run, median of {rounds} interleaved runs per row",

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
-use rampart::testing::Cluster;
 use rampart::{Db, MuxConfig, PoolConfig, Query, Stack};
 use tokio_postgres::{Client, NoTls, Statement};
+
+mod common;
 
 const POOL_SIZE: usize = 16;
 
@@ -105,23 +106,9 @@ fn multiplexing(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let cluster = rt
-        .block_on(Cluster::new())
-        .expect("cluster (needs the PostgreSQL server binaries)");
+    let cluster = rt.block_on(common::cluster_with_kv());
     let url = cluster.url();
     let pg: tokio_postgres::Config = url.parse().expect("url");
-    rt.block_on(async {
-        let (setup, conn) = pg.connect(NoTls).await.expect("connect");
-        tokio::spawn(conn);
-        setup
-            .batch_execute(
-                "CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL);
-                 INSERT INTO kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
-                 ANALYZE kv;",
-            )
-            .await
-            .expect("schema");
-    });
 
     for indexed in [false, true] {
         let work = if indexed { "indexed read" } else { "SELECT 1" };

@@ -10,7 +10,10 @@ use rampart::testing::{Cluster, FaultProxy};
 use rampart::tx::IsolationLevel;
 use rampart::{Db, ErrorKind, MuxConfig, PoolerMode, Query, Stack};
 
-use crate::support::{Tally, connect, count, pool_config, report, stack, until};
+use crate::support::{
+    RestartOutcome, Tally, connect, count, keyed_writes_across_a_restart, pool_config, report,
+    stack, until,
+};
 
 fn mux(connections: usize) -> MuxConfig {
     MuxConfig::builder()
@@ -23,16 +26,22 @@ fn stats(db: &Db) -> rampart::MuxStats {
     db.service().mux_stats().expect("the stack is multiplexed")
 }
 
+/// Sends a first request (which finds no shared connection yet and goes to the pool while they are
+/// opened) and waits until all `connections` shared connections are ready.
+async fn ready(db: &Db, connections: usize) {
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    until("the shared connections are ready", || {
+        stats(db).ready == connections
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn mux_independent_statements_share_connections_and_session_work_does_not() {
     let cluster = Cluster::new().await.unwrap();
     let db = stack(&cluster.url()).multiplex(mux(2)).build().unwrap();
     // The first requests find no shared connection yet and go to the pool while two are opened.
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("both shared connections are ready", || {
-        stats(&db).ready == 2
-    })
-    .await;
+    ready(&db, 2).await;
 
     let reads = (0..200).map(|i| db.run(Query::read("SELECT $1::int + 1").bind(i)));
     for (i, r) in futures_util::future::join_all(reads)
@@ -110,11 +119,7 @@ async fn mux_connection_reset_under_load() {
         .multiplex(mux(2))
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("both shared connections are ready", || {
-        stats(&db).ready == 2
-    })
-    .await;
+    ready(&db, 2).await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(Mutex::new(Tally::default()));
@@ -223,11 +228,7 @@ async fn mux_silent_kill_while_idle_is_invisible() {
         .multiplex(mux(2))
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("both shared connections are ready", || {
-        stats(&db).ready == 2
-    })
-    .await;
+    ready(&db, 2).await;
     // Idle for longer than the 100 ms bypass window, then every link is silently dropped.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(proxy.kill_silently() >= 2);
@@ -271,11 +272,7 @@ async fn mux_slow_statement_beside_fast_ones() {
         .deadline(Duration::from_secs(5))
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("both shared connections are ready", || {
-        stats(&db).ready == 2
-    })
-    .await;
+    ready(&db, 2).await;
 
     // (slow statement, deadline of the fast ones beside it)
     let cases = [
@@ -329,18 +326,13 @@ async fn mux_slow_statement_beside_fast_ones() {
     );
 }
 
-/// The server restarts under load: reads come back without error once it is up, every keyed write
-/// acknowledged is present, and the shared connections are reopened.
+/// The server restarts under load (the workload of S18): every keyed write acknowledged is present, every
+/// failure is typed, and the shared connections are reopened and carry the traffic again.
 #[tokio::test]
 async fn mux_load_during_a_restart() {
     const WRITES: usize = 1500;
     const CONCURRENCY: usize = 48;
     let cluster = Cluster::new().await.unwrap();
-    connect(&cluster.url())
-        .await
-        .batch_execute("CREATE TABLE signups (request_id text PRIMARY KEY)")
-        .await
-        .unwrap();
     let db = stack(&cluster.url())
         .pool(pool_config().max_size(8).build().unwrap())
         .multiplex(mux(2))
@@ -348,77 +340,15 @@ async fn mux_load_during_a_restart() {
         .max_attempts(10)
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("both shared connections are ready", || {
-        stats(&db).ready == 2
-    })
-    .await;
-    let next = Arc::new(AtomicUsize::new(0));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let workers = (0..CONCURRENCY).map(|_| {
-        let (db, next, acknowledged, tally) =
-            (db.clone(), next.clone(), acknowledged.clone(), tally.clone());
-        async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= WRITES {
-                    return;
-                }
-                let key = format!("req-{n}");
-                let write = Query::write(
-                    "INSERT INTO signups (request_id) VALUES ($1) ON CONFLICT (request_id) DO NOTHING",
-                )
-                .bind(key.clone())
-                .idempotency_key(key.clone());
-                let result = db.run(write).await;
-                if result.is_ok() {
-                    acknowledged.lock().unwrap().push(key);
-                }
-                tally.lock().unwrap().record_rampart(&result);
-            }
-        }
-    });
+    ready(&db, 2).await;
     let connects_before = stats(&db).connects;
-    let restart = async {
-        until("a third of the writes are in", || {
-            next.load(Ordering::Relaxed) > WRITES / 3
-        })
-        .await;
-        cluster.restart().await.unwrap();
-    };
-    tokio::join!(futures_util::future::join_all(workers), restart);
-    let tally = tally.lock().unwrap().clone();
-    assert_eq!(tally.sent, WRITES, "every caller got an answer");
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    let client = connect(&cluster.url()).await;
-    let present: i64 = client
-        .query_one(
-            "SELECT count(*) FROM signups WHERE request_id = ANY($1)",
-            &[&acknowledged],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        present as usize,
-        acknowledged.len(),
-        "every acknowledged write is there"
+    let RestartOutcome { tally, rows } =
+        keyed_writes_across_a_restart(&cluster, &db, WRITES, CONCURRENCY).await;
+    assert!(
+        rows >= tally.ok && rows <= WRITES,
+        "rows {rows}, acknowledged {}",
+        tally.ok
     );
-    for kind in tally.errors.keys() {
-        let typed = [
-            "circuit_open",
-            "timeout",
-            "deadline_exceeded",
-            "connect",
-            "connection_lost",
-        ];
-        assert!(
-            typed.contains(&kind.as_str()),
-            "unexpected failure kind {kind}: {tally:?}"
-        );
-    }
-    // After the restart the shared connections are reopened and carry the traffic again.
     until("the shared connections are reopened", || {
         let s = stats(&db);
         s.ready == 2 && s.connects >= connects_before + 2
@@ -540,8 +470,7 @@ async fn mux_connections_are_replaced_at_the_end_of_their_lifetime() {
         .multiplex(mux(1))
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1")).await.unwrap();
-    until("the shared connection is ready", || stats(&db).ready == 1).await;
+    ready(&db, 1).await;
     let mut tally = Tally::default();
     let deadline = tokio::time::Instant::now() + crate::support::BOUND;
     while stats(&db).retired < 2 {

@@ -202,92 +202,21 @@ async fn s18_load_during_a_restart() {
     const WRITES: usize = 2000;
     const CONCURRENCY: usize = 64;
     let cluster = Cluster::new().await.unwrap();
-    connect(&cluster.url())
-        .await
-        .batch_execute("CREATE TABLE signups (request_id text PRIMARY KEY)")
-        .await
-        .unwrap();
     let db = stack(&cluster.url())
         .pool(pool_config().max_size(16).build().unwrap())
         .deadline(Duration::from_secs(30))
         .max_attempts(10)
         .build()
         .unwrap();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let workers = (0..CONCURRENCY).map(|_| {
-        let (db, next, acknowledged, tally) = (db.clone(), next.clone(), acknowledged.clone(), tally.clone());
-        async move {
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= WRITES {
-                    return;
-                }
-                let key = format!("req-{n}");
-                let write = Query::write("INSERT INTO signups (request_id) VALUES ($1) ON CONFLICT (request_id) DO NOTHING")
-                    .bind(key.clone())
-                    .idempotency_key(key.clone());
-                let result = db.run(write).await;
-                if result.is_ok() {
-                    acknowledged.lock().unwrap().push(key);
-                }
-                tally.lock().unwrap().record_rampart(&result);
-            }
-        }
-    });
-    let restart = async {
-        until("a third of the writes are in", || {
-            next.load(std::sync::atomic::Ordering::Relaxed) > WRITES / 3
-        })
-        .await;
-        cluster.restart().await.unwrap();
-    };
-    tokio::join!(futures_util::future::join_all(workers), restart);
-    let tally = tally.lock().unwrap().clone();
-    assert_eq!(tally.sent, WRITES, "every caller got an answer");
-    assert_eq!(
-        tally.ok + tally.failed(),
-        WRITES,
-        "counts add up: {tally:?}"
-    );
-    let rows = count(&cluster, "SELECT count(*) FROM signups").await as usize;
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    let client = connect(&cluster.url()).await;
-    let present: i64 = client
-        .query_one(
-            "SELECT count(*) FROM signups WHERE request_id = ANY($1)",
-            &[&acknowledged],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        present as usize,
-        acknowledged.len(),
-        "every acknowledged write is there"
-    );
+    let RestartOutcome { tally, rows } =
+        keyed_writes_across_a_restart(&cluster, &db, WRITES, CONCURRENCY).await;
+    // The primary key makes a second application impossible; what is counted is that nothing acknowledged
+    // is missing and nothing unacknowledged is invented.
     assert!(
         rows >= tally.ok && rows <= WRITES,
         "rows {rows}, acknowledged {}",
         tally.ok
     );
-    // The primary key makes a second application impossible; what is counted is that nothing acknowledged
-    // is missing and nothing unacknowledged is invented. A caller may get a typed error (the breaker may
-    // open if the restart is slow), never an untyped one.
-    for kind in tally.errors.keys() {
-        let typed = [
-            "circuit_open",
-            "timeout",
-            "deadline_exceeded",
-            "connect",
-            "connection_lost",
-        ];
-        assert!(
-            typed.contains(&kind.as_str()),
-            "unexpected failure kind {kind}: {tally:?}"
-        );
-    }
     report(
         "S18",
         &format!(

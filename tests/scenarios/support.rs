@@ -150,3 +150,101 @@ pub(crate) fn deadpool(url: &str, max_size: usize) -> deadpool_postgres::Pool {
         .build()
         .unwrap()
 }
+
+/// What [`keyed_writes_across_a_restart`] saw.
+pub(crate) struct RestartOutcome {
+    pub(crate) tally: Tally,
+    /// Rows in the table afterwards.
+    pub(crate) rows: usize,
+}
+
+/// `writes` keyed inserts (`INSERT ... ON CONFLICT (request_id) DO NOTHING`, idempotency key set) from
+/// `concurrency` callers through `db`, with the server restarted once a third are in. Asserts that every
+/// caller got an answer, that every acknowledged write is in the table, and that every failure is a typed
+/// one (the breaker may open if the restart is slow), never an untyped one.
+pub(crate) async fn keyed_writes_across_a_restart(
+    cluster: &Cluster,
+    db: &Db,
+    writes: usize,
+    concurrency: usize,
+) -> RestartOutcome {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    connect(&cluster.url())
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS signups (request_id text PRIMARY KEY)")
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers = (0..concurrency).map(|_| {
+        let (db, next, acknowledged, tally) =
+            (db.clone(), next.clone(), acknowledged.clone(), tally.clone());
+        async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= writes {
+                    return;
+                }
+                let key = format!("req-{n}");
+                let write = Query::write(
+                    "INSERT INTO signups (request_id) VALUES ($1) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(key.clone())
+                .idempotency_key(key.clone());
+                let result = db.run(write).await;
+                if result.is_ok() {
+                    acknowledged.lock().unwrap().push(key);
+                }
+                tally.lock().unwrap().record_rampart(&result);
+            }
+        }
+    });
+    let restart = async {
+        until("a third of the writes are in", || {
+            next.load(Ordering::Relaxed) > writes / 3
+        })
+        .await;
+        cluster.restart().await.unwrap();
+    };
+    tokio::join!(futures_util::future::join_all(workers), restart);
+    let tally = tally.lock().unwrap().clone();
+    assert_eq!(tally.sent, writes, "every caller got an answer");
+    assert_eq!(
+        tally.ok + tally.failed(),
+        writes,
+        "counts add up: {tally:?}"
+    );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let client = connect(&cluster.url()).await;
+    let present: i64 = client
+        .query_one(
+            "SELECT count(*) FROM signups WHERE request_id = ANY($1)",
+            &[&acknowledged],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        present as usize,
+        acknowledged.len(),
+        "every acknowledged write is there"
+    );
+    let typed = [
+        "circuit_open",
+        "timeout",
+        "deadline_exceeded",
+        "connect",
+        "connection_lost",
+    ];
+    for kind in tally.errors.keys() {
+        assert!(
+            typed.contains(&kind.as_str()),
+            "unexpected failure kind {kind}: {tally:?}"
+        );
+    }
+    let rows = count(cluster, "SELECT count(*) FROM signups").await as usize;
+    RestartOutcome { tally, rows }
+}
