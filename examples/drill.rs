@@ -346,6 +346,8 @@ struct StackReport {
 struct Report {
     duration_s: f64,
     concurrency: usize,
+    /// Whether rampart ran its statements over a shared connection (`--multiplex`).
+    multiplexed: bool,
     faults: Vec<&'static str>,
     #[serde(flatten)]
     rampart: StackReport,
@@ -795,8 +797,14 @@ fn render(report: &Report, drill: &Drill) -> String {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     let _ = writeln!(
         out,
-        "\nrampart drill: {} s per stack, {} workers (60% sign-ups with idempotency keys, 30% reads, 10% transfers)\n",
-        report.duration_s, report.concurrency
+        "\nrampart drill: {} s per stack, {} workers (60% sign-ups with idempotency keys, 30% reads, 10% transfers){}\n",
+        report.duration_s,
+        report.concurrency,
+        if report.multiplexed {
+            "; rampart multiplexed (statements pipelined over a shared connection, transfers on the pool)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
@@ -1020,6 +1028,7 @@ async fn main_inner(options: Options) -> Result<(), String> {
     let report = Report {
         duration_s: drill.options.duration.as_secs_f64(),
         concurrency: drill.options.concurrency,
+        multiplexed: drill.options.multiplex,
         faults: drill.options.faults.iter().map(|f| f.name()).collect(),
         rampart,
         baseline,
