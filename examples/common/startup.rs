@@ -4,18 +4,27 @@
 use std::error::Error;
 
 use rampart::testing::Cluster;
-use rampart::{Db, Stack};
+use rampart::{Db, MuxConfig, Stack};
 
 /// The stack over `DATABASE_URL`, or over a throwaway cluster so that `cargo run --example` needs no
 /// setup. Keep the cluster alive as long as the stack: dropping it stops the server and removes it.
+/// `RAMPART_MULTIPLEX=1` pipelines independent statements over a shared connection
+/// ([`rampart::mux`]).
 pub(crate) async fn database() -> Result<(Db, Option<Cluster>), Box<dyn Error>> {
-    // For a serverless host (Neon and the like), `Stack::serverless` has the longer timeouts it needs.
+    let stack = |url: &str| {
+        // For a serverless host (Neon and the like), `Stack::serverless` has the longer timeouts it needs.
+        let stack = Stack::server(url);
+        match std::env::var("RAMPART_MULTIPLEX").as_deref() {
+            Ok("1" | "true") => stack.multiplex(MuxConfig::default()),
+            _ => stack,
+        }
+    };
     match std::env::var("DATABASE_URL") {
-        Ok(url) => Ok((Stack::server(&url).build()?, None)),
+        Ok(url) => Ok((stack(&url).build()?, None)),
         Err(_) => {
             println!("DATABASE_URL is not set: starting a throwaway PostgreSQL cluster");
             let cluster = Cluster::new().await?;
-            let db = Stack::server(&cluster.url()).build()?;
+            let db = stack(&cluster.url()).build()?;
             Ok((db, Some(cluster)))
         }
     }

@@ -109,7 +109,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text: rampart's counters (retries, timeouts, breaker transitions, ...) and the pool's
-/// statistics, read at scrape time.
+/// statistics (and the multiplexer's, when the stack multiplexes), read at scrape time.
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let pool = state.db.pool();
     let stats = pool.stats();
@@ -151,6 +151,29 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     for (reason, value) in evicted {
         metrics::counter!("rampart_pool_evicted_total", "server" => server.clone(), "reason" => reason)
             .absolute(value);
+    }
+    if let Some(mux) = state.db.service().mux_stats() {
+        let gauges = [
+            ("rampart_mux_connections", mux.connections),
+            ("rampart_mux_ready", mux.ready),
+            ("rampart_mux_in_flight", mux.in_flight),
+        ];
+        for (name, value) in gauges {
+            metrics::gauge!(name, "server" => server.clone()).set(value as f64);
+        }
+        let counters = [
+            ("rampart_mux_shared_total", mux.shared),
+            ("rampart_mux_exclusive_total", mux.exclusive),
+            ("rampart_mux_spilled_total", mux.spilled),
+            ("rampart_mux_connects_total", mux.connects),
+            ("rampart_mux_connect_failures_total", mux.connect_failures),
+            ("rampart_mux_lost_total", mux.lost),
+            ("rampart_mux_validated_total", mux.validated),
+            ("rampart_mux_retired_total", mux.retired),
+        ];
+        for (name, value) in counters {
+            metrics::counter!(name, "server" => server.clone()).absolute(value);
+        }
     }
     state.metrics.run_upkeep();
     (

@@ -3,12 +3,13 @@
 //! ```text
 //! cargo run --example http_health                        # a throwaway PostgreSQL cluster, port 8080
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test PORT=3000 cargo run --example http_health
+//! RAMPART_MULTIPLEX=1 cargo run --example http_health        # statements over a shared connection
 //! ```
 //!
 //! | route | what it answers |
 //! |---|---|
 //! | `GET /health` | the [`rampart::HealthReport`] as JSON; 200 when up or degraded, 503 when down (probe bounded by 1 s) |
-//! | `GET /metrics` | Prometheus text: rampart's counters (feature `metrics`) and the pool's statistics as gauges |
+//! | `GET /metrics` | Prometheus text: rampart's counters (feature `metrics`), the pool's statistics as gauges, and the multiplexer's (`rampart_mux_*`) when `RAMPART_MULTIPLEX=1` |
 //! | `POST /signup` | `{"email": ..., "request_id": ...}`: 201 and the new id, or 200 and the same id when that `request_id` was signed up before |
 //! | `GET /users/count` | `{"count": n}` |
 //!
