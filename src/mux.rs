@@ -21,7 +21,7 @@
 //!   nothing waits for a shared connection.
 //! - **Exclusive work.** Whatever needs the session to itself runs on an exclusive pool connection:
 //!   statements that change or use session state (`BEGIN`/`COMMIT`, `SET`, `LISTEN`, cursors, `PREPARE`,
-//!   `COPY`, `DISCARD`, `LOCK`, session advisory locks, temporary tables), maintenance (`VACUUM`,
+//!   `COPY`, `DISCARD`, `LOCK`, session advisory locks, `set_config`, temporary tables), maintenance (`VACUUM`,
 //!   `ANALYZE`, `CLUSTER`, `REINDEX`, `CREATE INDEX`, `REFRESH`), requests marked
 //!   [`Query::exclusive`], and requests whose own [`Query::timeout`] is longer than the shared
 //!   connections' statement timeout (a caller that grants a statement more time says it may be slow).
@@ -797,17 +797,18 @@ pub(crate) fn needs_session(sql: &str) -> bool {
         }
     }
     // Session-level advisory locks (`pg_advisory_lock`, `pg_try_advisory_lock_shared`, ...) outlive the
-    // statement; the `_xact_` variants end with its implicit transaction and are fine. Scanned without
-    // allocating: this runs for every request.
+    // statement (the `_xact_` variants end with its implicit transaction and are fine), and so may a
+    // setting made with `set_config(..., false)`. Scanned without allocating: this runs for every request.
     let bytes = sql.as_bytes();
     (0..bytes.len()).any(|at| {
-        if bytes[at] | 0x20 != b'a' {
+        let first = bytes[at] | 0x20;
+        if first != b'a' && first != b's' {
             return false;
         }
         let tail = &bytes[at..];
         let starts =
             |word: &[u8]| tail.len() >= word.len() && tail[..word.len()].eq_ignore_ascii_case(word);
-        starts(b"advisory_lock") || starts(b"advisory_unlock")
+        starts(b"advisory_lock") || starts(b"advisory_unlock") || starts(b"set_config")
     })
 }
 
@@ -832,6 +833,7 @@ mod tests {
             "SELECT pg_advisory_lock(1)",
             "select pg_try_advisory_lock_shared(1)",
             "SELECT pg_advisory_unlock_all()",
+            "SELECT set_config('search_path', 'x', false)",
         ] {
             assert!(needs_session(sql), "{sql} needs a session");
         }
