@@ -22,15 +22,25 @@ const OK: Outcome = Outcome {
 const WAIT: u64 = 1_000_000_000;
 
 fn shared(probes: u32) -> Arc<Shared> {
+    shared_with(SlidingWindow::Count(2), 2, probes)
+}
+
+fn shared_with(window: SlidingWindow, minimum_calls: u32, probes: u32) -> Arc<Shared> {
     let config = BreakerConfig::builder()
-        .sliding_window(SlidingWindow::Count(2))
-        .minimum_calls(2)
+        .sliding_window(window)
+        .minimum_calls(minimum_calls)
         .half_open_calls(probes)
         .wait_in_open(Duration::from_nanos(WAIT))
         .wait_multiplier(1.0)
         .build()
         .unwrap();
     Arc::new(Shared::new(config))
+}
+
+/// The lifetime number of calls, once the successes counted without the lock are folded in.
+fn calls(s: &Shared) -> u64 {
+    drop(s.lock());
+    s.totals.calls.load(Ordering::Relaxed)
 }
 
 #[test]
@@ -115,6 +125,116 @@ fn breaker_cancelled_probe_gives_its_permit_back() {
                 s.record_at(p, OK, WAIT);
             }
         }
+        assert_eq!(s.lock().state(), BreakerState::Closed);
+    });
+}
+
+/// A success counted without the lock races with the failure that opens the breaker: it lands in the
+/// window before the opening or is ignored after it, the breaker opens exactly once, and the success
+/// shows in the totals either way.
+#[test]
+fn breaker_lock_free_success_racing_with_opening() {
+    loom::model(|| {
+        // Three calls, at least two, 50 %: two successes make successes lock-free, and two failures
+        // open whatever the order (OK OK F, then F: two of three).
+        let s = shared_with(SlidingWindow::Count(3), 2, 1);
+        for _ in 0..2 {
+            let p = s.try_acquire_at(0).unwrap();
+            s.record_at(p, OK, 0);
+        }
+        let early = s.try_acquire_at(0).unwrap();
+        let s2 = s.clone();
+        let success = thread::spawn(move || s2.record_at(early, OK, 0));
+        for _ in 0..2 {
+            if let Ok(p) = s.try_acquire_at(0) {
+                s.record_at(p, FAIL, 0);
+            }
+        }
+        success.join().unwrap();
+        assert_eq!(s.lock().state(), BreakerState::Open);
+        assert_eq!(s.totals.transitions.load(Ordering::Relaxed), 1);
+        assert_eq!(calls(&s), 5);
+        assert_eq!(s.totals.failures.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// A success counted without the lock by a call admitted before a reset never lands in the window of
+/// the closed state the reset starts: it comes before the transitions (and is cleared with the old
+/// window) or after them (and is ignored as stale).
+#[test]
+fn breaker_lock_free_success_is_not_counted_after_a_reset() {
+    loom::model(|| {
+        let s = shared_with(SlidingWindow::Count(3), 1, 1);
+        let p = s.try_acquire_at(0).unwrap();
+        s.record_at(p, OK, 0);
+        let early = s.try_acquire_at(0).unwrap();
+        let s2 = s.clone();
+        let success = thread::spawn(move || s2.record_at(early, OK, 0));
+        s.lock().force_open();
+        s.lock().reset();
+        success.join().unwrap();
+        let mut core = s.lock();
+        assert_eq!(core.state(), BreakerState::Closed);
+        assert_eq!(
+            core.window_counts(0).calls,
+            0,
+            "a stale success in the new window"
+        );
+        drop(core);
+        assert_eq!(calls(&s), 2);
+    });
+}
+
+/// Two successes at once, one in the time window's newest bucket (without the lock) and one in the
+/// next (which moves the window on under the lock): neither is lost, and neither lands in a bucket
+/// older than the one it finished in.
+#[test]
+fn breaker_lock_free_success_racing_with_a_new_bucket() {
+    const B: u64 = 1_000;
+    loom::model(|| {
+        let window = SlidingWindow::Time {
+            size: Duration::from_nanos(2 * B),
+            buckets: 2,
+        };
+        let s = shared_with(window, 1, 1);
+        let p = s.try_acquire_at(0).unwrap();
+        s.record_at(p, OK, 0);
+        let (a, b) = (s.try_acquire_at(0).unwrap(), s.try_acquire_at(B).unwrap());
+        let s2 = s.clone();
+        let first = thread::spawn(move || s2.record_at(a, OK, 0));
+        s.record_at(b, OK, B);
+        first.join().unwrap();
+        let mut core = s.lock();
+        assert_eq!(core.window_counts(B).calls, 3);
+        // Bucket 0 has left: the call at B stays, and the one at 0 stays only if it came late, after
+        // the window moved on (it then lands in the newest bucket, as documented).
+        let left = core.window_counts(2 * B).calls;
+        assert!(left == 1 || left == 2, "{left}");
+        assert_eq!(core.window_counts(3 * B).calls, 0);
+        drop(core);
+        assert_eq!(calls(&s), 3);
+    });
+}
+
+/// A rejection without the lock (from the published end of the wait) races with a reset: the call is
+/// rejected with the wait as of the rejection, or admitted after the reset.
+#[test]
+fn breaker_lock_free_rejection_racing_with_a_reset() {
+    loom::model(|| {
+        let s = shared(1);
+        for _ in 0..2 {
+            let p = s.try_acquire_at(0).unwrap();
+            s.record_at(p, FAIL, 0);
+        }
+        let s2 = s.clone();
+        let reset = thread::spawn(move || {
+            s2.lock().reset();
+        });
+        match s.try_acquire_at(WAIT - 1) {
+            Err(open) => assert_eq!(open.retry_after(), Some(Duration::from_nanos(1))),
+            Ok(p) => s.record_at(p, OK, WAIT - 1),
+        }
+        reset.join().unwrap();
         assert_eq!(s.lock().state(), BreakerState::Closed);
     });
 }

@@ -2,8 +2,9 @@
 //!
 //! [`Core`] is plain data driven by explicit timestamps (nanoseconds since the breaker was made), so it
 //! can be unit-tested and model-checked under `loom` without a clock. [`Shared`] wraps it in one short
-//! mutex (held for a few comparisons, never across an await or a call) plus atomic lifetime totals that
-//! the handle reads without locking.
+//! mutex (held for a few comparisons, never across an await or a call), atomic lifetime totals that
+//! the handle reads without locking, and the atomics each release of the mutex publishes so that
+//! admission, rejection while open and most successes need no lock ([`Published`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -143,6 +144,8 @@ pub(crate) struct Core {
     slow_call_rate_ppm: u64,
     half_open_calls: u32,
     config: BreakerConfig,
+    /// The tag of the last [`Published::fast`] word handed out (never 0 once one was).
+    fast_tag: u32,
     /// Maps finishing instants to the time window's buckets without converting each one.
     pub(crate) bucket_clock: BucketClock,
 }
@@ -162,6 +165,15 @@ pub(crate) struct Core {
 pub(crate) struct BucketClock {
     end: Option<tokio::time::Instant>,
     start: u64,
+}
+
+/// `at + d` through std's `Instant` (tokio's `checked_add` is not inlined across crates; its conversions
+/// to and from std's are).
+#[inline]
+fn add(at: tokio::time::Instant, d: Duration) -> Option<tokio::time::Instant> {
+    at.into_std()
+        .checked_add(d)
+        .map(tokio::time::Instant::from_std)
 }
 
 #[inline]
@@ -192,6 +204,7 @@ impl Core {
             slow_call_rate_ppm: config.slow_call_rate_ppm,
             half_open_calls: config.half_open_calls,
             config,
+            fast_tag: 0,
             bucket_clock: BucketClock::default(),
         }
     }
@@ -206,6 +219,38 @@ impl Core {
         match self.phase {
             Phase::Closed | Phase::Disabled => self.epoch,
             _ => LOCKED,
+        }
+    }
+
+    /// Whether a success (neither failed nor slow) recorded now could not change the state: closed, the
+    /// window holds `minimum_calls` outcomes and both rates are under their thresholds. One more such
+    /// success adds a call and no failure or slow call, so both rates can only go down and the window
+    /// still holds `minimum_calls`: the check [`on_outcome`](Core::on_outcome_with) makes after it would
+    /// answer "stay closed". Such successes may then be counted without the lock (see [`Published`]).
+    fn successes_cannot_open(&self) -> bool {
+        if !matches!(self.phase, Phase::Closed) {
+            return false;
+        }
+        let c = self.window.totals();
+        c.calls >= self.minimum_calls
+            && !at_least(c.failures, c.calls, self.failure_rate_ppm)
+            && !at_least(c.slow, c.calls, self.slow_call_rate_ppm)
+    }
+
+    /// Folds `n` successes counted without the lock (while [`successes_cannot_open`] held, which the
+    /// lock taken since keeps true) into the window.
+    ///
+    /// [`successes_cannot_open`]: Core::successes_cannot_open
+    fn add_successes(&mut self, n: u32) {
+        debug_assert!(matches!(self.phase, Phase::Closed));
+        self.window.add_successes(n);
+    }
+
+    /// The open state's end for [`Published::open_until`], or [`NOT_OPEN`].
+    fn open_until(&self) -> u64 {
+        match self.phase {
+            Phase::Open { until } => until,
+            _ => NOT_OPEN,
         }
     }
 
@@ -380,13 +425,41 @@ pub(crate) struct Totals {
     pub(crate) transitions: AtomicU64,
 }
 
-/// [`Shared::admit`] when a permit needs the lock (open, half-open, forced open).
+/// [`Published::admit`] when a permit needs the lock (open, half-open, forced open).
 const LOCKED: u64 = u64::MAX;
 
-/// The lock on [`Core`]: on release, publishes whether calls may be admitted without it.
+/// [`Published::open_until`] when the breaker is not open with a wait (take the lock).
+const NOT_OPEN: u64 = u64::MAX;
+
+/// [`Published::fast`] when successes must take the lock.
+const NO_FAST: u64 = 0;
+
+/// What each release of the lock publishes, so that the common cases need no lock:
+///
+/// - `admit`: the epoch whose permits anyone may take (closed or disabled), or [`LOCKED`].
+/// - `open_until`: while open, the end of the wait (nanoseconds since the origin), or [`NOT_OPEN`]: a
+///   call before it is rejected from this and a clock read.
+/// - `fast` and `fast_end`: while [`Core::successes_cannot_open`] holds, a nonzero tag in the high 32
+///   bits of `fast` and, in its low 32 bits, the number of successes counted since without the lock
+///   (each a compare-and-swap that keeps the tag), and the end of the time window's newest bucket
+///   (`u64::MAX` for a count window). Each acquisition of the lock swaps `fast` to [`NO_FAST`] and folds
+///   the successes into the window before anything else, so a success counted that way is ordered
+///   before whatever the lock holder does; a compare-and-swap that loses to the swap fails and the
+///   success takes the lock. Each release that publishes `fast` again gives it a new tag, so a
+///   compare-and-swap from before a release cannot succeed after it.
+#[derive(Debug)]
+struct Published {
+    admit: AtomicU64,
+    open_until: AtomicU64,
+    fast: AtomicU64,
+    fast_end: AtomicU64,
+}
+
+/// The lock on [`Core`]: taking it folds the successes counted without it into the window; releasing
+/// it publishes what calls may do without it ([`Published`]).
 pub(crate) struct CoreGuard<'a> {
     core: MutexGuard<'a, Core>,
-    admit: &'a AtomicU64,
+    published: &'a Published,
 }
 
 impl std::ops::Deref for CoreGuard<'_> {
@@ -404,9 +477,25 @@ impl std::ops::DerefMut for CoreGuard<'_> {
 
 impl Drop for CoreGuard<'_> {
     fn drop(&mut self) {
-        // Still under the lock (the `MutexGuard` field is dropped after this): the published value is
-        // the state as of this release, and releases are ordered by the lock.
-        self.admit.store(self.core.admitting(), Ordering::Release);
+        // Still under the lock (the `MutexGuard` field is dropped after this): the published values are
+        // the state as of this release, and releases are ordered by the lock. Orders: a reader that
+        // sees `admit` (Acquire) sees the `open_until` stored before it; one that sees `fast` (Acquire)
+        // sees the `admit` and `fast_end` stored before it.
+        let p = self.published;
+        p.open_until
+            .store(self.core.open_until(), Ordering::Relaxed);
+        p.admit.store(self.core.admitting(), Ordering::Release);
+        // `fast` is NO_FAST here: the acquisition swapped it, and nothing else stores it.
+        if self.core.successes_cannot_open() {
+            let tag = match self.core.fast_tag.wrapping_add(1) {
+                0 => 1,
+                tag => tag,
+            };
+            self.core.fast_tag = tag;
+            p.fast_end
+                .store(self.core.window.newest_bucket_end(), Ordering::Relaxed);
+            p.fast.store((tag as u64) << 32, Ordering::Release);
+        }
     }
 }
 
@@ -416,11 +505,15 @@ impl Drop for CoreGuard<'_> {
 /// `admit`, one atomic load, without the lock: `admit` holds the epoch of the state as of the last
 /// release of the lock, or [`LOCKED`]. A permit taken that way just before a transition carries the
 /// epoch before it, and its outcome is ignored: exactly what happens to a call admitted under the lock
-/// just before the transition. Open, half-open and forced-open states go through the lock as before.
+/// just before the transition. An open breaker rejects from `open_until` and the clock, without the
+/// lock; half-open and forced-open states, and the first call after the wait, take it. Successes are
+/// counted without the lock while no success could open the breaker (see [`Published`]); failures,
+/// slow calls, the first outcome of each bucket and outcomes while too few calls are in the window
+/// take it.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: std::sync::Arc<str>,
-    admit: AtomicU64,
+    published: Published,
     origin: tokio::time::Instant,
     slow_call: Duration,
     core: Mutex<Core>,
@@ -431,7 +524,12 @@ impl Shared {
     pub(crate) fn new(config: BreakerConfig) -> Self {
         Self {
             name: config.name.clone(),
-            admit: AtomicU64::new(0), // closed, epoch 0
+            published: Published {
+                admit: AtomicU64::new(0), // closed, epoch 0
+                open_until: AtomicU64::new(NOT_OPEN),
+                fast: AtomicU64::new(NO_FAST), // too few calls in the window
+                fast_end: AtomicU64::new(0),
+            },
             origin: tokio::time::Instant::now(),
             slow_call: config.slow_call_duration,
             core: Mutex::new(Core::new(config)),
@@ -443,12 +541,22 @@ impl Shared {
     pub(crate) fn lock(&self) -> CoreGuard<'_> {
         // A panic while holding this lock can only come from a bug in `Core`; the state is still
         // consistent enough to keep serving, so do not propagate the poison.
+        let mut core = self
+            .core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Successes counted without the lock since its last release: they come before whatever is
+        // done under it. Relaxed: only the order of modifications of `fast` matters here.
+        let pending = self.published.fast.swap(NO_FAST, Ordering::Relaxed) as u32;
+        if pending > 0 {
+            core.add_successes(pending);
+            self.totals
+                .calls
+                .fetch_add(pending as u64, Ordering::Relaxed);
+        }
         CoreGuard {
-            core: self
-                .core
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            admit: &self.admit,
+            core,
+            published: &self.published,
         }
     }
 
@@ -465,12 +573,76 @@ impl Shared {
 
     /// The instant after which a call started at `started` is slow (`None`: never), so that telling
     /// whether it was is a comparison of two instants when it finishes.
+    #[inline]
     pub(crate) fn slow_after(&self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        started.checked_add(self.slow_call)
+        add(started, self.slow_call)
+    }
+
+    /// `origin + nanos`, the way the published times are turned back into instants.
+    #[inline]
+    fn instant_at(&self, nanos: u64) -> Option<tokio::time::Instant> {
+        add(self.origin, Duration::from_nanos(nanos))
     }
 
     /// Records the outcome of a permitted call that finished at `finished`.
+    #[inline]
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome, finished: tokio::time::Instant) {
+        let plain = !outcome.failure && !outcome.slow;
+        if plain
+            && self.try_count_success(permit, |end| {
+                // An `Instant + Duration` (no conversion of `finished` into nanoseconds); `None` only
+                // past the clock's range.
+                self.instant_at(end).is_some_and(|end| finished < end)
+            })
+        {
+            return;
+        }
+        self.record_locked(permit, outcome, finished);
+    }
+
+    /// Counts a success (neither failed nor slow) without the lock, if it may be: see [`Published`].
+    /// `in_newest_bucket` tells whether the call finished before the given end of the time window's
+    /// newest bucket (it is not asked for a count window). `false`: take the lock.
+    #[inline]
+    fn try_count_success(
+        &self,
+        permit: Permit,
+        in_newest_bucket: impl FnOnce(u64) -> bool,
+    ) -> bool {
+        let p = &self.published;
+        let mut word = p.fast.load(Ordering::Acquire);
+        if word == NO_FAST {
+            return false;
+        }
+        // Seen with or after the `fast` just read (stored before it, under the same lock): if the epoch is
+        // still the permit's, no transition came between that release and this load, and one after the
+        // load swaps `fast` first, which fails the compare-and-swap below.
+        if p.admit.load(Ordering::Relaxed) != permit.epoch {
+            return false;
+        }
+        let end = p.fast_end.load(Ordering::Relaxed);
+        if end != u64::MAX && !in_newest_bucket(end) {
+            return false; // the first outcome of a newer bucket moves the window on, under the lock
+        }
+        loop {
+            if word as u32 == u32::MAX {
+                return false; // full: the lock folds it
+            }
+            match p
+                .fast
+                .compare_exchange_weak(word, word + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                // Another success counted (same tag): try again. A new tag or NO_FAST: the lock was
+                // taken in between, and what was checked above may no longer hold.
+                Err(now) if now >> 32 == word >> 32 => word = now,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn record_locked(&self, permit: Permit, outcome: Outcome, finished: tokio::time::Instant) {
         self.count(outcome);
         let transition = {
             let mut core = self.lock();
@@ -512,24 +684,54 @@ impl Shared {
     /// Asks to let one call through now.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
-        self.try_acquire_with(|| self.now())
+        let epoch = self.published.admit.load(Ordering::Acquire);
+        if epoch != LOCKED {
+            return Ok(Permit { epoch });
+        }
+        let until = self.published.open_until.load(Ordering::Relaxed);
+        if until != NOT_OPEN {
+            // Open: compare instants (no conversion of the clock's reading into nanoseconds), and keep
+            // both in the error for `retry_after`.
+            let now = tokio::time::Instant::now();
+            if let Some(until) = self.instant_at(until)
+                && now < until
+            {
+                return Err(self.rejected(CircuitOpen::between(now, until)));
+            }
+        }
+        self.try_acquire_locked(|| self.now())
     }
 
     /// At a given time: for the loom model, which has no clock.
     #[cfg(loom)]
     pub(crate) fn try_acquire_at(&self, now: u64) -> Result<Permit, CircuitOpen> {
-        self.try_acquire_with(|| now)
-    }
-
-    #[inline]
-    fn try_acquire_with(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
-        let epoch = self.admit.load(Ordering::Acquire);
+        let epoch = self.published.admit.load(Ordering::Acquire);
         if epoch != LOCKED {
             return Ok(Permit { epoch });
         }
-        self.try_acquire_locked(now)
+        let until = self.published.open_until.load(Ordering::Relaxed);
+        if until != NOT_OPEN && now < until {
+            let open = CircuitOpen::new(Some(Duration::from_nanos(until - now)), false);
+            return Err(self.rejected(open));
+        }
+        self.try_acquire_locked(|| now)
     }
 
+    /// Counts a rejection.
+    #[inline]
+    fn rejected(&self, open: CircuitOpen) -> CircuitOpen {
+        self.totals.rejections.fetch_add(1, Ordering::Relaxed);
+        if cfg!(feature = "metrics") {
+            crate::events::counter(
+                "rampart_breaker_rejections_total",
+                &[("name", self.name.to_string().into())],
+                1,
+            );
+        }
+        open
+    }
+
+    #[inline(never)]
     fn try_acquire_locked(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
         let (result, transition) = {
             let mut core = self.lock();
@@ -541,22 +743,15 @@ impl Shared {
         if let Some(t) = transition {
             self.report(t);
         }
-        if result.is_err() {
-            self.totals.rejections.fetch_add(1, Ordering::Relaxed);
-            if cfg!(feature = "metrics") {
-                crate::events::counter(
-                    "rampart_breaker_rejections_total",
-                    &[("name", self.name.to_string().into())],
-                    1,
-                );
-            }
-        }
-        result
+        result.map_err(|open| self.rejected(open))
     }
 
     /// At a given time: for the loom model, which has no clock.
     #[cfg(loom)]
     pub(crate) fn record_at(&self, permit: Permit, outcome: Outcome, now: u64) {
+        if !outcome.failure && !outcome.slow && self.try_count_success(permit, |end| now < end) {
+            return;
+        }
         self.count(outcome);
         let transition = self.lock().on_outcome(permit, outcome, now);
         if let Some(t) = transition {
@@ -753,5 +948,179 @@ mod tests {
             1,
             "its epoch is current"
         );
+    }
+
+    /// Successes pending in the lock-free counter (0 when it is off).
+    fn pending(shared: &Shared) -> u32 {
+        shared.published.fast.load(Ordering::Relaxed) as u32
+    }
+
+    /// The lock-free paths (successes counted without the lock, rejections from the published wait)
+    /// change nothing the state machine decides: `Shared` and a plain `Core` fed the same calls at the
+    /// same times agree on every state, window and wait, for a time window and a count window, through
+    /// openings, probes and closings.
+    #[tokio::test(start_paused = true)]
+    async fn lock_free_paths_match_the_plain_state_machine() {
+        use tokio::time::{Instant, advance};
+        for window in [
+            SlidingWindow::Time {
+                size: Duration::from_secs(4),
+                buckets: 4,
+            },
+            SlidingWindow::Count(7),
+        ] {
+            let config = BreakerConfig::builder()
+                .sliding_window(window)
+                .minimum_calls(5)
+                .half_open_calls(2)
+                .slow_call_rate(0.6)
+                .wait_in_open(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let shared = Shared::new(config.clone());
+            let mut core = Core::new(config);
+            let origin = Instant::now();
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+            let mut lock_free = 0;
+            for step in 0..4_000u32 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Time moving in small steps; periods of mostly quick successes, of mostly failures and
+                // of mostly slow calls.
+                advance(Duration::from_millis(seed % 61)).await;
+                let (failing, slow) = match (step / 300) % 4 {
+                    1 => (10, 11),
+                    3 => (1, 12),
+                    _ => (2, 3),
+                };
+                let outcome = match (seed >> 8) % 16 {
+                    r if r < failing => FAIL,
+                    r if r < slow => SLOW,
+                    _ => OK,
+                };
+                let now = Instant::now();
+                let nanos = nanos(now - origin);
+                let (expected, _) = core.try_acquire(nanos);
+                match (shared.try_acquire(), expected) {
+                    (Ok(p), Ok(q)) => {
+                        let before = pending(&shared);
+                        shared.record(p, outcome, now);
+                        if pending(&shared) == before + 1 {
+                            lock_free += 1;
+                        }
+                        core.on_outcome(q, outcome, nanos);
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a, b, "step {step}"),
+                    (a, b) => panic!("step {step}: {a:?} against {b:?}"),
+                }
+                // Look (which folds the pending successes) only now and then, so that several
+                // successes are pending at once.
+                if step % 5 == 0 {
+                    let mut locked = shared.lock();
+                    assert_eq!(locked.state(), core.state(), "step {step}");
+                    assert_eq!(
+                        locked.window_counts(nanos),
+                        core.window_counts(nanos),
+                        "step {step}"
+                    );
+                    assert_eq!(locked.retry_after(nanos), core.retry_after(nanos));
+                }
+            }
+            let transitions = shared.totals.transitions.load(Ordering::Relaxed);
+            assert!(
+                transitions >= 6,
+                "{window:?}: only {transitions} transitions"
+            );
+            assert!(
+                lock_free > 100,
+                "{window:?}: {lock_free} successes without the lock"
+            );
+        }
+    }
+
+    /// An open breaker rejects without the lock with the same wait the lock would give, and the first
+    /// call at the end of the wait goes through the lock to half-open.
+    #[tokio::test(start_paused = true)]
+    async fn open_rejects_from_the_published_wait() {
+        use tokio::time::advance;
+        let shared = Shared::new(
+            BreakerConfig::builder()
+                .sliding_window(SlidingWindow::Count(1))
+                .minimum_calls(1)
+                .wait_in_open(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        );
+        let p = shared.try_acquire().unwrap();
+        advance(Duration::from_millis(700)).await;
+        shared.record(p, FAIL, tokio::time::Instant::now());
+        advance(Duration::from_millis(1_500)).await;
+        let open = shared.try_acquire().unwrap_err();
+        assert_eq!(open.retry_after(), Some(Duration::from_millis(500)));
+        assert_eq!(
+            open,
+            CircuitOpen::new(Some(Duration::from_millis(500)), false)
+        );
+        assert!(!open.is_forced());
+        assert_eq!(
+            open.to_string(),
+            "circuit breaker open; next probe in 500ms"
+        );
+        let now = shared.now();
+        assert_eq!(
+            shared.lock().retry_after(now),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 1);
+        advance(Duration::from_millis(499)).await;
+        assert_eq!(
+            shared.try_acquire().unwrap_err().retry_after(),
+            Some(Duration::from_millis(1))
+        );
+        advance(Duration::from_millis(1)).await;
+        let _probe = shared.try_acquire().expect("the wait is over: a probe");
+        assert_eq!(shared.lock().state(), BreakerState::HalfOpen);
+        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 2);
+    }
+
+    /// Successes go without the lock only once the window holds `minimum_calls` with both rates under
+    /// their thresholds, and the lock folds them into the window (and the totals) before anything else.
+    #[tokio::test(start_paused = true)]
+    async fn successes_go_without_the_lock_only_when_they_cannot_open() {
+        let shared = Shared::new(
+            BreakerConfig::builder()
+                .sliding_window(SlidingWindow::Count(10))
+                .minimum_calls(3)
+                .build()
+                .unwrap(),
+        );
+        let now = tokio::time::Instant::now;
+        let record = |o| shared.record(shared.try_acquire().unwrap(), o, now());
+        record(FAIL);
+        record(OK);
+        assert_eq!(pending(&shared), 0);
+        assert_eq!(
+            shared.published.fast.load(Ordering::Relaxed),
+            NO_FAST,
+            "2 < 3 calls"
+        );
+        record(OK); // 1 failure in 3: under 50 %
+        assert_ne!(shared.published.fast.load(Ordering::Relaxed), NO_FAST);
+        record(OK);
+        record(OK);
+        assert_eq!(pending(&shared), 2);
+        assert_eq!(
+            shared.totals.calls.load(Ordering::Relaxed),
+            3,
+            "not folded yet"
+        );
+        record(FAIL); // through the lock, after the two successes: 2 failures in 6
+        assert_eq!(shared.lock().window_counts(0).calls, 6);
+        assert_eq!(shared.totals.calls.load(Ordering::Relaxed), 6);
+        record(FAIL);
+        record(FAIL); // 4 in 8: 50 %
+        assert_eq!(shared.lock().state(), BreakerState::Open);
+        assert_eq!(shared.published.fast.load(Ordering::Relaxed), NO_FAST);
     }
 }

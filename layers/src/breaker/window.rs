@@ -5,7 +5,8 @@
 //!
 //! The time window reads its `now` only through `now / bucket_nanos` (the bucket it falls in), which is
 //! what lets [`Shared`](super::state::Shared) hand it the start of the current bucket instead of the
-//! exact time on the hot path (see `BucketClock` there).
+//! exact time under the lock (see `BucketClock` there). Successes counted without the lock arrive in
+//! bulk through `add_successes`, which is what recording them one by one in the newest bucket does.
 
 /// What one finished call contributes to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,37 @@ impl Window {
         }
     }
 
+    /// The totals as of the newest bucket, without moving the window on.
+    pub(crate) fn totals(&self) -> Counts {
+        match self {
+            Window::Count(w) => w.totals,
+            Window::Time(w) => w.totals,
+        }
+    }
+
+    /// Where the newest bucket of a time window ends (nanoseconds since the breaker's origin), `u64::MAX`
+    /// for a count window: an outcome that finishes before it goes in the newest bucket, as
+    /// [`record`](Window::record) would put it, without moving the window on.
+    pub(crate) fn newest_bucket_end(&self) -> u64 {
+        match self {
+            Window::Count(_) => u64::MAX,
+            Window::Time(w) => (w.latest + 1).saturating_mul(w.bucket_nanos),
+        }
+    }
+
+    /// Records `n` successes that are neither failures nor slow, in one go: what `n` calls of
+    /// [`record`](Window::record) with a time in the newest bucket would do.
+    pub(crate) fn add_successes(&mut self, n: u32) {
+        match self {
+            Window::Count(w) => w.add_successes(n),
+            Window::Time(w) => {
+                let n_buckets = w.buckets.len() as u64;
+                w.buckets[(w.latest % n_buckets) as usize].calls += n;
+                w.totals.calls += n;
+            }
+        }
+    }
+
     /// The totals as of `now`.
     pub(crate) fn counts(&mut self, now: u64) -> Counts {
         match self {
@@ -125,6 +157,29 @@ impl CountWindow {
         self.totals.add(outcome);
         self.next = (self.next + 1) % self.ring.len();
         self.totals
+    }
+}
+
+impl CountWindow {
+    fn add_successes(&mut self, n: u32) {
+        const OK: Outcome = Outcome {
+            failure: false,
+            slow: false,
+        };
+        if n as usize >= self.ring.len() {
+            // Every slot is overwritten: the window holds successes only.
+            self.ring.iter_mut().for_each(|slot| *slot = Some(OK));
+            self.totals = Counts {
+                calls: self.ring.len() as u32,
+                failures: 0,
+                slow: 0,
+            };
+            self.next = (self.next + n as usize) % self.ring.len();
+        } else {
+            for _ in 0..n {
+                self.record(OK);
+            }
+        }
     }
 }
 
@@ -224,6 +279,40 @@ mod tests {
                     let got = window.record(now, o);
                     prop_assert_eq!(got, naive(&recorded, now, &shape));
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// `add_successes(n)` is `n` records of a plain success in the newest bucket.
+        #[test]
+        fn adding_successes_is_recording_them(
+            shape in shape(),
+            before in proptest::collection::vec((0u64..300, any::<bool>(), any::<bool>()), 0..40),
+            n in 0u32..40,
+        ) {
+            let new = || match shape {
+                Shape::Count(n) => Window::count(n),
+                Shape::Time(w, n) => Window::time(w, n as u32),
+            };
+            let (mut bulk, mut one_by_one) = (new(), new());
+            let mut now = 0;
+            for (dt, failure, slow) in before {
+                now += dt;
+                bulk.record(now, Outcome { failure, slow });
+                one_by_one.record(now, Outcome { failure, slow });
+            }
+            bulk.add_successes(n);
+            let mut last = one_by_one.totals();
+            for _ in 0..n {
+                last = one_by_one.record(now, Outcome { failure: false, slow: false });
+            }
+            prop_assert_eq!(bulk.totals(), last);
+            // And they leave the window together.
+            for later in [now, now + 500, now + 5_000, now + 20_000] {
+                prop_assert_eq!(bulk.counts(later), one_by_one.counts(later));
+                let o = Outcome { failure: true, slow: false };
+                prop_assert_eq!(bulk.record(later, o), one_by_one.record(later, o));
             }
         }
     }
