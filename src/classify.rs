@@ -154,6 +154,15 @@ pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) ->
             .with_code(code)
             .with_source(err);
     }
+    if is_caller_mistake(&err) {
+        let message = err.to_string();
+        return Error::new(
+            ErrorKind::InvalidRequest,
+            Classification::Permanent,
+            message,
+        )
+        .with_source(err);
+    }
     match stage {
         Stage::Connect => Error::new(
             ErrorKind::Connect,
@@ -183,6 +192,26 @@ pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) ->
         )
         .with_source(err),
     }
+}
+
+/// Whether tokio-postgres refused the request before sending anything because the request is wrong: a
+/// parameter that cannot be encoded as the statement's type (`error serializing parameter N`) or the wrong
+/// number of parameters (`expected N parameters but got M`). tokio-postgres exposes no kind for these but
+/// its message; they have no SQLSTATE, and without this check they would pass for a lost connection:
+/// retried, counted toward a pool rebuild, and their healthy connection thrown away.
+pub(crate) fn is_caller_mistake(err: &tokio_postgres::Error) -> bool {
+    if err.code().is_some() || err.is_closed() {
+        return false;
+    }
+    let message = err.to_string();
+    message.starts_with("error serializing parameter")
+        || (message.starts_with("expected ") && message.contains(" parameters but got "))
+}
+
+/// Whether the connection is unusable after `err`: any failure without a SQLSTATE except a request
+/// tokio-postgres refused before sending it.
+pub(crate) fn link_failed(err: &tokio_postgres::Error) -> bool {
+    err.code().is_none() && !is_caller_mistake(err)
 }
 
 /// The error for a connection found closed before the request was written: nothing was sent.

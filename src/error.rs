@@ -34,6 +34,9 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The retry budget or attempt limit ran out; the cause is the last attempt's error.
     RetriesExhausted,
+    /// The request itself is wrong and was never sent: a parameter that cannot be encoded as the type
+    /// the statement expects, or a parameter count that does not match the statement's.
+    InvalidRequest,
     /// Anything else.
     Other,
 }
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::RetriesExhausted => "retries_exhausted",
+            ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Other => "other",
         }
     }

@@ -77,7 +77,7 @@ use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
-use crate::classify::{Stage, from_pg};
+use crate::classify::{Stage, from_pg, link_failed};
 use crate::config::{PgConfig, PoolerMode};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::pool::PoolConfig;
@@ -678,7 +678,7 @@ impl Mux {
                 .with_code(SqlState::QUERY_CANCELED)
                 .with_source(e))
             }
-            Err(e) if e.code().is_some() => {
+            Err(e) if !link_failed(&e) => {
                 self.progress(slot);
                 bump(&self.counters.shared);
                 Err(from_pg(e, Stage::InFlight, &self.server))

@@ -167,7 +167,7 @@ type Outcome = Result<(Vec<Row>, u64), tokio_postgres::Error>;
 /// server, or the pooler (it closes the client after its own errors), hangs up. Discarding the
 /// connection at once keeps it from being handed out before its closing is noticed.
 fn connection_gone(err: &tokio_postgres::Error) -> bool {
-    err.code().is_none()
+    crate::classify::link_failed(err)
         || err.as_db_error().is_some_and(|db| {
             db.parsed_severity() == Some(tokio_postgres::error::Severity::Fatal)
                 || db.severity() == "FATAL"

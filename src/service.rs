@@ -35,7 +35,7 @@ use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
-use crate::classify::{Stage, closed_before_send, from_pg};
+use crate::classify::{Stage, closed_before_send, from_pg, link_failed};
 use crate::config::PoolerMode;
 use crate::error::ConfigError;
 use crate::error::{Error, ErrorKind};
@@ -210,7 +210,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
     let statement = match in_flight.conn().client().prepare_cached(query.sql()).await {
         Ok(s) => s,
         Err(e) => {
-            let link_failed = e.code().is_none();
+            let link_failed = link_failed(&e);
             in_flight.finish(link_failed);
             return Err(from_pg(e, Stage::BeforeSend, server));
         }
@@ -251,7 +251,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
         }
         Err(e) => {
             // A server error means the link works; anything else means it does not.
-            let link_failed = e.code().is_none();
+            let link_failed = link_failed(&e);
             if !link_failed {
                 in_flight.conn().mark_ok();
             }

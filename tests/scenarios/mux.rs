@@ -488,3 +488,50 @@ async fn mux_connections_are_replaced_at_the_end_of_their_lifetime() {
     let s = stats(&db);
     assert!(s.connects >= 2 && s.lost == 0, "{s:?}");
 }
+
+/// A parameter that cannot be encoded as the statement's type, or the wrong number of parameters, is the
+/// caller's mistake: a typed permanent error, never retried, and the connection (pooled or shared) is
+/// kept. tokio-postgres reports it without a SQLSTATE, like a lost connection.
+#[tokio::test]
+async fn a_bad_parameter_is_the_callers_mistake_pooled_or_multiplexed() {
+    let cluster = Cluster::new().await.unwrap();
+    for multiplexed in [false, true] {
+        let mut builder = stack(&cluster.url());
+        if multiplexed {
+            builder = builder.multiplex(mux(1));
+        }
+        let db = builder.build().unwrap();
+        if multiplexed {
+            ready(&db, 1).await;
+        } else {
+            db.run(Query::read("SELECT 1")).await.unwrap();
+        }
+        for query in [
+            Query::read("SELECT $1::int").bind("not a number"),
+            Query::read("SELECT $1::int"),
+        ] {
+            let err = db.run(query).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+            assert_eq!(
+                err.classification(),
+                rampart::layers::Classification::Permanent
+            );
+            assert_eq!(err.attempts(), None, "not retried: {err}");
+        }
+        db.run(Query::read("SELECT 1")).await.unwrap();
+        assert_eq!(db.retries(), 0);
+        assert_eq!(
+            db.pool().stats().discarded,
+            0,
+            "the pooled connection is kept"
+        );
+        if multiplexed {
+            let s = stats(&db);
+            assert_eq!(
+                (s.lost, s.connects),
+                (0, 1),
+                "the shared connection is kept: {s:?}"
+            );
+        }
+    }
+}
