@@ -84,6 +84,9 @@ use crate::pool::PoolConfig;
 use crate::query::{Query, Response};
 use crate::tls::Connector;
 
+/// The most statements one shared connection keeps prepared.
+const STATEMENT_CACHE: usize = 1024;
+
 /// The statement timeout of shared connections when neither the configuration nor a stack sets one.
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -273,11 +276,15 @@ impl Conn {
             .cloned()
     }
 
+    /// Keeps `statement` for `sql`. A shared connection lives long and serves every caller, so the cache
+    /// is bounded: past [`STATEMENT_CACHE`] distinct texts (SQL built with inlined values, say) it starts
+    /// over. Dropping a `Statement` closes it on the server once no request is using it.
     fn cache(&self, sql: Arc<str>, statement: Statement) {
-        self.statements
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sql, statement);
+        let mut statements = self.statements.write().unwrap_or_else(|p| p.into_inner());
+        if statements.len() >= STATEMENT_CACHE {
+            statements.clear();
+        }
+        statements.insert(sql, statement);
     }
 }
 

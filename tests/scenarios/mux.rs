@@ -535,3 +535,28 @@ async fn a_bad_parameter_is_the_callers_mistake_pooled_or_multiplexed() {
         }
     }
 }
+
+/// A shared connection keeps at most 1,024 statements prepared, on the client and on the server, however
+/// many distinct statements pass through it.
+#[tokio::test]
+async fn mux_statement_cache_is_bounded() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url()).multiplex(mux(1)).build().unwrap();
+    ready(&db, 1).await;
+    for i in 0..1100 {
+        db.run(Query::read(format!("SELECT {i}"))).await.unwrap();
+    }
+    // Run on the shared connection itself, so it counts that session's statements.
+    let prepared: i64 = db
+        .run(Query::read("SELECT count(*) FROM pg_prepared_statements"))
+        .await
+        .unwrap()
+        .rows()[0]
+        .get(0);
+    assert!(
+        (1..=1025).contains(&prepared),
+        "{prepared} statements prepared on the shared connection"
+    );
+    let s = stats(&db);
+    assert!(s.shared >= 1100 && s.lost == 0, "{s:?}");
+}
