@@ -7,6 +7,7 @@
 //! Criterion measures one operation at a time; throughput under concurrency and tail latency need callers
 //! running side by side for a fixed time, so this is a plain program: `cargo bench --bench e2e`
 //! (`-- --secs N` to change the measuring time per row, `-- --quick` for 32 callers only,
+//! `-- --latency MS` to put every client behind a proxy adding MS milliseconds each way,
 //! `-- --only NAME` for the clients whose name contains NAME, `-- --rounds N` for the number of
 //! interleaved runs a row is the median of, 3 by default, `-- --mux` for the multiplexing comparison
 //! only: the shared raw client, deadpool Fast, bb8 and rampart multiplexed, `-- --mux-connections N` for
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use hdrhistogram::Histogram;
+use rampart::testing::{Fault, FaultProxy};
 use rampart::{Db, MuxConfig, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
 use tokio_postgres::{Client, NoTls, Statement};
 use tower::ServiceExt;
@@ -312,12 +314,32 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    // `--latency MS`: every client goes through the harness's fault proxy, which holds each chunk of data
+    // for MS milliseconds in each direction (a far-away server, on loopback).
+    let latency: Option<u64> = args
+        .iter()
+        .position(|a| a == "--latency")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let cluster = common::cluster_with_kv().await;
+        let proxy = match latency {
+            Some(ms) => {
+                let proxy = FaultProxy::start(cluster.addr()).await.expect("proxy");
+                proxy.set_fault(Fault::Latency(Duration::from_millis(ms)));
+                println!("every client through a proxy adding {ms} ms in each direction");
+                Some(proxy)
+            }
+            None => None,
+        };
+        let url = match &proxy {
+            Some(proxy) => proxy.url(&cluster),
+            None => cluster.url(),
+        };
         let levels: &[usize] = if quick { &[32] } else { &[1, 8, 32, 128] };
         println!(
             "pool size {POOL_SIZE}, {} shared connections when multiplexed, {secs} s per run, median of {rounds} interleaved runs per row",
@@ -343,7 +365,7 @@ fn main() {
                         {
                             continue;
                         }
-                        let target = build(which, work, &cluster.url()).await;
+                        let target = build(which, work, &url).await;
                         runs[which].push(measure(&target, work, callers, secs).await);
                         drop(target);
                     }
