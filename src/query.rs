@@ -36,7 +36,8 @@ pub type Param = Arc<dyn ToSql + Send + Sync>;
 #[derive(Clone)]
 pub struct Query {
     sql: Arc<str>,
-    params: Arc<Vec<Param>>,
+    /// `None` until the first parameter is bound: a statement without parameters allocates no list.
+    params: Option<Arc<Vec<Param>>>,
     idempotent: bool,
     idempotency_key: Option<Arc<str>>,
     deadline: Option<Instant>,
@@ -50,7 +51,7 @@ impl fmt::Debug for Query {
         // Parameters may hold personal data or secrets: show how many, not what.
         f.debug_struct("Query")
             .field("sql", &self.sql)
-            .field("params", &self.params.len())
+            .field("params", &self.params().len())
             .field("idempotent", &self.idempotent)
             .field("idempotency_key", &self.idempotency_key)
             .field("deadline", &self.deadline)
@@ -64,7 +65,7 @@ impl Query {
     pub fn new(sql: impl Into<Arc<str>>) -> Self {
         Self {
             sql: sql.into(),
-            params: Arc::new(Vec::new()),
+            params: None,
             idempotent: false,
             idempotency_key: None,
             deadline: None,
@@ -84,14 +85,13 @@ impl Query {
     }
 
     /// Binds the next parameter (`$1`, `$2`, ... in order).
-    pub fn bind<T: ToSql + Send + Sync + 'static>(mut self, value: T) -> Self {
-        Arc::make_mut(&mut self.params).push(Arc::new(value));
-        self
+    pub fn bind<T: ToSql + Send + Sync + 'static>(self, value: T) -> Self {
+        self.bind_param(Arc::new(value))
     }
 
     /// Binds an already shared parameter.
     pub fn bind_param(mut self, value: Param) -> Self {
-        Arc::make_mut(&mut self.params).push(value);
+        Arc::make_mut(self.params.get_or_insert_default()).push(value);
         self
     }
 
@@ -154,7 +154,7 @@ impl Query {
 
     /// The bound parameters.
     pub fn params(&self) -> &[Param] {
-        &self.params
+        self.params.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Whether replaying this query is harmless.
