@@ -244,13 +244,7 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
             Target::Shared(Arc::new((client, stmt)))
         }
         7 => Target::Rampart(
-            Stack::server(url)
-                .pool(
-                    PoolConfig::builder()
-                        .max_size(POOL_SIZE)
-                        .build()
-                        .expect("pool config"),
-                )
+            pooled_stack(url)
                 .multiplex(
                     MuxConfig::builder()
                         .connections(MUX_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed))
@@ -270,18 +264,18 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
             )
             .expect("pool"),
         )),
-        _ => Target::Rampart(
-            Stack::server(url)
-                .pool(
-                    PoolConfig::builder()
-                        .max_size(POOL_SIZE)
-                        .build()
-                        .expect("pool config"),
-                )
-                .build()
-                .expect("stack"),
-        ),
+        _ => Target::Rampart(pooled_stack(url).build().expect("stack")),
     }
+}
+
+/// `Stack::server` over a pool of [`POOL_SIZE`] connections.
+fn pooled_stack(url: &str) -> rampart::StackBuilder {
+    Stack::server(url).pool(
+        PoolConfig::builder()
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("pool config"),
+    )
 }
 
 fn main() {

@@ -36,6 +36,24 @@ async fn ready(db: &Db, connections: usize) {
     .await;
 }
 
+/// A cluster with `schema` applied, the fault proxy in front of it, and a stack with two shared
+/// connections through the proxy, both ready.
+async fn behind_proxy(schema: &str) -> (Cluster, FaultProxy, Db) {
+    let cluster = Cluster::new().await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    connect(&cluster.url())
+        .await
+        .batch_execute(schema)
+        .await
+        .unwrap();
+    let db = stack(&proxy.url(&cluster))
+        .multiplex(mux(2))
+        .build()
+        .unwrap();
+    ready(&db, 2).await;
+    (cluster, proxy, db)
+}
+
 #[tokio::test]
 async fn mux_independent_statements_share_connections_and_session_work_does_not() {
     let cluster = Cluster::new().await.unwrap();
@@ -108,18 +126,7 @@ async fn mux_is_refused_behind_a_transaction_pooler() {
 async fn mux_connection_reset_under_load() {
     const CALLERS: usize = 32;
     const PER_CALLER: usize = 60;
-    let cluster = Cluster::new().await.unwrap();
-    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
-    connect(&cluster.url())
-        .await
-        .batch_execute("CREATE TABLE events (caller int, n int)")
-        .await
-        .unwrap();
-    let db = stack(&proxy.url(&cluster))
-        .multiplex(mux(2))
-        .build()
-        .unwrap();
-    ready(&db, 2).await;
+    let (cluster, proxy, db) = behind_proxy("CREATE TABLE events (caller int, n int)").await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(Mutex::new(Tally::default()));
@@ -217,18 +224,7 @@ async fn mux_connection_reset_under_load() {
 /// requests, writes included, succeed with no error and are applied once.
 #[tokio::test]
 async fn mux_silent_kill_while_idle_is_invisible() {
-    let cluster = Cluster::new().await.unwrap();
-    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
-    connect(&cluster.url())
-        .await
-        .batch_execute("CREATE TABLE signups (email text)")
-        .await
-        .unwrap();
-    let db = stack(&proxy.url(&cluster))
-        .multiplex(mux(2))
-        .build()
-        .unwrap();
-    ready(&db, 2).await;
+    let (cluster, proxy, db) = behind_proxy("CREATE TABLE signups (email text)").await;
     // Idle for longer than the 100 ms bypass window, then every link is silently dropped.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(proxy.kill_silently() >= 2);
