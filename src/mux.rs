@@ -348,8 +348,8 @@ pub(crate) struct Mux {
     server: Arc<str>,
     bypass_ms: u64,
     check_timeout: Duration,
-    max_lifetime: Option<Duration>,
-    lifetime_jitter: f64,
+    /// The pool's settings: its max lifetime and jitter apply to shared connections too.
+    pool: PoolConfig,
     epoch: Instant,
     counters: Counters,
     rng: Mutex<SplitMix64>,
@@ -394,8 +394,7 @@ impl Mux {
             server,
             bypass_ms: pool.validation().bypass_window().as_millis() as u64,
             check_timeout: pool.validation().check_timeout(),
-            max_lifetime: pool.max_lifetime(),
-            lifetime_jitter: pool.lifetime_jitter(),
+            pool: pool.clone(),
             epoch: Instant::now(),
             counters: Counters::default(),
             rng: Mutex::new(SplitMix64::from_entropy()),
@@ -502,14 +501,7 @@ impl Mux {
     }
 
     fn expiry(&self) -> Option<Instant> {
-        let lifetime = self.max_lifetime?;
-        let cut = self
-            .rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_f64()
-            * self.lifetime_jitter;
-        Some(Instant::now() + lifetime.mul_f64(1.0 - cut))
+        crate::pool::expiry(&self.pool, &self.rng)
     }
 
     fn install(&self, index: usize, conn: Conn) {

@@ -296,15 +296,16 @@ impl fmt::Debug for Manager {
 
 impl Manager {
     fn expiry(&self) -> Option<Instant> {
-        let lifetime = self.config.max_lifetime?;
-        let cut = self
-            .rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_f64()
-            * self.config.lifetime_jitter;
-        Some(Instant::now() + lifetime.mul_f64(1.0 - cut))
+        expiry(&self.config, &self.rng)
     }
+}
+
+/// When a connection opened now should be retired: the max lifetime minus up to `lifetime_jitter` of it
+/// at random, so connections opened together are not all replaced together. `None` without a lifetime.
+pub(crate) fn expiry(config: &PoolConfig, rng: &std::sync::Mutex<SplitMix64>) -> Option<Instant> {
+    let lifetime = config.max_lifetime?;
+    let cut = rng.lock().unwrap_or_else(|p| p.into_inner()).next_f64() * config.lifetime_jitter;
+    Some(Instant::now() + lifetime.mul_f64(1.0 - cut))
 }
 
 impl managed::Manager for Manager {
