@@ -403,7 +403,12 @@ impl Mux {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from the multiplexer's creation to `at`.
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Statistics now.
@@ -578,16 +583,16 @@ impl Mux {
     /// pool).
     pub(crate) async fn run(&self, query: Query) -> Result<Result<Response, Error>, Query> {
         for _ in 0..self.slots.len() {
-            let now = self.now_ms();
-            let Some(index) = self.pick(now) else { break };
+            let now = Instant::now();
+            let now_ms = self.ms_at(now);
+            let Some(index) = self.pick(now_ms) else {
+                break;
+            };
             let slot = &self.slots[index];
-            let busy = Busy::enter(slot, now);
+            let _busy = Busy::enter(slot, now_ms);
             let Some(conn) = slot.current() else { continue };
             match self.try_on(index, &conn, &query, now).await {
-                Tried::Done(result) => {
-                    drop(busy);
-                    return Ok(result);
-                }
+                Tried::Done(result) => return Ok(result),
                 Tried::NotSent => continue,
             }
         }
@@ -595,14 +600,16 @@ impl Mux {
         Err(query)
     }
 
-    async fn try_on(&self, index: usize, conn: &Arc<Conn>, query: &Query, now_ms: u64) -> Tried {
+    /// One try of `query` on slot `index`'s connection `conn`; `now` is when the try began.
+    async fn try_on(&self, index: usize, conn: &Arc<Conn>, query: &Query, now: Instant) -> Tried {
         let slot = &self.slots[index];
+        let now_ms = self.ms_at(now);
         if conn.client.is_closed() {
             self.lost(index, conn, "closed");
             return Tried::NotSent;
         }
         // Past its lifetime: a replacement is opened while this one keeps serving.
-        if conn.expires_at.is_some_and(|at| Instant::now() >= at)
+        if conn.expires_at.is_some_and(|at| now >= at)
             && !slot.connecting.load(Ordering::Acquire)
             && self.connect_in_background(index)
         {
@@ -646,7 +653,7 @@ impl Mux {
         // later than the statement timeout, so the common case sets no timer.
         let limit = query
             .deadline()
-            .filter(|d| *d < Instant::now() + self.statement_timeout);
+            .filter(|d| *d < now + self.statement_timeout);
         let result = match limit {
             Some(deadline) => match tokio::time::timeout_at(deadline, running).await {
                 Ok(result) => result,
