@@ -37,8 +37,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::classify::{Stage, closed_before_send, from_pg, link_failed};
 use crate::config::PoolerMode;
-use crate::error::ConfigError;
-use crate::error::{Error, ErrorKind};
+use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::Tracker;
 use crate::mux::{Mux, MuxConfig, MuxStats};
 use crate::pool::{InFlight, Pool};
