@@ -110,8 +110,10 @@ impl Query {
         self
     }
 
-    /// Gives the query an overall deadline `timeout` from now (a [`DeadlineLayer`] further out may set an
-    /// earlier one). The service pushes what is left of it down as `statement_timeout`.
+    /// Gives the query its own overall deadline, `timeout` from now. The service pushes what is left of it
+    /// down as `statement_timeout`. In a ready-made stack it overrides the stack's deadline and attempt
+    /// timeout, longer or shorter: those are defaults for queries that say nothing, and a query granted
+    /// 60 s may run one 60 s attempt ([`Deadlined::granted`]; a bare [`DeadlineLayer`] treats it the same).
     ///
     /// [`DeadlineLayer`]: rampart_layers::deadline::DeadlineLayer
     ///
@@ -181,6 +183,10 @@ impl Deadlined for Query {
 
     fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = Some(deadline);
+    }
+
+    fn granted(&self) -> Option<Duration> {
+        self.requested
     }
 }
 

@@ -49,6 +49,10 @@
 //! a pooled one each (several times a pool's throughput for short statements); everything above the
 //! service is the same. See [`crate::mux`].
 //!
+//! The deadline and the attempt timeout are defaults: a query given its own time with
+//! [`Query::timeout`](crate::Query::timeout) gets exactly that, longer or shorter (one attempt may use all
+//! of it), so a report known to take a minute does not need a stack of its own.
+//!
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 
 use std::fmt;
@@ -377,7 +381,7 @@ impl StackBuilder {
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .option_layer(breaker_layer)
-            .layer(AttemptTimeoutLayer::new(self.attempt_timeout))
+            .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
             .map_err(Into::<BoxError>::into)
             .service(bottom);
         Ok(Db {

@@ -421,7 +421,20 @@ async fn pgbouncer_errors_are_classified() {
         let once = once.clone();
         async move { once.run(Query::write("SELECT pg_sleep(2)")).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reset once the statement is running on the server (bounded wait), not after a guessed delay: a
+    // reset before it is sent would be a different failure.
+    let direct = raw(&cluster.url()).await;
+    let started = Instant::now();
+    while text(
+        &direct,
+        "SELECT count(*)::text FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'",
+    )
+    .await
+        != "1"
+    {
+        assert!(started.elapsed() < BOUND, "the statement never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     proxy.reset_all();
     let err = write.await.unwrap().unwrap_err();
     println!("PGBOUNCER server link lost: {err}");

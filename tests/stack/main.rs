@@ -149,3 +149,28 @@ fn bad_settings_are_typed_errors_naming_the_field() {
         .unwrap_err();
     assert_eq!(err.field(), "attempt_timeout");
 }
+
+/// The stack's deadline and attempt timeout are defaults: a query given its own, longer time gets it (one
+/// attempt may use all of it), pooled or multiplexed; one that says nothing is held to the defaults.
+#[tokio::test]
+async fn a_query_given_its_own_time_outlives_the_stack_defaults() {
+    let cluster = Cluster::new().await.unwrap();
+    for multiplexed in [false, true] {
+        let mut builder = Stack::server(&cluster.url())
+            .attempt_timeout(Duration::from_millis(300))
+            .deadline(Duration::from_millis(500));
+        if multiplexed {
+            builder = builder.multiplex(rampart::MuxConfig::default());
+        }
+        let db = builder.build().unwrap();
+        let slow = Query::read("SELECT pg_sleep(1)");
+        let err = db.run(slow.clone()).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::DeadlineExceeded),
+            "multiplexed {multiplexed}: held to the defaults: {err}"
+        );
+        db.run(slow.timeout(Duration::from_secs(5)))
+            .await
+            .unwrap_or_else(|e| panic!("multiplexed {multiplexed}: granted 5 s: {e}"));
+    }
+}

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use super::{AttemptTimeout, Deadline};
+use super::{AttemptTimeout, Deadline, GrantedAttemptTimeout};
 
 /// Applies [`Deadline`] to a service: see the [module docs](super).
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +46,27 @@ impl AttemptTimeoutLayer {
     /// Fails each call that takes longer than `limit` with [`AttemptTimedOut`](super::AttemptTimedOut).
     pub const fn new(limit: Duration) -> Self {
         Self { limit }
+    }
+
+    /// The same limit, except that a request whose caller granted it more time
+    /// ([`Deadlined::granted`](super::Deadlined::granted)) may use all of it in one attempt. Requires
+    /// requests that implement [`Deadlined`](super::Deadlined).
+    pub const fn honouring_grants(self) -> GrantedAttemptTimeoutLayer {
+        GrantedAttemptTimeoutLayer { limit: self.limit }
+    }
+}
+
+/// Applies [`GrantedAttemptTimeout`]: see [`AttemptTimeoutLayer::honouring_grants`].
+#[derive(Debug, Clone, Copy)]
+pub struct GrantedAttemptTimeoutLayer {
+    limit: Duration,
+}
+
+impl<S> Layer<S> for GrantedAttemptTimeoutLayer {
+    type Service = GrantedAttemptTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrantedAttemptTimeout::new(inner, self.limit)
     }
 }
 

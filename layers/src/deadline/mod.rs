@@ -16,7 +16,10 @@
 //!
 //! [`DeadlineLayer::new`] keeps a deadline the request already carries when it is earlier, so a caller's
 //! tighter deadline always wins over a layer's default. A request whose deadline has already passed fails
-//! at once, without reaching the inner service.
+//! at once, without reaching the inner service. A request can also say that its caller chose its time
+//! ([`Deadlined::granted`]): then its deadline wins over the layer's budget even when it is later, and
+//! [`AttemptTimeoutLayer::honouring_grants`] lets one attempt use the whole grant. The layers' limits are
+//! defaults for requests that say nothing, not caps on one whose caller knows it is slow.
 //!
 //! # Why not just `tower::timeout`
 //!
@@ -88,7 +91,7 @@ use tower::{BoxError, Service};
 
 pub use self::{
     error::{AttemptTimedOut, DeadlineExceeded},
-    layer::{AttemptTimeoutLayer, DeadlineLayer},
+    layer::{AttemptTimeoutLayer, DeadlineLayer, GrantedAttemptTimeoutLayer},
 };
 use crate::classify::{Idempotence, Idempotent, NotIdempotent};
 
@@ -108,6 +111,15 @@ pub trait Deadlined {
         self.deadline()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
+
+    /// The time the request's caller granted it, if the caller chose one itself (rather than a layer).
+    /// A grant overrides the layers' defaults, longer or shorter: [`DeadlineLayer`] keeps the request's
+    /// deadline even when it is later than its own budget, and an attempt timeout made with
+    /// [`AttemptTimeoutLayer::honouring_grants`] lets an attempt run as long as the grant. `None` (the
+    /// default) leaves the layers' limits in charge.
+    fn granted(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<R: Deadlined + ?Sized> Deadlined for Box<R> {
@@ -116,6 +128,9 @@ impl<R: Deadlined + ?Sized> Deadlined for Box<R> {
     }
     fn set_deadline(&mut self, deadline: Instant) {
         (**self).set_deadline(deadline)
+    }
+    fn granted(&self) -> Option<Duration> {
+        (**self).granted()
     }
 }
 
@@ -126,6 +141,9 @@ impl<R: Deadlined> Deadlined for Idempotent<R> {
     fn set_deadline(&mut self, deadline: Instant) {
         self.0.set_deadline(deadline)
     }
+    fn granted(&self) -> Option<Duration> {
+        self.0.granted()
+    }
 }
 
 impl<R: Deadlined> Deadlined for NotIdempotent<R> {
@@ -134,6 +152,9 @@ impl<R: Deadlined> Deadlined for NotIdempotent<R> {
     }
     fn set_deadline(&mut self, deadline: Instant) {
         self.0.set_deadline(deadline)
+    }
+    fn granted(&self) -> Option<Duration> {
+        self.0.granted()
     }
 }
 
@@ -279,6 +300,8 @@ where
             .budget
             .map(|budget| now.checked_add(budget).unwrap_or_else(|| far_future(now)));
         let deadline = match (request.deadline(), ours) {
+            // A deadline the caller chose for this request overrides the budget, later or earlier.
+            (Some(theirs), Some(_)) if request.granted().is_some() => Some(theirs),
             (Some(theirs), Some(ours)) => Some(theirs.min(ours)),
             (theirs, ours) => theirs.or(ours),
         };
@@ -349,6 +372,63 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         future::AttemptFuture::new(self.inner.call(request), self.limit)
+    }
+}
+
+/// [`AttemptTimeout`] for requests that may carry a time granted by their caller
+/// ([`Deadlined::granted`]): an attempt may take the longer of the limit and the grant (the request's
+/// deadline still bounds it). Made by [`AttemptTimeoutLayer::honouring_grants`].
+///
+/// For a statement its caller knows to be slow: a stack's attempt timeout is a default for requests that
+/// say nothing, not a cap on one that says how long it may take.
+#[derive(Debug, Clone)]
+pub struct GrantedAttemptTimeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> GrantedAttemptTimeout<S> {
+    /// Limits each call to `limit`, or to its request's grant when that is longer.
+    pub const fn new(inner: S, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+
+    /// The per-attempt limit for requests without a grant.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for GrantedAttemptTimeout<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Req: Deadlined,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = future::AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let limit = match request.granted() {
+            Some(granted) => granted.max(self.limit),
+            None => self.limit,
+        };
+        future::AttemptFuture::new(self.inner.call(request), limit)
     }
 }
 

@@ -122,6 +122,80 @@ async fn from_request_enforces_only_a_carried_deadline() {
     assert!(Instant::now() > start);
 }
 
+/// A request whose caller granted it a time of its own.
+#[derive(Debug, Clone)]
+struct Granted {
+    deadline: Option<Instant>,
+    granted: Duration,
+}
+
+impl Granted {
+    fn new(granted: Duration) -> Self {
+        Self {
+            deadline: Some(Instant::now() + granted),
+            granted,
+        }
+    }
+}
+
+impl Deadlined for Granted {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+    fn granted(&self) -> Option<Duration> {
+        Some(self.granted)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_granted_deadline_wins_over_the_budget_later_or_earlier() {
+    for granted in [Duration::from_secs(30), Duration::from_millis(500)] {
+        let (mut service, mut handle) =
+            mock::spawn_layer::<Granted, &str, _>(DeadlineLayer::new(Duration::from_secs(10)));
+        assert_ready_ok!(service.poll_ready());
+        let start = Instant::now();
+        let mut fut = task::spawn(service.call(Granted::new(granted)));
+        let (seen, _send) = next(&mut handle);
+        assert_eq!(seen.deadline(), Some(start + granted), "the grant is kept");
+        time::advance(granted - Duration::from_millis(1)).await;
+        assert_pending!(fut.poll());
+        time::advance(Duration::from_millis(1)).await;
+        assert!(assert_ready_err!(fut.poll()).is::<DeadlineExceeded>());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_honouring_grants_may_use_the_whole_grant() {
+    let layer = AttemptTimeoutLayer::new(Duration::from_millis(200)).honouring_grants();
+    // A grant longer than the limit extends the attempt to it...
+    let (mut service, mut handle) = mock::spawn_layer::<Granted, &str, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut fut = task::spawn(service.call(Granted::new(Duration::from_secs(5))));
+    let _send = next(&mut handle);
+    time::advance(Duration::from_millis(4999)).await;
+    assert_pending!(fut.poll());
+    time::advance(Duration::from_millis(1)).await;
+    let err = assert_ready_err!(fut.poll());
+    assert_eq!(
+        err.downcast_ref::<AttemptTimedOut>()
+            .expect("AttemptTimedOut")
+            .limit(),
+        Duration::from_secs(5)
+    );
+    // ...and a shorter one leaves the limit as it is.
+    let (mut service, mut handle) = mock::spawn_layer::<Granted, &str, _>(layer);
+    assert_ready_ok!(service.poll_ready());
+    let mut fut = task::spawn(service.call(Granted::new(Duration::from_millis(50))));
+    let _send = next(&mut handle);
+    time::advance(Duration::from_millis(199)).await;
+    assert_pending!(fut.poll());
+    time::advance(Duration::from_millis(1)).await;
+    assert!(assert_ready_err!(fut.poll()).is::<AttemptTimedOut>());
+}
+
 #[tokio::test(start_paused = true)]
 async fn attempt_timeout_fires_at_its_limit() {
     let (mut service, mut handle) =
