@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use super::{AttemptTimeout, Deadline, GrantedAttemptTimeout};
+use super::{AttemptTimeout, Deadline, Fixed, HonouringGrants};
 
 /// Applies [`Deadline`] to a service: see the [module docs](super).
 #[derive(Debug, Clone, Copy)]
@@ -38,42 +38,35 @@ impl<S> Layer<S> for DeadlineLayer {
 
 /// Applies [`AttemptTimeout`] to a service: see the [module docs](super).
 #[derive(Debug, Clone, Copy)]
-pub struct AttemptTimeoutLayer {
+pub struct AttemptTimeoutLayer<G = Fixed> {
     limit: Duration,
+    grants: G,
 }
 
 impl AttemptTimeoutLayer {
     /// Fails each call that takes longer than `limit` with [`AttemptTimedOut`](super::AttemptTimedOut).
     pub const fn new(limit: Duration) -> Self {
-        Self { limit }
+        Self {
+            limit,
+            grants: Fixed,
+        }
     }
 
     /// The same limit, except that a request whose caller granted it more time
     /// ([`Deadlined::granted`](super::Deadlined::granted)) may use all of it in one attempt. Requires
     /// requests that implement [`Deadlined`](super::Deadlined).
-    pub const fn honouring_grants(self) -> GrantedAttemptTimeoutLayer {
-        GrantedAttemptTimeoutLayer { limit: self.limit }
+    pub const fn honouring_grants(self) -> AttemptTimeoutLayer<HonouringGrants> {
+        AttemptTimeoutLayer {
+            limit: self.limit,
+            grants: HonouringGrants,
+        }
     }
 }
 
-/// Applies [`GrantedAttemptTimeout`]: see [`AttemptTimeoutLayer::honouring_grants`].
-#[derive(Debug, Clone, Copy)]
-pub struct GrantedAttemptTimeoutLayer {
-    limit: Duration,
-}
-
-impl<S> Layer<S> for GrantedAttemptTimeoutLayer {
-    type Service = GrantedAttemptTimeout<S>;
+impl<S, G: Clone> Layer<S> for AttemptTimeoutLayer<G> {
+    type Service = AttemptTimeout<S, G>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrantedAttemptTimeout::new(inner, self.limit)
-    }
-}
-
-impl<S> Layer<S> for AttemptTimeoutLayer {
-    type Service = AttemptTimeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AttemptTimeout::new(inner, self.limit)
+        AttemptTimeout::with_grants(inner, self.limit, self.grants.clone())
     }
 }

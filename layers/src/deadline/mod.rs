@@ -91,7 +91,7 @@ use tower::{BoxError, Service};
 
 pub use self::{
     error::{AttemptTimedOut, DeadlineExceeded},
-    layer::{AttemptTimeoutLayer, DeadlineLayer, GrantedAttemptTimeoutLayer},
+    layer::{AttemptTimeoutLayer, DeadlineLayer},
 };
 use crate::classify::{Idempotence, Idempotent, NotIdempotent};
 
@@ -324,19 +324,74 @@ fn far_future(now: Instant) -> Instant {
 
 /// Fails each call to the inner service that takes longer than a fixed limit, with [`AttemptTimedOut`].
 /// See the [module docs](self).
+///
+/// `G` says whether a request's own grant ([`Deadlined::granted`]) may lengthen its attempt: [`Fixed`]
+/// (the default) never, [`HonouringGrants`] (from [`AttemptTimeoutLayer::honouring_grants`]) when the
+/// grant is longer than the limit.
 #[derive(Debug, Clone)]
-pub struct AttemptTimeout<S> {
+pub struct AttemptTimeout<S, G = Fixed> {
     inner: S,
     limit: Duration,
+    grants: G,
 }
+
+/// [`AttemptTimeout`]'s limit is the same for every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fixed;
+
+/// [`AttemptTimeout`] lets a request whose caller granted it more time ([`Deadlined::granted`]) use all
+/// of it in one attempt (the request's deadline still bounds it): a stack's attempt timeout is a default
+/// for requests that say nothing, not a cap on one whose caller knows it is slow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HonouringGrants;
+
+/// How long one attempt of a request may take, given the layer's limit: [`Fixed`] or
+/// [`HonouringGrants`].
+pub trait AttemptLimit<Req> {
+    /// The limit for `request`'s attempt.
+    fn limit_for(&self, limit: Duration, request: &Req) -> Duration;
+}
+
+impl<Req> AttemptLimit<Req> for Fixed {
+    #[inline]
+    fn limit_for(&self, limit: Duration, _: &Req) -> Duration {
+        limit
+    }
+}
+
+impl<Req: Deadlined> AttemptLimit<Req> for HonouringGrants {
+    #[inline]
+    fn limit_for(&self, limit: Duration, request: &Req) -> Duration {
+        request
+            .granted()
+            .map_or(limit, |granted| granted.max(limit))
+    }
+}
+
+/// [`AttemptTimeout`] honouring requests' grants: see [`HonouringGrants`].
+pub type GrantedAttemptTimeout<S> = AttemptTimeout<S, HonouringGrants>;
 
 impl<S> AttemptTimeout<S> {
     /// Limits each call to `limit`.
     pub const fn new(inner: S, limit: Duration) -> Self {
-        Self { inner, limit }
+        Self {
+            inner,
+            limit,
+            grants: Fixed,
+        }
+    }
+}
+
+impl<S, G> AttemptTimeout<S, G> {
+    pub(crate) const fn with_grants(inner: S, limit: Duration, grants: G) -> Self {
+        Self {
+            inner,
+            limit,
+            grants,
+        }
     }
 
-    /// The per-attempt limit.
+    /// The per-attempt limit (for a request without a longer grant, when grants are honoured).
     pub fn limit(&self) -> Duration {
         self.limit
     }
@@ -357,10 +412,11 @@ impl<S> AttemptTimeout<S> {
     }
 }
 
-impl<S, Req> Service<Req> for AttemptTimeout<S>
+impl<S, G, Req> Service<Req> for AttemptTimeout<S, G>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    G: AttemptLimit<Req>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -371,63 +427,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        future::AttemptFuture::new(self.inner.call(request), self.limit)
-    }
-}
-
-/// [`AttemptTimeout`] for requests that may carry a time granted by their caller
-/// ([`Deadlined::granted`]): an attempt may take the longer of the limit and the grant (the request's
-/// deadline still bounds it). Made by [`AttemptTimeoutLayer::honouring_grants`].
-///
-/// For a statement its caller knows to be slow: a stack's attempt timeout is a default for requests that
-/// say nothing, not a cap on one that says how long it may take.
-#[derive(Debug, Clone)]
-pub struct GrantedAttemptTimeout<S> {
-    inner: S,
-    limit: Duration,
-}
-
-impl<S> GrantedAttemptTimeout<S> {
-    /// Limits each call to `limit`, or to its request's grant when that is longer.
-    pub const fn new(inner: S, limit: Duration) -> Self {
-        Self { inner, limit }
-    }
-
-    /// The per-attempt limit for requests without a grant.
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, Req> Service<Req> for GrantedAttemptTimeout<S>
-where
-    S: Service<Req>,
-    S::Error: Into<BoxError>,
-    Req: Deadlined,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = future::AttemptFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        let limit = match request.granted() {
-            Some(granted) => granted.max(self.limit),
-            None => self.limit,
-        };
+        let limit = self.grants.limit_for(self.limit, &request);
         future::AttemptFuture::new(self.inner.call(request), limit)
     }
 }
