@@ -64,7 +64,7 @@ fn checkout(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool checkout");
     group.bench_function("rampart Pool (validation, 500 ms bypass window)", |b| {
         b.to_async(&rt)
-            .iter(|| async { drop(rampart.get().await.expect("checkout")) })
+            .iter(|| async { drop(rampart.checkout().await.expect("checkout")) })
     });
     group.bench_function("deadpool-postgres Fast", |b| {
         b.to_async(&rt)

@@ -97,7 +97,7 @@ pub fn classify_pooler_message(message: &str) -> Option<Classification> {
 
 /// The classification of a server's (or a pooler's) error: the SQLSTATE, refined by the message for a
 /// pooler's `08P01`.
-fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Classification {
+pub(crate) fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Classification {
     if *code == SqlState::PROTOCOL_VIOLATION {
         if let Some(class) = err
             .as_db_error()
@@ -107,132 +107,6 @@ fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Classification {
         }
     }
     classify_sqlstate(code)
-}
-
-/// Where in a request's life a tokio-postgres error happened; decides whether a lost connection leaves
-/// the outcome unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
-    /// Making a connection: nothing was sent.
-    Connect,
-    /// The connection was already closed before the request was written: nothing was sent.
-    BeforeSend,
-    /// The request was (or may have been) written to the server.
-    InFlight,
-    /// Inside a transaction that has not been committed: if the link is lost, the server rolls it back,
-    /// so nothing was applied.
-    InTransaction,
-}
-
-/// Converts a tokio-postgres error into a classified [`Error`]. `server` is the redacted address.
-pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) -> Error {
-    if let Some(code) = err.code().cloned() {
-        let class = match classify_db(&code, &err) {
-            // Nothing was sent, or it was inside a transaction the server rolls back.
-            Classification::Ambiguous
-                if stage != Stage::InFlight && code.code().starts_with("08") =>
-            {
-                Classification::Transient
-            }
-            class => class,
-        };
-        let message = match err.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => err.to_string(),
-        };
-        let kind = if stage == Stage::Connect {
-            ErrorKind::Connect
-        } else {
-            ErrorKind::Db
-        };
-        let message = if stage == Stage::Connect {
-            format!("could not connect to {server}: {message}")
-        } else {
-            message
-        };
-        return Error::new(kind, class, message)
-            .with_code(code)
-            .with_source(err);
-    }
-    if is_caller_mistake(&err) {
-        let message = err.to_string();
-        return Error::new(
-            ErrorKind::InvalidRequest,
-            Classification::Permanent,
-            message,
-        )
-        .with_source(err);
-    }
-    match stage {
-        Stage::Connect => Error::new(
-            ErrorKind::Connect,
-            Classification::Transient,
-            format!("could not connect to {server}: {}", describe_io(&err)),
-        )
-        .with_source(err),
-        Stage::BeforeSend => Error::new(
-            ErrorKind::ConnectionLost,
-            Classification::Transient,
-            format!("connection to {server} was closed before the request was sent"),
-        )
-        .with_source(err),
-        Stage::InTransaction => Error::new(
-            ErrorKind::ConnectionLost,
-            Classification::Transient,
-            format!(
-                "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {}",
-                describe_io(&err)
-            ),
-        )
-        .with_source(err),
-        Stage::InFlight => Error::new(
-            ErrorKind::ConnectionLost,
-            Classification::Ambiguous,
-            format!("connection to {server} was lost while the request was in flight: {}", describe_io(&err)),
-        )
-        .with_source(err),
-    }
-}
-
-/// Whether tokio-postgres refused the request before sending anything because the request is wrong: a
-/// parameter that cannot be encoded as the statement's type (`error serializing parameter N`) or the wrong
-/// number of parameters (`expected N parameters but got M`). tokio-postgres exposes no kind for these but
-/// its message; they have no SQLSTATE, and without this check they would pass for a lost connection:
-/// retried, counted toward a pool rebuild, and their healthy connection thrown away.
-pub(crate) fn is_caller_mistake(err: &tokio_postgres::Error) -> bool {
-    if err.code().is_some() || err.is_closed() {
-        return false;
-    }
-    let message = err.to_string();
-    message.starts_with("error serializing parameter")
-        || (message.starts_with("expected ") && message.contains(" parameters but got "))
-}
-
-/// Whether the connection is unusable after `err`: any failure without a SQLSTATE except a request
-/// tokio-postgres refused before sending it.
-pub(crate) fn link_failed(err: &tokio_postgres::Error) -> bool {
-    err.code().is_none() && !is_caller_mistake(err)
-}
-
-/// The error for a connection found closed before the request was written: nothing was sent.
-pub(crate) fn closed_before_send(server: &str) -> Error {
-    Error::new(
-        ErrorKind::ConnectionLost,
-        Classification::Transient,
-        format!("connection to {server} was closed before the request was sent"),
-    )
-}
-
-/// The most telling part of a tokio-postgres error: its I/O cause where there is one.
-fn describe_io(err: &tokio_postgres::Error) -> String {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return io.to_string();
-        }
-        source = s.source();
-    }
-    err.to_string()
 }
 
 /// The classifier for rampart's Postgres services and stacks.
@@ -265,6 +139,40 @@ impl<Res> Classify<Res, BoxError> for PgClassifier {
             current = err.source();
         }
         Classify::<Res, BoxError>::classify_error(&TimeoutsAreTransient, error)
+    }
+}
+
+/// What a stack's circuit breaker counts: what [`PgClassifier`] calls a failure of the database, except a
+/// connection lost on a pooled link. A lost link says that *connection* failed (a middlebox forgot it, the
+/// server closed it), not that the database is down: the retry's fresh connection answers that, and if
+/// the database is really down, its connect failures and timeouts are counted. Counting lost links would
+/// let one burst of stale connections open the breaker in front of a healthy database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BreakerClassifier;
+
+impl<Res> Classify<Res, BoxError> for BreakerClassifier {
+    fn classify_error(&self, err: &BoxError) -> Classification {
+        match err.downcast_ref::<Error>() {
+            Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Permanent,
+            _ => Classify::<Res, BoxError>::classify_error(&PgClassifier, err),
+        }
+    }
+}
+
+/// What counts toward rebuilding a stack's pool: only pooled links found dead. Failed connects do not
+/// count: a new pool would connect to the same server and fail the same way (the breaker and the retry
+/// backoff are what help then). Nor do shared connections lost in multiplexed mode: one lost shared
+/// connection fails every request in flight on it at once, and the multiplexer replaces it itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LostPooledLinks;
+
+impl<Res> Classify<Res, Error> for LostPooledLinks {
+    fn classify_error(&self, e: &Error) -> Classification {
+        if e.kind() == ErrorKind::ConnectionLost && !e.is_on_shared_connection() {
+            Classification::Transient
+        } else {
+            Classification::Permanent
+        }
     }
 }
 

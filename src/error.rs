@@ -1,9 +1,18 @@
 //! Errors: one type for everything a query can meet, keeping its cause, SQLSTATE and classification.
+//!
+//! A Postgres failure becomes an [`Error`] where it is met ([`crate::outcome`]). The generic layers above
+//! the service return `BoxError`, as tower's own do (so they stack with any tower service); a ready-made
+//! stack turns what they return into an [`Error`] once, at its top, with [`Error::from_layers`]: the
+//! service's own error comes back as it was made, a layer's (an open breaker, a timeout, a deadline) is
+//! classified here.
 
 use std::fmt;
 use std::time::Duration;
 
 use rampart_layers::Classification;
+use rampart_layers::breaker::CircuitOpen;
+use rampart_layers::deadline::{AttemptTimedOut, DeadlineExceeded};
+use rampart_layers::retry::RetryError;
 use tokio_postgres::error::SqlState;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,6 +165,49 @@ impl Error {
     /// How many attempts were made, when a retry layer gave up.
     pub fn attempts(&self) -> Option<u32> {
         self.attempts
+    }
+}
+
+impl Error {
+    /// What the layers of a stack returned, as an [`Error`]: the service's own error as it was made, or
+    /// the layer's classified (see the [module docs](self)).
+    pub(crate) fn from_layers(err: BoxError) -> Error {
+        let err = match err.downcast::<RetryError>() {
+            Ok(retry) => {
+                let attempts = retry.attempts();
+                let cause = Error::from_layers(retry.into_cause());
+                return if attempts > 1 {
+                    cause.with_attempts(attempts)
+                } else {
+                    cause
+                };
+            }
+            Err(err) => err,
+        };
+        let err = match err.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(err) => err,
+        };
+        if let Some(open) = err.downcast_ref::<CircuitOpen>() {
+            let e = Error::new(
+                ErrorKind::CircuitOpen,
+                Classification::Permanent,
+                open.to_string(),
+            );
+            return match open.retry_after() {
+                Some(after) => e.with_retry_in(after),
+                None => e,
+            };
+        }
+        let kind = if err.is::<AttemptTimedOut>() {
+            ErrorKind::Timeout
+        } else if err.is::<DeadlineExceeded>() {
+            ErrorKind::DeadlineExceeded
+        } else {
+            return Error::new(ErrorKind::Other, Classification::Permanent, err.to_string())
+                .with_source(err);
+        };
+        Error::new(kind, Classification::Transient, err.to_string()).with_source(err)
     }
 }
 

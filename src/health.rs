@@ -1,8 +1,11 @@
 //! Health: a serializable report of how the database looks from here, cheap enough for every `/health`.
 //!
-//! [`HealthReport::gather`] reads what the service already knows (the pool's statistics, the breaker's
-//! state, when the last query succeeded and what the last error was) and, if asked, times one probe
-//! round trip. Nothing in it holds a password: the server is named by its redacted URL.
+//! [`Db::health`](crate::Db::health) reads what the stack already knows (the pool's statistics, the
+//! breaker's state, when the last query succeeded and what the last error was) and, if asked, times one
+//! probe round trip. Nothing in it holds a password: the server is named by its redacted URL.
+//!
+//! The last success and the last error are recorded by [`Outcomes`] at the top of the stack, where every
+//! layer's errors are seen (an open breaker, a deadline), not by the service at the bottom.
 //!
 //! | status | when |
 //! |---|---|
@@ -19,9 +22,10 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::mux::MuxStats;
-use crate::pool::{Pool, PoolStats};
+use crate::pool::PoolStats;
 use crate::query::Query;
 use crate::service::PgService;
+use crate::sync::lock;
 
 /// The overall verdict of a [`HealthReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,10 +39,10 @@ pub enum Status {
     Down,
 }
 
-/// What the service remembers between reports: the last success and the last error. Updated on every
+/// What a stack remembers between reports: the last success and the last error. Updated on every
 /// request at the cost of a clock read and an atomic store (a short lock only on errors).
 #[derive(Debug)]
-pub(crate) struct Tracker {
+pub(crate) struct Outcomes {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last success, plus one (0: never).
     last_success: AtomicU64,
@@ -47,7 +51,7 @@ pub(crate) struct Tracker {
     last_error: Mutex<Option<RecentError>>,
 }
 
-impl Default for Tracker {
+impl Default for Outcomes {
     fn default() -> Self {
         Self {
             epoch: Instant::now(),
@@ -58,7 +62,7 @@ impl Default for Tracker {
     }
 }
 
-impl Tracker {
+impl Outcomes {
     fn now_mark(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -79,8 +83,16 @@ impl Tracker {
             code: err.code().map(|c| c.code().to_owned()),
             seconds_ago: 0.0,
         };
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(recent);
+        *lock(&self.last_error) = Some(recent);
         self.last_error_at.store(self.now_mark(), Ordering::Relaxed);
+    }
+
+    /// Records the outcome of one request.
+    pub(crate) fn record<T>(&self, result: &Result<T, Error>) {
+        match result {
+            Ok(_) => self.success(),
+            Err(e) => self.error(e),
+        }
     }
 
     fn ago(&self, mark: u64) -> Option<Duration> {
@@ -94,6 +106,7 @@ impl Tracker {
 
 /// The last failure of the database the service saw, by class (never its message, which may quote data).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct RecentError {
     /// Its [`ErrorKind`](crate::ErrorKind) name.
     pub kind: &'static str,
@@ -107,6 +120,7 @@ pub struct RecentError {
 
 /// The circuit breaker's part of a report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct BreakerReport {
     /// Its name.
     pub name: String,
@@ -122,6 +136,7 @@ pub struct BreakerReport {
 
 /// How the database looks from this service, now. Serializes to JSON for `/health`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct HealthReport {
     /// The verdict.
     pub status: Status,
@@ -143,63 +158,78 @@ pub struct HealthReport {
     pub multiplex: Option<MuxStats>,
 }
 
+impl BreakerReport {
+    fn of(breaker: &BreakerHandle) -> (Self, BreakerState) {
+        let m = breaker.metrics();
+        let report = BreakerReport {
+            name: breaker.name().to_owned(),
+            state: m.state.as_str(),
+            failure_rate: m.failure_rate(),
+            retry_after_seconds: m.retry_after.map(|d| d.as_secs_f64()),
+            rejections: m.rejections,
+        };
+        (report, m.state)
+    }
+}
+
+/// What a report is made of, apart from the clock: the inputs of [`HealthReport::from_parts`].
+struct Parts {
+    server: String,
+    pool: PoolStats,
+    multiplex: Option<MuxStats>,
+    breaker: Option<(BreakerReport, BreakerState)>,
+    last_success: Option<Duration>,
+    /// The last failure and how long ago it was.
+    last_error: Option<(RecentError, Duration)>,
+    probe: Option<Result<Duration, ()>>,
+}
+
 impl HealthReport {
-    /// Builds a report for `service` (and its breaker, if any). With `probe`, runs `SELECT 1` through the
-    /// service's pool (not through the breaker, so a report never counts as traffic) and times it,
-    /// bounded by `probe_timeout`.
-    pub async fn gather(
+    /// Builds a report for `service`, with the outcomes recorded at the top of its stack and its breaker.
+    /// With `probe`, runs `SELECT 1` through the service (not through the breaker, so a report never
+    /// counts as traffic) and times it, bounded by `probe`; its outcome is recorded too, as the freshest
+    /// there is.
+    pub(crate) async fn gather(
         service: &PgService,
+        outcomes: &Outcomes,
         breaker: Option<&BreakerHandle>,
         probe: Option<Duration>,
     ) -> HealthReport {
-        let probe_result = match probe {
-            Some(limit) => Some(probe_once(service, limit).await),
+        let probe = match probe {
+            Some(limit) => Some(probe_once(service, outcomes, limit).await),
             None => None,
         };
-        let mut report = Self::from_parts(service.pool(), service.tracker(), breaker, probe_result);
-        report.multiplex = service.mux_stats();
-        report
+        let last_error = outcomes
+            .ago(outcomes.last_error_at.load(Ordering::Relaxed))
+            .and_then(|ago| lock(&outcomes.last_error).clone().map(|e| (e, ago)));
+        Self::from_parts(Parts {
+            server: service.pool().server().to_owned(),
+            pool: service.pool().stats(),
+            multiplex: service.mux_stats(),
+            breaker: breaker.map(BreakerReport::of),
+            last_success: outcomes.ago(outcomes.last_success.load(Ordering::Relaxed)),
+            last_error,
+            probe,
+        })
     }
 
-    fn from_parts(
-        pool: &Pool,
-        tracker: &Tracker,
-        breaker: Option<&BreakerHandle>,
-        probe: Option<Result<Duration, ()>>,
-    ) -> HealthReport {
-        let last_success = tracker.ago(tracker.last_success.load(Ordering::Relaxed));
-        let last_error_ago = tracker.ago(tracker.last_error_at.load(Ordering::Relaxed));
+    /// The verdict (see the table in the [module docs](self)) and the report.
+    fn from_parts(parts: Parts) -> HealthReport {
         // The error matters only if it is more recent than the last success.
-        let recent_error = match (last_error_ago, last_success) {
-            (Some(err), Some(ok)) if err >= ok => None,
-            (Some(err), _) => tracker
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .map(|mut e| {
-                    e.seconds_ago = err.as_secs_f64();
-                    e
-                }),
+        let recent_error = match (parts.last_error, parts.last_success) {
+            (Some((_, err)), Some(ok)) if err >= ok => None,
+            (Some((mut e, ago)), _) => {
+                e.seconds_ago = ago.as_secs_f64();
+                Some(e)
+            }
             (None, _) => None,
         };
-        let breaker = breaker.map(|b| {
-            let m = b.metrics();
-            BreakerReport {
-                name: b.name().to_owned(),
-                state: m.state.as_str(),
-                failure_rate: m.failure_rate(),
-                retry_after_seconds: m.retry_after.map(|d| d.as_secs_f64()),
-                rejections: m.rejections,
-            }
-        });
-        let pool_stats = pool.stats();
-        let breaker_state = breaker.as_ref().map(|b| b.state);
-        let down = matches!(breaker_state, Some(s) if s == BreakerState::Open.as_str() || s == BreakerState::ForcedOpen.as_str())
-            || matches!(probe, Some(Err(())));
-        let degraded = breaker_state == Some(BreakerState::HalfOpen.as_str())
+        let state = parts.breaker.as_ref().map(|(_, state)| *state);
+        let down = matches!(state, Some(BreakerState::Open | BreakerState::ForcedOpen))
+            || matches!(parts.probe, Some(Err(())));
+        let degraded = state == Some(BreakerState::HalfOpen)
             || recent_error.is_some()
-            || (pool_stats.waiting > 0 && pool_stats.idle == 0);
+            || (parts.pool.waiting > 0 && parts.pool.idle == 0);
         let status = if down {
             Status::Down
         } else if degraded {
@@ -209,38 +239,191 @@ impl HealthReport {
         };
         HealthReport {
             status,
-            server: pool.server().to_owned(),
+            server: parts.server,
             timestamp_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            probe_rtt_ms: probe.and_then(|p| p.ok()).map(|d| d.as_secs_f64() * 1000.0),
-            last_success_seconds_ago: last_success.map(|d| d.as_secs_f64()),
+            probe_rtt_ms: parts
+                .probe
+                .and_then(|p| p.ok())
+                .map(|d| d.as_secs_f64() * 1000.0),
+            last_success_seconds_ago: parts.last_success.map(|d| d.as_secs_f64()),
             recent_error,
-            pool: pool_stats,
-            breaker,
-            multiplex: None,
+            pool: parts.pool,
+            breaker: parts.breaker.map(|(report, _)| report),
+            multiplex: parts.multiplex,
         }
     }
 }
 
-/// One `SELECT 1` through the service, timed. Its outcome is the freshest there is, so it is recorded
-/// (a service under a stack does not record its own outcomes; recording twice is harmless).
-async fn probe_once(service: &PgService, limit: Duration) -> Result<Duration, ()> {
+/// One `SELECT 1` through the service, timed, its outcome recorded.
+async fn probe_once(
+    service: &PgService,
+    outcomes: &Outcomes,
+    limit: Duration,
+) -> Result<Duration, ()> {
     use tower::ServiceExt;
     let started = Instant::now();
-    match service
+    let result = service
         .clone()
         .oneshot(Query::read("SELECT 1").timeout(limit))
-        .await
-    {
-        Ok(_) => {
-            service.tracker().success();
-            Ok(started.elapsed())
+        .await;
+    outcomes.record(&result);
+    result.map(|_| started.elapsed()).map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(idle: usize, waiting: usize) -> PoolStats {
+        PoolStats {
+            max_size: 10,
+            size: 10,
+            idle,
+            in_use: 10 - idle,
+            waiting,
+            created: 10,
+            connect_failures: 0,
+            recycled: 0,
+            validated: 0,
+            evicted_closed: 0,
+            evicted_validation: 0,
+            evicted_lifetime: 0,
+            evicted_idle: 0,
+            discarded: 0,
+            checkout_timeouts: 0,
         }
-        Err(e) => {
-            service.tracker().error(&e);
-            Err(())
+    }
+
+    fn parts() -> Parts {
+        Parts {
+            server: "postgres://app:***@db:5432/app".into(),
+            pool: pool(5, 0),
+            multiplex: None,
+            breaker: None,
+            last_success: Some(Duration::from_secs(1)),
+            last_error: None,
+            probe: None,
         }
+    }
+
+    fn error(ago: Duration) -> Option<(RecentError, Duration)> {
+        let e = RecentError {
+            kind: "connect",
+            classification: "transient",
+            code: None,
+            seconds_ago: 0.0,
+        };
+        Some((e, ago))
+    }
+
+    fn breaker(state: BreakerState) -> Option<(BreakerReport, BreakerState)> {
+        let report = BreakerReport {
+            name: "db".into(),
+            state: state.as_str(),
+            failure_rate: None,
+            retry_after_seconds: None,
+            rejections: 0,
+        };
+        Some((report, state))
+    }
+
+    #[test]
+    fn up_when_nothing_is_wrong() {
+        let report = HealthReport::from_parts(parts());
+        assert_eq!(report.status, Status::Up);
+        assert_eq!(report.recent_error, None);
+        assert_eq!(report.last_success_seconds_ago, Some(1.0));
+    }
+
+    #[test]
+    fn an_error_after_the_last_success_degrades_and_one_before_it_does_not() {
+        // Two seconds ago, before the success one second ago: healed.
+        let report = HealthReport::from_parts(Parts {
+            last_error: error(Duration::from_secs(2)),
+            ..parts()
+        });
+        assert_eq!((report.status, report.recent_error), (Status::Up, None));
+        // Half a second ago, after it.
+        let report = HealthReport::from_parts(Parts {
+            last_error: error(Duration::from_millis(500)),
+            ..parts()
+        });
+        assert_eq!(report.status, Status::Degraded);
+        assert_eq!(report.recent_error.map(|e| e.seconds_ago), Some(0.5));
+        // Never a success.
+        let report = HealthReport::from_parts(Parts {
+            last_success: None,
+            last_error: error(Duration::from_secs(9)),
+            ..parts()
+        });
+        assert_eq!(report.status, Status::Degraded);
+    }
+
+    #[test]
+    fn the_breaker_and_the_probe_decide_down() {
+        for (state, want) in [
+            (BreakerState::Closed, Status::Up),
+            (BreakerState::HalfOpen, Status::Degraded),
+            (BreakerState::Open, Status::Down),
+            (BreakerState::ForcedOpen, Status::Down),
+        ] {
+            let report = HealthReport::from_parts(Parts {
+                breaker: breaker(state),
+                ..parts()
+            });
+            assert_eq!(report.status, want, "{state:?}");
+        }
+        let report = HealthReport::from_parts(Parts {
+            probe: Some(Err(())),
+            ..parts()
+        });
+        assert_eq!(report.status, Status::Down);
+        let report = HealthReport::from_parts(Parts {
+            probe: Some(Ok(Duration::from_millis(2))),
+            ..parts()
+        });
+        assert_eq!(
+            (report.status, report.probe_rtt_ms),
+            (Status::Up, Some(2.0))
+        );
+    }
+
+    #[test]
+    fn callers_waiting_for_an_exhausted_pool_degrade() {
+        let report = HealthReport::from_parts(Parts {
+            pool: pool(0, 3),
+            ..parts()
+        });
+        assert_eq!(report.status, Status::Degraded);
+        // Waiting while connections are idle is a moment of hand-off, not exhaustion.
+        let report = HealthReport::from_parts(Parts {
+            pool: pool(2, 3),
+            ..parts()
+        });
+        assert_eq!(report.status, Status::Up);
+    }
+
+    #[test]
+    fn outcomes_remember_only_failures_of_the_database() {
+        let outcomes = Outcomes::default();
+        outcomes.record::<()>(&Err(Error::new(
+            crate::ErrorKind::Db,
+            rampart_layers::Classification::Permanent,
+            "syntax error",
+        )));
+        assert_eq!(outcomes.last_error_at.load(Ordering::Relaxed), 0);
+        outcomes.record::<()>(&Err(Error::new(
+            crate::ErrorKind::Connect,
+            rampart_layers::Classification::Transient,
+            "refused",
+        )));
+        assert_ne!(outcomes.last_error_at.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            lock(&outcomes.last_error).as_ref().map(|e| e.kind),
+            Some("connect")
+        );
     }
 }

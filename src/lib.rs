@@ -19,49 +19,76 @@
 //!
 //! That stack is deadline → retry (exponential backoff, full jitter, a retry budget) → circuit breaker →
 //! per-attempt timeout → pool rebuilds → [`PgService`] over a [`Pool`] that validates connections idle past
-//! a bypass window before handing them out. Every piece is also usable on its own; see [`stack`] for what
+//! a bypass window before handing them out. Every piece is also usable on its own; see [`Stack`] for what
 //! each does and its defaults, and [`layers`] for the generic middleware.
 //!
 //! # The rules it keeps
 //!
-//! - **Bad SQL is never retried** and never trips the breaker ([`classify`] has the SQLSTATE table).
+//! - **Bad SQL is never retried** and never trips the breaker ([`PgClassifier`] has the SQLSTATE table).
 //! - **A write whose outcome is unknown is never silently replayed**: [`Query::write`] is not idempotent
 //!   unless marked so (or given an idempotency key); the error says [`Error::is_outcome_unknown`].
 //! - **No query hangs**: a deadline and a per-attempt timeout are on by default; a request that is given up
 //!   on is cancelled on the server and its connection discarded.
 //! - **No password leaks** into `Debug`, `Display`, logs, errors or health reports ([`PgConfig::redacted_url`]).
+//!
+//! # The map
+//!
+//! Data flows one way, down this list: no module imports one above it.
+//!
+//! | file | the decision it holds |
+//! |---|---|
+//! | `stack.rs` | the ready-made stacks: which layers, in what order, with which defaults |
+//! | `health.rs` | the health verdict, from the outcomes recorded at the top of a stack |
+//! | `tx.rs` | transactions re-run whole, through the retry layer |
+//! | `service.rs` | a query's path: to a shared connection or a pooled one |
+//! | `mux/` | multiplexing: which statements share a connection, and where each goes |
+//! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
+//! | `pool/` | the pool: checkout, validation, lifetime, eviction, what becomes of a connection after a request |
+//! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
+//! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
+//! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
+//! | `error.rs` | the one error type; layers' errors converted once |
+//! | `query.rs`, `config.rs`, `tls.rs`, `cache.rs`, `sync.rs` | requests, settings, connectors, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
-pub mod classify;
-pub mod config;
+mod cache;
+mod classify;
+mod config;
 mod error;
-pub mod health;
-pub mod mux;
-pub mod pool;
-pub mod pooler;
-pub mod query;
-pub mod service;
-pub mod stack;
+mod exec;
+mod health;
+mod mux;
+mod outcome;
+mod pool;
+mod pooler;
+mod query;
+mod service;
+mod stack;
+mod sync;
 mod tls;
-pub mod tx;
+mod tx;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use rampart_layers as layers;
+/// tokio-postgres, the driver underneath, for its types (rows, `ToSql`, SQLSTATEs): use it from here so
+/// your code and rampart agree on one copy.
+pub use tokio_postgres as postgres;
 
 /// The README's Rust examples, compiled as doc tests so the front page can't drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use classify::PgClassifier;
+pub use classify::{PgClassifier, classify_pooler_message, classify_sqlstate};
 pub use config::{PgConfig, PoolerMode, Preset, TlsMode};
 pub use error::{ConfigError, Error, ErrorKind};
-pub use health::{HealthReport, Status};
-pub use mux::{MuxConfig, MuxStats};
-pub use pool::{Pool, PoolConfig, PoolStats};
-pub use query::{Query, Response};
+pub use health::{BreakerReport, HealthReport, RecentError, Status};
+pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
+pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};
+pub use query::{Param, Query, Response};
 pub use service::PgService;
 pub use stack::{Db, Stack, StackBuilder};
+pub use tx::{IsolationLevel, Params, Transactor, Tx, TxFuture};

@@ -77,123 +77,17 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use futures_util::TryStreamExt;
-use tokio::time::Instant;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{GenericClient, Row};
-
-pub use crate::config::PoolerMode;
-
-use crate::classify::{Stage, from_pg};
-use crate::error::Error;
-use crate::pool::{InFlight, Pool};
-use crate::query::{Param, Query, Response};
-use crate::service::statement_timeout_for;
 use rampart_layers::deadline::Deadlined;
+use tokio::time::Instant;
 
-/// How many distinct SQL texts a pool remembers the parameter types of; past it, the cache starts over.
-const MAX_CACHED: usize = 1024;
-
-/// The parameter types of each SQL text, learned once per pool, so later requests are sent unnamed in
-/// one message. Shared by every connection of the pool: types depend on the SQL and the schema, not on
-/// the server session.
-#[derive(Debug, Default)]
-pub(crate) struct ParamTypes {
-    map: Mutex<HashMap<Arc<str>, Arc<[Type]>>>,
-}
-
-impl ParamTypes {
-    pub(crate) fn get(&self, sql: &str) -> Option<Arc<[Type]>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sql)
-            .cloned()
-    }
-
-    fn insert(&self, sql: &str, types: Arc<[Type]>) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_CACHED {
-            map.clear();
-        }
-        map.insert(sql.into(), types);
-    }
-
-    /// The parameter types of `sql`, from the cache or by preparing it on `client`, which must be inside
-    /// a transaction: the named statement is closed (its `Close` is queued when it is dropped here)
-    /// before the transaction ends, so it never outlives the server session it was made on.
-    pub(crate) async fn learn<C: GenericClient>(
-        &self,
-        client: &C,
-        sql: &str,
-    ) -> Result<Arc<[Type]>, tokio_postgres::Error> {
-        if let Some(types) = self.get(sql) {
-            return Ok(types);
-        }
-        let statement = client.prepare(sql).await?;
-        let types: Arc<[Type]> = statement.params().into();
-        self.insert(sql, types.clone());
-        Ok(types)
-    }
-}
-
-/// `params` paired with `types`, as `query_typed` takes them. A count mismatch is left for tokio-postgres
-/// to report.
-pub(crate) fn typed<'a>(
-    params: impl IntoIterator<Item = &'a (dyn ToSql + Sync)>,
-    types: &[Type],
-) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
-    let mut types = types.iter();
-    params
-        .into_iter()
-        .map(|p| (p, types.next().cloned().unwrap_or(Type::UNKNOWN)))
-        .collect()
-}
-
-/// `SET LOCAL statement_timeout` for a transaction with `remaining` time (0: none).
-pub(crate) fn set_local_timeout(remaining: Option<std::time::Duration>) -> String {
-    let ms = remaining
-        .and_then(|r| statement_timeout_for(Some(r), 0))
-        .unwrap_or(0);
-    format!("SET LOCAL statement_timeout = {ms}")
-}
-
-type Outcome = Result<(Vec<Row>, u64), tokio_postgres::Error>;
-
-/// Whether the connection is gone after `err`: an I/O failure, or a `FATAL` error, after which the
-/// server, or the pooler (it closes the client after its own errors), hangs up. Discarding the
-/// connection at once keeps it from being handed out before its closing is noticed.
-fn connection_gone(err: &tokio_postgres::Error) -> bool {
-    crate::classify::link_failed(err)
-        || err.as_db_error().is_some_and(|db| {
-            db.parsed_severity() == Some(tokio_postgres::error::Severity::Fatal)
-                || db.severity() == "FATAL"
-        })
-}
-
-async fn unnamed(
-    client: &tokio_postgres::Client,
-    sql: &str,
-    params: &[Param],
-    types: &[Type],
-) -> Outcome {
-    let params = typed(
-        params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
-        types,
-    );
-    let stream = client.query_typed_raw(sql, params).await?;
-    futures_util::pin_mut!(stream);
-    let rows: Vec<Row> = stream.as_mut().try_collect().await?;
-    Ok((rows, stream.rows_affected().unwrap_or(0)))
-}
+use crate::error::Error;
+use crate::exec::{set_local_timeout, unnamed};
+use crate::outcome::{Link, Stage, connection_gone, failure};
+use crate::pool::{InFlight, Pool};
+use crate::query::{Query, Response};
 
 /// Runs `query` on `in_flight`'s connection without leaving anything in the server session: see the
-/// [module docs](self). Returns the connection to the pool (or discards it) as [`PgService`] does.
-///
-/// [`PgService`]: crate::PgService
+/// [module docs](self). Returns the connection to the pool (or discards it) as the outcome says.
 pub(crate) async fn run(
     pool: &Pool,
     mut in_flight: InFlight,
@@ -207,100 +101,80 @@ pub(crate) async fn run(
     let cache = pool.param_types();
     let known = cache.get(sql);
 
-    let (outcome, stage, link_failed) = {
-        let client: &tokio_postgres::Client = in_flight.conn().client();
-        match (known, remaining) {
-            // No deadline and the types known: one unnamed statement, nothing else.
-            (Some(types), None) => {
-                let outcome = unnamed(client, sql, params, &types).await;
-                let link_failed = outcome.as_ref().is_err_and(connection_gone);
-                (outcome, Stage::InFlight, link_failed)
-            }
-            (known, remaining) => {
-                let begin = match remaining {
-                    Some(_) => format!("BEGIN; {}", set_local_timeout(remaining)),
-                    None => "BEGIN".to_owned(),
-                };
+    let client: &tokio_postgres::Client = in_flight.conn().client();
+    let (types, begin) = match (known, remaining) {
+        // No deadline and the types known: one unnamed statement, nothing else.
+        (Some(types), None) => {
+            let outcome = unnamed(client, sql, params, &types).await;
+            return in_flight.finish(outcome, Stage::Sent);
+        }
+        (known, remaining) => {
+            let begin = match remaining {
+                Some(_) => format!("BEGIN; {}", set_local_timeout(remaining)),
+                None => "BEGIN".to_owned(),
+            };
+            match known {
                 // `begin` is `None` once sent (while the types were learned).
-                let (types, begin) = match known {
-                    Some(types) => (types, Some(begin)),
-                    None => {
-                        // First time this SQL is seen: learn its types inside the transaction.
-                        let (began, types) = futures_util::future::join(
-                            client.batch_execute(&begin),
-                            cache.learn(client, sql),
-                        )
-                        .await;
-                        match began.and(types) {
-                            Ok(types) => (types, None),
-                            Err(e) => {
-                                // Nothing of the statement ran; end the (aborted) transaction.
-                                let rolled_back = client.batch_execute("ROLLBACK").await.is_ok();
-                                let link_failed = connection_gone(&e) || !rolled_back;
-                                return finish(
-                                    pool,
-                                    in_flight,
-                                    Err(e),
-                                    Stage::BeforeSend,
-                                    link_failed,
-                                );
-                            }
+                Some(types) => (types, Some(begin)),
+                None => {
+                    // First time this SQL is seen: learn its types inside the transaction.
+                    let (began, types) = futures_util::future::join(
+                        client.batch_execute(&begin),
+                        cache.learn(client, sql),
+                    )
+                    .await;
+                    match began.and(types) {
+                        Ok(types) => (types, None),
+                        Err(e) => {
+                            // Nothing of the statement ran; end the (aborted) transaction.
+                            let rolled_back = connection_gone(&e)
+                                || client.batch_execute("ROLLBACK").await.is_ok();
+                            let failed = failure(e, Stage::NotSent, Link::Own, pool.server());
+                            in_flight.release(failed.gone || !rolled_back);
+                            return Err(failed.error);
                         }
                     }
-                };
-                let begin = async {
-                    match &begin {
-                        Some(sql) => client.batch_execute(sql).await,
-                        None => Ok(()),
-                    }
-                };
-                // One round trip: BEGIN (if not sent yet), the statement and COMMIT, pipelined.
-                let (began, outcome, committed) = futures_util::future::join3(
-                    begin,
-                    unnamed(client, sql, params, &types),
-                    client.batch_execute("COMMIT"),
-                )
-                .await;
-                let link_failed = [
-                    began.as_ref().err(),
-                    outcome.as_ref().err(),
-                    committed.as_ref().err(),
-                ]
-                .into_iter()
-                .flatten()
-                .any(connection_gone);
-                // The first failure is the one to report: after a failed BEGIN or statement, COMMIT
-                // only rolls back.
-                let outcome = match (began, outcome) {
-                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-                    (Ok(()), Ok(rows)) => committed.map(|()| rows),
-                };
-                (outcome, Stage::InFlight, link_failed)
+                }
             }
         }
     };
-    finish(pool, in_flight, outcome, stage, link_failed)
-}
-
-fn finish(
-    pool: &Pool,
-    mut in_flight: InFlight,
-    outcome: Outcome,
-    stage: Stage,
-    link_failed: bool,
-) -> Result<Response, Error> {
+    let begin = async {
+        match &begin {
+            Some(sql) => client.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
+    // One round trip: BEGIN (if not sent yet), the statement and COMMIT, pipelined.
+    let (began, outcome, committed) = futures_util::future::join3(
+        begin,
+        unnamed(client, sql, params, &types),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    // A failure of any of the three can end the connection, not only the one reported.
+    let gone = [
+        began.as_ref().err(),
+        outcome.as_ref().err(),
+        committed.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(connection_gone);
+    // The first failure is the one to report: after a failed BEGIN or statement, COMMIT only rolls back.
+    let outcome = match (began, outcome) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(rows)) => committed.map(|()| rows),
+    };
     match outcome {
-        Ok((rows, affected)) => {
-            in_flight.conn().mark_ok();
-            in_flight.finish(false);
-            Ok(Response::new(rows, affected))
+        Ok(response) if !gone => in_flight.finish(Ok(response), Stage::Sent),
+        Ok(response) => {
+            in_flight.release(true);
+            Ok(response)
         }
         Err(e) => {
-            if !link_failed {
-                in_flight.conn().mark_ok();
-            }
-            in_flight.finish(link_failed);
-            Err(from_pg(e, stage, pool.server()))
+            let failed = failure(e, Stage::Sent, Link::Own, pool.server());
+            in_flight.release(failed.gone || gone);
+            Err(failed.error)
         }
     }
 }

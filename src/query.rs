@@ -42,7 +42,7 @@ pub struct Query {
     idempotency_key: Option<Arc<str>>,
     deadline: Option<Instant>,
     /// The time the caller granted with [`Query::timeout`].
-    requested: Option<Duration>,
+    granted: Option<Duration>,
     exclusive: bool,
 }
 
@@ -69,7 +69,7 @@ impl Query {
             idempotent: false,
             idempotency_key: None,
             deadline: None,
-            requested: None,
+            granted: None,
             exclusive: false,
         }
     }
@@ -121,7 +121,7 @@ impl Query {
     /// timeout sends the query to an exclusive connection: granting more time says it may be slow.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.deadline = Some(Instant::now() + timeout);
-        self.requested = Some(timeout);
+        self.granted = Some(timeout);
         self
     }
 
@@ -140,8 +140,8 @@ impl Query {
     }
 
     /// The time granted with [`Query::timeout`], if any.
-    pub fn requested_timeout(&self) -> Option<Duration> {
-        self.requested
+    pub fn granted(&self) -> Option<Duration> {
+        self.granted
     }
 
     /// The SQL text, shared.
@@ -186,7 +186,7 @@ impl Deadlined for Query {
     }
 
     fn granted(&self) -> Option<Duration> {
-        self.requested
+        self.granted
     }
 }
 

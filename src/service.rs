@@ -15,7 +15,8 @@
 //!
 //! Behind a pooler in transaction mode ([`PoolerMode::Transaction`]) nothing may live in the session:
 //! statements are sent unnamed and the deadline is set with `SET LOCAL` inside the statement's own
-//! transaction; see [`crate::pooler`].
+//! transaction; see [`crate::pooler`]. How a statement is sent is [`crate::exec`]'s; what a failure means, and
+//! whether the connection survives it, [`crate::outcome`]'s.
 //!
 //! [`PgService::multiplexed`] adds shared connections that pipeline many independent statements each,
 //! beside the pool; see [`crate::mux`] for how requests are routed between the two.
@@ -27,40 +28,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use rampart_layers::Classification;
 use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
-use crate::classify::{Stage, closed_before_send, from_pg, link_failed};
 use crate::config::PoolerMode;
 use crate::error::{ConfigError, Error, ErrorKind};
-use crate::health::Tracker;
-use crate::mux::{Mux, MuxConfig, MuxStats};
+use crate::exec::{self, statement_timeout_for};
+use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
+use crate::outcome::{Stage, closed_before_send};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
-
-/// Slack added above a pushed-down `statement_timeout`, so the session setting is reused across
-/// requests with similar deadlines instead of being set for every one.
-fn slack(remaining_ms: u64) -> u64 {
-    (remaining_ms / 5).max(100)
-}
-
-/// The statement timeout to set for a request with `remaining` time, or `None` if the session's current
-/// setting `current_ms` already fits (at least the remaining time, at most remaining plus slack).
-pub(crate) fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64) -> Option<u64> {
-    match remaining {
-        None => (current_ms != 0).then_some(0),
-        Some(remaining) => {
-            let want = (remaining.as_millis() as u64).max(1);
-            let fits = current_ms >= want && current_ms <= want + slack(want);
-            (!fits).then_some(want + slack(want) / 2)
-        }
-    }
-}
 
 /// The database as a `tower::Service`: [`Query`] in, [`Response`] out.
 ///
@@ -80,21 +59,12 @@ pub(crate) fn statement_timeout_for(remaining: Option<Duration>, current_ms: u64
 pub struct PgService {
     pool: Pool,
     mux: Option<Arc<Mux>>,
-    tracker: Arc<Tracker>,
-    /// Whether this service reports its outcomes to the tracker. A ready-made stack reports at its top
-    /// (where layer errors such as an open breaker are seen too), so its service does not do it again.
-    reports: bool,
 }
 
 impl PgService {
     /// A service running queries on connections from `pool`.
     pub fn new(pool: Pool) -> Self {
-        Self {
-            pool,
-            mux: None,
-            tracker: Arc::default(),
-            reports: true,
-        }
+        Self { pool, mux: None }
     }
 
     /// A multiplexed service: independent statements pipelined over a few shared connections, the rest
@@ -112,36 +82,16 @@ impl PgService {
     /// # Ok(()) }
     /// ```
     pub fn multiplexed(pool: Pool, config: MuxConfig) -> Result<Self, ConfigError> {
-        let mut service = Self::new(pool);
-        service.mux = Some(service.new_mux(config)?);
-        Ok(service)
-    }
-
-    fn new_mux(&self, config: MuxConfig) -> Result<Arc<Mux>, ConfigError> {
-        Mux::new(
-            Arc::new(self.pool.pg_config().clone()),
-            self.pool.config(),
-            self.pool.server().into(),
+        let mux = Mux::new(
+            Arc::new(pool.pg_config().clone()),
+            pool.config(),
+            pool.server().into(),
             config,
-        )
-    }
-
-    /// A service under a stack that reports outcomes to `tracker` itself; this one only reads it.
-    pub(crate) fn with_tracker(
-        pool: Pool,
-        mux: Option<MuxConfig>,
-        tracker: Arc<Tracker>,
-    ) -> Result<Self, ConfigError> {
-        let mut service = Self {
+        )?;
+        Ok(Self {
             pool,
-            mux: None,
-            tracker,
-            reports: false,
-        };
-        if let Some(config) = mux {
-            service.mux = Some(service.new_mux(config)?);
-        }
-        Ok(service)
+            mux: Some(mux),
+        })
     }
 
     /// What the shared connections are doing, if the service is multiplexed.
@@ -153,32 +103,15 @@ impl PgService {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
-
-    pub(crate) fn tracker(&self) -> &Arc<Tracker> {
-        &self.tracker
-    }
-}
-
-/// Runs a statement on `client` and collects its rows and affected-row count.
-pub(crate) async fn execute(
-    client: &tokio_postgres::Client,
-    statement: &tokio_postgres::Statement,
-    params: &[crate::query::Param],
-) -> Result<Response, tokio_postgres::Error> {
-    let params = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
-    let stream = client.query_raw(statement, params).await?;
-    futures_util::pin_mut!(stream);
-    let rows: Vec<tokio_postgres::Row> = stream.as_mut().try_collect().await?;
-    Ok(Response::new(rows, stream.rows_affected().unwrap_or(0)))
 }
 
 async fn run(pool: Pool, mux: Option<Arc<Mux>>, query: Query) -> Result<Response, Error> {
     let query = match mux {
-        Some(mux) if mux.shares(&query) => match mux.run(query).await {
-            Ok(result) => return result,
-            Err(spilled) => spilled,
+        Some(mux) => match mux.run(query).await {
+            Routed::Done(result) => return result,
+            Routed::ToPool(query) => query,
         },
-        _ => query,
+        None => query,
     };
     run_pooled(pool, query).await
 }
@@ -196,11 +129,10 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
     }
     let conn = pool.get_within(remaining).await?;
     let mut in_flight = InFlight::new(pool.clone(), conn);
-    let server = pool.server();
 
     if in_flight.conn().client().is_closed() {
-        in_flight.finish(true);
-        return Err(closed_before_send(server));
+        in_flight.release(true);
+        return Err(closed_before_send(pool.server()));
     }
     if pool.pg_config().pooler_mode() == PoolerMode::Transaction {
         return crate::pooler::run(&pool, in_flight, &query).await;
@@ -208,11 +140,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
     // Preparing sends only a Parse: if the link fails here the statement never ran.
     let statement = match in_flight.conn().client().prepare_cached(query.sql()).await {
         Ok(s) => s,
-        Err(e) => {
-            let link_failed = link_failed(&e);
-            in_flight.finish(link_failed);
-            return Err(from_pg(e, Stage::BeforeSend, server));
-        }
+        Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
     };
 
     let remaining = query
@@ -232,7 +160,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
                 None => Ok(None),
             }
         };
-        let rows = execute(client, &statement, query.params());
+        let rows = exec::prepared(client, &statement, query.params());
         futures_util::future::join(set, rows).await
     };
     match set_result {
@@ -241,23 +169,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
         // Unknown: make the next request set it again.
         Err(_) => in_flight.conn().set_statement_timeout_ms(u64::MAX),
     }
-    let result = set_result.and(result);
-    match result {
-        Ok(response) => {
-            in_flight.conn().mark_ok();
-            in_flight.finish(false);
-            Ok(response)
-        }
-        Err(e) => {
-            // A server error means the link works; anything else means it does not.
-            let link_failed = link_failed(&e);
-            if !link_failed {
-                in_flight.conn().mark_ok();
-            }
-            in_flight.finish(link_failed);
-            Err(from_pg(e, Stage::InFlight, server))
-        }
-    }
+    in_flight.finish(set_result.and(result), Stage::Sent)
 }
 
 impl tower::Service<Query> for PgService {
@@ -270,49 +182,6 @@ impl tower::Service<Query> for PgService {
     }
 
     fn call(&mut self, query: Query) -> Self::Future {
-        let pool = self.pool.clone();
-        let mux = self.mux.clone();
-        if !self.reports {
-            return Box::pin(run(pool, mux, query));
-        }
-        let tracker = self.tracker.clone();
-        Box::pin(async move {
-            let result = run(pool, mux, query).await;
-            match &result {
-                Ok(_) => tracker.success(),
-                Err(e) => tracker.error(e),
-            }
-            result
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statement_timeout_is_set_only_when_the_session_setting_does_not_fit() {
-        // No deadline: clear a leftover setting, leave a clear one alone.
-        assert_eq!(statement_timeout_for(None, 0), None);
-        assert_eq!(statement_timeout_for(None, 900), Some(0));
-        // A deadline: set remaining plus half the slack...
-        assert_eq!(
-            statement_timeout_for(Some(Duration::from_millis(1000)), 0),
-            Some(1100)
-        );
-        // ...and keep it while it still fits the next requests' remaining time.
-        assert_eq!(
-            statement_timeout_for(Some(Duration::from_millis(990)), 1100),
-            None
-        );
-        assert_eq!(
-            statement_timeout_for(Some(Duration::from_millis(2000)), 1100),
-            Some(2200)
-        );
-        assert_eq!(
-            statement_timeout_for(Some(Duration::from_millis(300)), 1100),
-            Some(350)
-        );
+        Box::pin(run(self.pool.clone(), self.mux.clone(), query))
     }
 }

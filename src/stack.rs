@@ -56,31 +56,25 @@
 //! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rampart_layers::Classification;
-use rampart_layers::breaker::{
-    BreakerConfig, BreakerHandle, CircuitBreakerLayer, CircuitOpen, SlidingWindow,
-};
-use rampart_layers::classify::{Classify, classify_fn};
-use rampart_layers::deadline::{
-    AttemptTimedOut, AttemptTimeoutLayer, DeadlineExceeded, DeadlineLayer,
-};
-use rampart_layers::recreate::{Recreate, RecreateConfig};
+use rampart_layers::breaker::{BreakerConfig, BreakerHandle, CircuitBreakerLayer, SlidingWindow};
+use rampart_layers::deadline::{AttemptTimeoutLayer, DeadlineLayer};
+use rampart_layers::recreate::{Recreate, RecreateConfig, RecreateHandle};
 use rampart_layers::retry::backoff::{Exponential, Jitter};
-use rampart_layers::retry::{RetryBudget, RetryError, RetryLayer, RetryPolicy};
+use rampart_layers::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use tower::util::{BoxCloneSyncService, Either};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use crate::classify::PgClassifier;
+use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
-use crate::error::{ConfigError, Error, ErrorKind};
-use crate::health::{HealthReport, Tracker};
+use crate::error::{ConfigError, Error};
+use crate::health::{HealthReport, Outcomes};
 use crate::mux::MuxConfig;
 use crate::pool::{Pool, PoolConfig};
 use crate::query::{Query, Response};
@@ -97,7 +91,7 @@ pub struct StackBuilder {
     attempt_timeout: Duration,
     max_attempts: u32,
     schedule: Exponential,
-    budget: Option<(Duration, u32, f32)>,
+    budget: Option<RetryBudget>,
     breaker: Option<BreakerConfig>,
     recreate_after: Option<u32>,
     mux: Option<MuxConfig>,
@@ -189,7 +183,13 @@ impl StackBuilder {
             attempt_timeout: attempt,
             max_attempts: 4,
             schedule,
-            budget: Some((Duration::from_secs(10), 10, 0.2)),
+            // tower's defaults: retries at most 20% of the last 10 s of requests, plus 10 a second.
+            budget: RetryBudget::builder()
+                .window(Duration::from_secs(10))
+                .min_retries_per_second(10)
+                .retry_ratio(0.2)
+                .build()
+                .ok(),
             breaker: Some(breaker),
             recreate_after: Some(8),
             mux: None,
@@ -251,9 +251,10 @@ impl StackBuilder {
         self
     }
 
-    /// The retry budget: retries may be at most `ratio` of the requests of the last `window`, plus
-    /// `min_per_second`. `None` removes it (not recommended: stacked retries then multiply).
-    pub fn retry_budget(mut self, budget: Option<(Duration, u32, f32)>) -> Self {
+    /// The retry budget (by default tower's: retries at most 20% of the requests of the last 10 s, plus
+    /// 10 a second). Share one [`RetryBudget`] between stacks to bound their retries together; `None`
+    /// removes it (not recommended: stacked retries then multiply).
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
         self.budget = budget;
         self
     }
@@ -301,94 +302,67 @@ impl StackBuilder {
             .on_retry(move |_| {
                 counted.fetch_add(1, Ordering::Relaxed);
             });
-        if let Some((window, min, ratio)) = self.budget {
-            let budget = RetryBudget::builder()
-                .window(window)
-                .min_retries_per_second(min)
-                .retry_ratio(ratio)
-                .build()
-                .map_err(|e| ConfigError::new("retry_budget", e.to_string()))?;
+        if let Some(budget) = self.budget {
             policy = policy.budget(budget);
         }
         let policy = policy
             .build()
             .map_err(|e| ConfigError::new("retry", e.to_string()))?;
 
-        let pool = Pool::new(pg.clone(), self.pool.clone())?;
-        // One tracker for the whole stack: errors made by the layers (a deadline, an open breaker) count
-        // for health as much as those of the service, and it survives a rebuilt pool.
-        let tracker = Arc::new(Tracker::default());
         let mux = self
             .mux
             .map(|m| m.or_statement_timeout(self.attempt_timeout));
-        let service = PgService::with_tracker(pool, mux.clone(), tracker.clone())?;
-        let current = Arc::new(Mutex::new(service.clone()));
-
-        let recreate = match self.recreate_after {
-            Some(threshold) => Some(
-                RecreateConfig::builder()
+        let service = new_service(&pg, &self.pool, mux.as_ref())?;
+        let (bottom, services) = match self.recreate_after {
+            Some(threshold) => {
+                let config = RecreateConfig::builder()
                     .failure_threshold(threshold)
                     .build()
-                    .map_err(|e| ConfigError::new("recreate_after", e.to_string()))?,
+                    .map_err(|e| ConfigError::new("recreate_after", e.to_string()))?;
+                let (pool, mux) = (self.pool.clone(), mux.clone());
+                let factory = BoxCloneSyncService::new(tower::service_fn(move |()| {
+                    std::future::ready(new_service(&pg, &pool, mux.as_ref()))
+                }));
+                let recreate = Recreate::with_classifier(service, factory, config, LostPooledLinks);
+                let handle = recreate.handle();
+                (Either::Left(recreate), Services::Rebuilt(handle))
+            }
+            // Both arms must fail alike: the layers' `BoxError`, which `Recreate` returns.
+            None => (
+                Either::Right(
+                    service
+                        .clone()
+                        .map_err(BoxError::from as fn(Error) -> BoxError),
+                ),
+                Services::Fixed(service),
             ),
-            None => None,
-        };
-        let factory = {
-            let current = current.clone();
-            let pool_config = self.pool.clone();
-            let tracker = tracker.clone();
-            tower::service_fn(move |()| {
-                let current = current.clone();
-                let tracker = tracker.clone();
-                let built = Pool::new(pg.clone(), pool_config.clone())
-                    .and_then(|pool| PgService::with_tracker(pool, mux.clone(), tracker));
-                async move {
-                    let service = built.map_err(|e| -> BoxError { Box::new(e) })?;
-                    *current.lock().unwrap_or_else(|p| p.into_inner()) = service.clone();
-                    Ok::<_, BoxError>(boxed_errors(service))
-                }
-            })
         };
 
         let breaker_layer = self
             .breaker
             .map(|c| CircuitBreakerLayer::new(c).with_classifier(BreakerClassifier));
         let breaker = breaker_layer.as_ref().map(|l| l.handle());
-        let bottom = boxed_errors(service);
-        let (bottom, rebuilds): (Either<_, BoxedErrors>, Arc<dyn Fn() -> u64 + Send + Sync>) =
-            match recreate {
-                Some(config) => {
-                    let recreate =
-                        Recreate::with_classifier(bottom, factory, config, connection_failures());
-                    let handle = recreate.handle();
-                    (
-                        Either::Left(recreate),
-                        Arc::new(move || handle.generation()),
-                    )
-                }
-                None => (Either::Right(bottom), Arc::new(|| 0)),
-            };
-
+        // One record of outcomes for the whole stack, at its top: errors made by the layers (a deadline,
+        // an open breaker) count for health as much as those of the service, and it survives a rebuilt
+        // pool.
+        let outcomes = Arc::new(Outcomes::default());
+        let recorded = outcomes.clone();
         let inner = ServiceBuilder::new()
             .map_result(move |result: Result<Response, Error>| {
-                match &result {
-                    Ok(_) => tracker.success(),
-                    Err(e) => tracker.error(e),
-                }
+                recorded.record(&result);
                 result
             })
-            .map_err(into_error)
+            .map_err(Error::from_layers)
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
-            .map_err(Into::<BoxError>::into)
             .service(bottom);
         Ok(Db {
             inner: BoxCloneSyncService::new(inner),
-            current,
+            services,
+            outcomes,
             breaker,
-            rebuilds,
             retries,
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
@@ -396,42 +370,43 @@ impl StackBuilder {
     }
 }
 
-type BoxedErrors = tower::util::MapErr<PgService, fn(Error) -> BoxError>;
-
-/// The service with its errors boxed, as the layers above it return theirs (a named type, so the
-/// recreate factory can produce it too).
-fn boxed_errors(service: PgService) -> BoxedErrors {
-    service.map_err(|e: Error| -> BoxError { Box::new(e) })
-}
-
-/// What the breaker counts: what [`PgClassifier`] calls a failure of the database, except a connection
-/// lost on a pooled link. A lost link says that *connection* failed (a middlebox forgot it, the server
-/// closed it), not that the database is down: the retry's fresh connection answers that, and if the
-/// database is really down, its connect failures and timeouts are counted. Counting lost links would
-/// let one burst of stale connections open the breaker in front of a healthy database.
-#[derive(Debug, Clone, Copy)]
-struct BreakerClassifier;
-
-impl Classify<Response, BoxError> for BreakerClassifier {
-    fn classify_error(&self, err: &BoxError) -> Classification {
-        match err.downcast_ref::<Error>() {
-            Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Permanent,
-            _ => Classify::<Response, BoxError>::classify_error(&PgClassifier, err),
-        }
+/// A service over a new pool: the stack's first, and each one the pool rebuilds make.
+fn new_service(
+    pg: &PgConfig,
+    pool: &PoolConfig,
+    mux: Option<&MuxConfig>,
+) -> Result<PgService, ConfigError> {
+    let pool = Pool::new(pg.clone(), pool.clone())?;
+    match mux {
+        Some(config) => PgService::multiplexed(pool, config.clone()),
+        None => Ok(PgService::new(pool)),
     }
 }
 
-/// What counts toward rebuilding the pool: only pooled links found dead. Failed connects do not count:
-/// a new pool would connect to the same server and fail the same way (the breaker and the retry backoff
-/// are what help then). Nor do shared connections lost in multiplexed mode: one lost shared connection
-/// fails every request in flight on it at once, and the multiplexer replaces it itself.
-fn connection_failures() -> impl Classify<Response, BoxError> + Clone {
-    classify_fn(|err: &BoxError| match err.downcast_ref::<Error>() {
-        Some(e) if e.kind() == ErrorKind::ConnectionLost && !e.is_on_shared_connection() => {
-            Classification::Transient
+/// What makes a new service when the pool is rebuilt.
+type Factory = BoxCloneSyncService<(), PgService, ConfigError>;
+
+/// Where the current service is read from: the rebuilding layer holds it, if the stack has one.
+#[derive(Clone)]
+enum Services {
+    Fixed(PgService),
+    Rebuilt(RecreateHandle<PgService, Factory>),
+}
+
+impl Services {
+    fn current(&self) -> PgService {
+        match self {
+            Services::Fixed(service) => service.clone(),
+            Services::Rebuilt(handle) => handle.current(),
         }
-        _ => Classification::Permanent,
-    })
+    }
+
+    fn rebuilds(&self) -> u64 {
+        match self {
+            Services::Fixed(_) => 0,
+            Services::Rebuilt(handle) => handle.generation(),
+        }
+    }
 }
 
 /// The first keyword of a statement (`SELECT`, `insert`, ...) as written, for logs; at most 16 bytes.
@@ -444,61 +419,13 @@ fn statement_verb(sql: &str) -> &str {
     &sql[..end]
 }
 
-/// Turns whatever a layer returned into a [`rampart::Error`](Error).
-fn into_error(err: BoxError) -> Error {
-    let err = match err.downcast::<RetryError>() {
-        Ok(retry) => {
-            let attempts = retry.attempts();
-            let cause = into_error(retry.into_cause());
-            return if attempts > 1 {
-                cause.with_attempts(attempts)
-            } else {
-                cause
-            };
-        }
-        Err(err) => err,
-    };
-    let err = match err.downcast::<Error>() {
-        Ok(e) => return *e,
-        Err(err) => err,
-    };
-    if let Some(open) = err.downcast_ref::<CircuitOpen>() {
-        let e = Error::new(
-            ErrorKind::CircuitOpen,
-            Classification::Permanent,
-            open.to_string(),
-        );
-        return match open.retry_after() {
-            Some(after) => e.with_retry_in(after),
-            None => e,
-        };
-    }
-    if err.is::<AttemptTimedOut>() {
-        return Error::new(
-            ErrorKind::Timeout,
-            Classification::Transient,
-            err.to_string(),
-        )
-        .with_source(err);
-    }
-    if err.is::<DeadlineExceeded>() {
-        return Error::new(
-            ErrorKind::DeadlineExceeded,
-            Classification::Transient,
-            err.to_string(),
-        )
-        .with_source(err);
-    }
-    Error::new(ErrorKind::Other, Classification::Permanent, err.to_string()).with_source(err)
-}
-
 /// The ready-made stack: a cloneable `tower::Service<Query>` whose every error is a [`rampart::Error`](Error).
 #[derive(Clone)]
 pub struct Db {
     inner: BoxCloneSyncService<Query, Response, Error>,
-    current: Arc<Mutex<PgService>>,
+    services: Services,
+    outcomes: Arc<Outcomes>,
     breaker: Option<BreakerHandle>,
-    rebuilds: Arc<dyn Fn() -> u64 + Send + Sync>,
     retries: Arc<AtomicU64>,
     attempt_timeout: Duration,
     deadline: Duration,
@@ -516,10 +443,7 @@ impl fmt::Debug for Db {
 impl Db {
     /// The Postgres service at the bottom of the stack (the current one, if the pool was rebuilt).
     pub fn service(&self) -> PgService {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.services.current()
     }
 
     /// The current pool.
@@ -550,12 +474,18 @@ impl Db {
 
     /// How many times the pool has been rebuilt after consecutive connection failures.
     pub fn pool_rebuilds(&self) -> u64 {
-        (self.rebuilds)()
+        self.services.rebuilds()
     }
 
     /// A health report; with `probe`, also times a `SELECT 1` bounded by it.
     pub async fn health(&self, probe: Option<Duration>) -> HealthReport {
-        HealthReport::gather(&self.service(), self.breaker.as_ref(), probe).await
+        HealthReport::gather(
+            &self.service(),
+            &self.outcomes,
+            self.breaker.as_ref(),
+            probe,
+        )
+        .await
     }
 
     /// Runs one query through the stack.

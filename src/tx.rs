@@ -11,8 +11,13 @@
 //! the transaction may or may not have committed. That is reported as
 //! [`is_outcome_unknown`](crate::Error::is_outcome_unknown), never re-run.
 //!
+//! The re-runs are [`rampart_layers::retry`]'s, the loop every stack uses, not a second one: each run is
+//! one call to a small service, and the retry layer's policy (attempts, backoff, budget, time limit) and
+//! [`PgClassifier`](crate::PgClassifier) decide whether to run again. A run is not idempotent, so a run
+//! whose outcome is unknown is never repeated.
+//!
 //! ```no_run
-//! use rampart::tx::{IsolationLevel, Transactor};
+//! use rampart::{IsolationLevel, Transactor};
 //! use rampart::{PgConfig, Pool, PoolConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,23 +37,30 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rampart_layers::Classification;
-use rampart_layers::retry::RetryBudget;
+use rampart_layers::classify::Idempotence;
+use rampart_layers::deadline::Deadlined;
 use rampart_layers::retry::backoff::{Backoff, Exponential, Jitter};
-use rampart_layers::rng::SplitMix64;
+use rampart_layers::retry::{Retry, RetryBudget, RetryPolicy};
+use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tower::ServiceExt;
 
 pub use tokio_postgres::IsolationLevel;
 
-use crate::classify::{Stage, from_pg};
+use crate::classify::PgClassifier;
 use crate::config::PoolerMode;
 use crate::error::{Error, ErrorKind};
+use crate::exec::{ParamTypes, set_local_timeout, typed};
+use crate::outcome::{Link, Stage, failure};
 use crate::pool::{InFlight, Pool};
-use crate::pooler::{ParamTypes, set_local_timeout, typed};
+use crate::sync::lock;
 
 /// A transaction in progress, handed to the closure of [`Transactor::run`]. Its methods return
 /// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
@@ -58,7 +70,9 @@ pub struct Tx<'a> {
     /// Behind a transaction pooler: the pool's parameter types, for unnamed statements.
     unnamed: Option<&'a ParamTypes>,
     /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
-    prelude: std::sync::Mutex<Option<String>>,
+    prelude: Mutex<Option<String>>,
+    /// A statement's failure ended the connection.
+    gone: AtomicBool,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -74,7 +88,11 @@ pub type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 impl Tx<'_> {
     fn err(&self, e: tokio_postgres::Error) -> Error {
-        from_pg(e, Stage::InTransaction, self.server)
+        let failed = failure(e, Stage::InTransaction, Link::Own, self.server);
+        if failed.gone {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        failed.error
     }
 
     /// Runs `statement`, with the pending `SET LOCAL` pipelined in front of it the first time.
@@ -82,11 +100,7 @@ impl Tx<'_> {
         &self,
         statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
-        let prelude = self
-            .prelude
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let prelude = lock(&self.prelude).take();
         match prelude {
             None => statement.await.map_err(|e| self.err(e)),
             Some(set) => {
@@ -153,9 +167,10 @@ impl Tx<'_> {
         .await
     }
 
-    /// The underlying deadpool-postgres transaction, for anything else (errors from it are yours to map;
-    /// behind a transaction pooler, don't use its `prepare_cached`: see [`crate::pooler`]).
-    pub fn inner(&self) -> &deadpool_postgres::Transaction<'_> {
+    /// The underlying tokio-postgres transaction, for anything else ([`crate::postgres`] has its types).
+    /// Errors from it are yours to map; behind a transaction pooler, prepare nothing on it: see
+    /// [`PoolerMode::Transaction`](crate::PoolerMode::Transaction).
+    pub fn client(&self) -> &tokio_postgres::Transaction<'_> {
         &self.inner
     }
 }
@@ -166,7 +181,7 @@ pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send 
 /// Runs closures in transactions and re-runs them whole on serialization failures and deadlocks.
 ///
 /// Defaults: the server's isolation level, at most 5 runs, exponential backoff from 20 ms doubling to
-/// 1 s with full jitter (contending transactions must not retry in lockstep), no retry budget.
+/// 1 s with full jitter (contending transactions must not retry in lockstep), no retry budget, 30 s a run.
 #[derive(Clone, Debug)]
 pub struct Transactor<B = Exponential> {
     pool: Pool,
@@ -174,10 +189,10 @@ pub struct Transactor<B = Exponential> {
     read_only: bool,
     max_attempts: u32,
     schedule: B,
-    budget: Option<Arc<RetryBudget>>,
+    budget: Option<RetryBudget>,
     attempt_timeout: Option<Duration>,
     max_elapsed: Option<Duration>,
-    runs: Arc<std::sync::atomic::AtomicU64>,
+    runs: Arc<AtomicU64>,
 }
 
 impl Transactor<Exponential> {
@@ -189,7 +204,7 @@ impl Transactor<Exponential> {
             .max_delay(Duration::from_secs(1))
             .jitter(Jitter::Full)
             .build()
-            .expect("constant schedule is valid");
+            .unwrap_or_default();
         Self {
             pool,
             isolation: None,
@@ -204,7 +219,7 @@ impl Transactor<Exponential> {
     }
 }
 
-impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
+impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
     /// The isolation level of every transaction.
     pub fn isolation(mut self, level: IsolationLevel) -> Self {
         self.isolation = Some(level);
@@ -224,7 +239,10 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
     }
 
     /// The wait between runs.
-    pub fn schedule<B2: Backoff + Clone + Send + Sync>(self, schedule: B2) -> Transactor<B2> {
+    pub fn schedule<B2: Backoff + Clone + Send + Sync + 'static>(
+        self,
+        schedule: B2,
+    ) -> Transactor<B2> {
         Transactor {
             pool: self.pool,
             isolation: self.isolation,
@@ -246,8 +264,9 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         self
     }
 
-    /// Shares a retry budget with other retrying layers, so re-runs can't multiply load.
-    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+    /// Shares a retry budget with other retrying layers (clones of a [`RetryBudget`] share it), so
+    /// re-runs can't multiply load.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = Some(budget);
         self
     }
@@ -263,59 +282,72 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
 
     /// How many times closures have run in total (first runs and re-runs).
     pub fn runs(&self) -> u64 {
-        self.runs.load(std::sync::atomic::Ordering::Relaxed)
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// The retry layer's policy for this transactor's re-runs.
+    fn policy(&self) -> Result<RetryPolicy<PgClassifier, B>, Error> {
+        let mut policy = RetryPolicy::builder()
+            .max_attempts(self.max_attempts)
+            .schedule(self.schedule.clone())
+            .classifier(PgClassifier)
+            .on_retry(|event| {
+                tracing::info!(
+                    target: "rampart::tx", attempt = event.attempt(),
+                    delay_ms = event.delay().as_millis() as u64,
+                    error = event.error().map(tracing::field::display),
+                    "transaction re-run"
+                );
+            });
+        if let Some(limit) = self.max_elapsed {
+            policy = policy.max_elapsed(limit);
+        }
+        if let Some(budget) = &self.budget {
+            policy = policy.budget(budget.clone());
+        }
+        policy.build().map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                Classification::Permanent,
+                format!("transactor settings: {e}"),
+            )
+        })
     }
 
     /// Runs `f` in a transaction, committing if it returns `Ok`, and re-running the whole closure on a
     /// transient failure (`40001`, `40P01`, a connection lost before `COMMIT`, ...). A `Permanent` error
     /// from the closure rolls back and is returned at once.
-    pub async fn run<T, F>(&self, mut f: F) -> Result<T, Error>
+    pub async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
+        let closure = Mutex::new(f);
+        let runs = Retry::new(
+            RunOnce {
+                transactor: self,
+                closure: &closure,
+            },
+            self.policy()?,
+        );
+        runs.oneshot(TxRun)
+            .await
+            .map_err(|e| Error::from_layers(Box::new(e)))
+    }
+
+    /// One run, bounded by the attempt timeout.
+    async fn run_timed<T, F>(&self, f: &Mutex<F>) -> Result<T, Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        if let Some(budget) = &self.budget {
-            budget.deposit();
-        }
-        let mut schedule = self.schedule.clone();
-        let mut rng = SplitMix64::from_entropy();
-        let mut attempt = 0u32;
-        let started = tokio::time::Instant::now();
-        loop {
-            attempt += 1;
-            self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let committing = std::sync::atomic::AtomicBool::new(false);
-            let run = self.run_once(&mut f, &committing);
-            let outcome = match self.attempt_timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                    Err(self.timed_out(limit, committing.load(std::sync::atomic::Ordering::SeqCst)))
-                }),
-                None => run.await,
-            };
-            let err = match outcome {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            let retryable = err.classification() == Classification::Transient;
-            let budget_ok = || self.budget.as_ref().is_none_or(|b| b.try_withdraw());
-            if !retryable || attempt >= self.max_attempts || !budget_ok() {
-                return Err(if retryable {
-                    err.with_attempts(attempt)
-                } else {
-                    err
-                });
-            }
-            let delay = schedule.next_delay(attempt, &mut rng).unwrap_or_default();
-            if self
-                .max_elapsed
-                .is_some_and(|limit| started.elapsed() + delay >= limit)
-            {
-                return Err(err.with_attempts(attempt));
-            }
-            tracing::info!(
-                target: "rampart::tx", attempt, delay_ms = delay.as_millis() as u64, error = %err,
-                "transaction re-run"
-            );
-            tokio::time::sleep(delay).await;
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let committing = AtomicBool::new(false);
+        let run = self.run_once(f, &committing);
+        match self.attempt_timeout {
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out(limit, committing.load(Ordering::SeqCst)))),
+            None => run.await,
         }
     }
 
@@ -341,15 +373,14 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         }
     }
 
-    async fn run_once<T, F>(
-        &self,
-        f: &mut F,
-        committing: &std::sync::atomic::AtomicBool,
-    ) -> Result<T, Error>
+    async fn run_once<T, F>(&self, f: &Mutex<F>, committing: &AtomicBool) -> Result<T, Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        let conn = self.pool.get().await?;
+        let remaining = self
+            .attempt_timeout
+            .map(|limit| limit.saturating_sub(Duration::from_millis(1)));
+        let conn = self.pool.get_within(remaining).await?;
         // Dropped before the end (the run timed out, the caller gave up): cancelled and discarded.
         let mut guard = InFlight::new(self.pool.clone(), conn);
         let server = self.pool.server().to_owned();
@@ -358,7 +389,7 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
         // direct connection, one a deadline pushed down earlier. Either way, this transaction sets its own.
         let prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
             .then(|| set_local_timeout(self.attempt_timeout));
-        let outcome = {
+        let (outcome, gone) = {
             let mut builder = guard
                 .conn()
                 .client_mut()
@@ -368,45 +399,99 @@ impl<B: Backoff + Clone + Send + Sync> Transactor<B> {
                 builder = builder.isolation_level(level);
             }
             match builder.start().await {
-                Err(e) => Err(from_pg(e, Stage::BeforeSend, &server)),
+                Err(e) => {
+                    let failed = failure(e, Stage::NotSent, Link::Own, &server);
+                    (Err(failed.error), failed.gone)
+                }
                 Ok(inner) => {
                     let tx = Tx {
                         inner,
                         server: &server,
                         unnamed: pooled.then(|| self.pool.param_types()),
-                        prelude: std::sync::Mutex::new(prelude),
+                        prelude: Mutex::new(prelude),
+                        gone: AtomicBool::new(false),
                     };
-                    let body = f(&tx).await;
+                    let body = {
+                        let mut f = lock(f);
+                        (*f)(&tx)
+                    }
+                    .await;
                     match body {
                         Err(e) => {
+                            let gone = tx.gone.load(Ordering::Relaxed);
                             // Dropping the transaction rolls it back.
                             drop(tx);
-                            Err(e)
+                            (Err(e), gone)
                         }
                         Ok(value) => {
-                            committing.store(true, std::sync::atomic::Ordering::SeqCst);
+                            committing.store(true, Ordering::SeqCst);
                             match tx.inner.commit().await {
-                                Ok(()) => Ok(value),
-                                Err(e) if e.code().is_some() => {
-                                    Err(from_pg(e, Stage::InFlight, &server))
+                                Ok(()) => (Ok(value), false),
+                                Err(e) => {
+                                    let failed = failure(e, Stage::Committing, Link::Own, &server);
+                                    (Err(failed.error), failed.gone)
                                 }
-                                Err(e) => Err(Error::new(
-                                    ErrorKind::ConnectionLost,
-                                    Classification::Ambiguous,
-                                    format!("connection to {server} was lost during COMMIT"),
-                                )
-                                .with_source(e)),
                             }
                         }
                     }
                 }
             }
         };
-        let link_failed = matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionLost);
-        if !link_failed {
-            guard.conn().mark_ok();
-        }
-        guard.finish(link_failed);
+        guard.release(gone);
         outcome
+    }
+}
+
+/// One run of a transaction, as the retry layer sees it: not idempotent (a run whose outcome is unknown
+/// is never repeated), with no deadline of its own (the transactor's time limit is the policy's).
+#[derive(Debug, Clone, Copy)]
+struct TxRun;
+
+impl Idempotence for TxRun {
+    fn is_idempotent(&self) -> bool {
+        false
+    }
+}
+
+impl Deadlined for TxRun {
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn set_deadline(&mut self, _: Instant) {}
+}
+
+/// The service the retry layer calls once a run.
+struct RunOnce<'a, F, B> {
+    transactor: &'a Transactor<B>,
+    closure: &'a Mutex<F>,
+}
+
+impl<F, B> Clone for RunOnce<'_, F, B> {
+    fn clone(&self) -> Self {
+        Self {
+            transactor: self.transactor,
+            closure: self.closure,
+        }
+    }
+}
+
+impl<'a, T, F, B> tower::Service<TxRun> for RunOnce<'a, F, B>
+where
+    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+    T: Send + 'a,
+    B: Backoff + Clone + Send + Sync + 'static,
+{
+    type Response = T;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: TxRun) -> Self::Future {
+        let (transactor, closure) = (self.transactor, self.closure);
+        Box::pin(transactor.run_timed(closure))
     }
 }

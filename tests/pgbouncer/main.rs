@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rampart::IsolationLevel;
 use rampart::layers::Classification;
 use rampart::testing::{Cluster, FaultProxy, PgBouncer};
-use rampart::tx::IsolationLevel;
-use rampart::{Db, ErrorKind, PgConfig, Pool, PoolConfig, Query, Stack};
+use rampart::{Db, ErrorKind, PgConfig, PgService, Pool, PoolConfig, Query, Stack};
+use tower::ServiceExt;
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -381,7 +382,10 @@ async fn pgbouncer_errors_are_classified() {
         PoolConfig::default(),
     )
     .unwrap();
-    let err = pool.get().await.unwrap_err();
+    let err = PgService::new(pool.clone())
+        .oneshot(Query::read("SELECT 1"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
     assert_eq!(err.classification(), Classification::Transient, "{err}");
     assert!(err.to_string().contains("max_client_conn"), "{err}");

@@ -180,8 +180,8 @@ async fn exhausted_pool_fails_waiters_with_a_typed_error() {
         .build()
         .unwrap();
     let pool = pool(&cluster.url(), config);
-    let held = pool.get().await.unwrap();
-    let err = pool.get().await.unwrap_err();
+    let held = pool.checkout().await.unwrap();
+    let err = pool.checkout().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PoolExhausted);
     assert_eq!(err.classification(), Classification::Transient);
     assert!(
@@ -190,7 +190,7 @@ async fn exhausted_pool_fails_waiters_with_a_typed_error() {
     );
     assert_eq!(pool.stats().checkout_timeouts, 1);
     drop(held);
-    let _free = pool.get().await.expect("free again");
+    let _free = pool.checkout().await.expect("free again");
 }
 
 #[tokio::test]
@@ -443,7 +443,7 @@ mod transactions {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use rampart::tx::{IsolationLevel, Transactor};
+    use rampart::{IsolationLevel, Transactor};
 
     use super::*;
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rampart::IsolationLevel;
 use rampart::testing::{Cluster, FaultProxy};
-use rampart::tx::IsolationLevel;
 use rampart::{Db, ErrorKind, MuxConfig, PoolerMode, Query, Stack};
 
 use crate::support::{

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rampart::layers::Classification;
 use rampart::testing::{Cluster, FaultProxy};
-use rampart::tx::{IsolationLevel, Transactor};
 use rampart::{ErrorKind, Query};
+use rampart::{IsolationLevel, Transactor};
 
 use crate::support::*;
 

@@ -256,7 +256,7 @@ async fn s19_retry_amplification_is_capped_by_the_budget() {
     let db = stack(&url)
         .max_attempts(4)
         .backoff(fast())
-        .retry_budget(Some((Duration::from_secs(10), 1, 0.2)))
+        .retry_budget(Some(budget()))
         .breaker(None)
         .build()
         .unwrap();

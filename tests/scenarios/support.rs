@@ -17,7 +17,7 @@ pub(crate) fn stack(url: &str) -> StackBuilder {
     Stack::server(url).pool(pool_config().build().unwrap())
 }
 
-pub(crate) fn pool_config() -> rampart::pool::PoolConfigBuilder {
+pub(crate) fn pool_config() -> rampart::PoolConfigBuilder {
     PoolConfig::builder().validation(
         ValidationPolicy::builder()
             .bypass_window(Duration::from_millis(100))

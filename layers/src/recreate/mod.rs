@@ -220,6 +220,11 @@ impl<S: Clone, M> RecreateHandle<S, M> {
     pub fn failed_attempts(&self) -> u64 {
         self.shared.failed_attempts()
     }
+
+    /// A clone of the current service (the latest rebuilt one), for reading its state.
+    pub fn current(&self) -> S {
+        self.shared.checkout().1
+    }
 }
 
 impl<S, M> RecreateHandle<S, M>

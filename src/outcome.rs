@@ -1,0 +1,356 @@
+//! What became of a request that failed: the one place that turns a tokio-postgres error into a
+//! classified [`Error`] and decides whether the connection it failed on is gone.
+//!
+//! Every path calls [`failure`]: the pooled service, the transaction-pooler mode, the multiplexer's shared
+//! connections and the transactor. What it needs to know is how far the request got ([`Stage`]) and what
+//! kind of connection it was on ([`Link`]); from the error itself it reads the SQLSTATE (through
+//! [`crate::classify`]), the severity and whether tokio-postgres refused the request before sending it.
+//!
+//! | error | stage | classification | connection gone |
+//! |---|---|---|---|
+//! | a server error (SQLSTATE) | any | the SQLSTATE's ([`crate::classify`]); a `08` outcome-unknown code is `Transient` unless the statement was sent | only if `FATAL`/`PANIC` (the server, or a pooler, hangs up after it) |
+//! | `57014` on a [shared](Link::Shared) connection | sent | `Permanent` [`ErrorKind::Timeout`]: nothing cancels a shared connection's statement but its session `statement_timeout`, and a retry would hit it again | no |
+//! | refused by tokio-postgres before sending (a parameter that cannot be encoded, a wrong count) | any | `Permanent` [`ErrorKind::InvalidRequest`] | no |
+//! | no SQLSTATE: I/O, closed, reset | connect | `Transient` [`ErrorKind::Connect`] | — |
+//! | | not sent | `Transient` [`ErrorKind::ConnectionLost`] | yes |
+//! | | inside an uncommitted transaction | `Transient` (the server rolls it back) | yes |
+//! | | sent, or during `COMMIT` | `Ambiguous`: it may have been applied | yes |
+
+use std::time::Duration;
+
+use rampart_layers::Classification;
+use tokio_postgres::error::{Severity, SqlState};
+
+use crate::classify::classify_db;
+use crate::error::{Error, ErrorKind};
+
+/// How far a request got when it failed: decides whether a lost connection leaves the outcome unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Making a connection: nothing was sent.
+    Connect,
+    /// Before the statement was written (the connection found closed, a `Parse` that failed): nothing
+    /// of it ran.
+    NotSent,
+    /// The statement was (or may have been) written to the server.
+    Sent,
+    /// Inside a transaction that has not been committed: if the link is lost, the server rolls it back.
+    InTransaction,
+    /// `COMMIT` was sent: the transaction may or may not have committed.
+    Committing,
+}
+
+/// What kind of connection the request ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// A connection of the request's own (pooled, behind a pooler, or a transaction's).
+    Own,
+    /// A shared, pipelined connection of the multiplexer, whose session runs with this statement timeout.
+    Shared { statement_timeout: Duration },
+}
+
+/// A failed request: the error for its caller, and whether its connection must be discarded.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) gone: bool,
+}
+
+/// What an error is, as far as the decision goes: read off a tokio-postgres error by [`Observed::of`],
+/// built by hand in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Observed {
+    /// The server (or a pooler) answered with this SQLSTATE; `fatal` if it then hangs up.
+    Server {
+        code: SqlState,
+        class: Classification,
+        fatal: bool,
+    },
+    /// tokio-postgres refused the request before sending it.
+    Refused,
+    /// No answer: the link failed (I/O, closed, reset).
+    LinkFailed,
+}
+
+impl Observed {
+    fn of(err: &tokio_postgres::Error) -> Self {
+        match (err.code(), err.as_db_error()) {
+            (Some(code), db) => Observed::Server {
+                code: code.clone(),
+                class: classify_db(code, err),
+                fatal: db.is_some_and(|db| {
+                    matches!(
+                        db.parsed_severity(),
+                        Some(Severity::Fatal | Severity::Panic)
+                    ) || db.severity() == "FATAL"
+                }),
+            },
+            (None, _) if is_caller_mistake(err) => Observed::Refused,
+            (None, _) => Observed::LinkFailed,
+        }
+    }
+}
+
+/// The decision itself: the kind and classification of the caller's error, and whether the connection
+/// is gone (see the table in the [module docs](self)).
+pub(crate) fn decide(
+    observed: &Observed,
+    stage: Stage,
+    link: Link,
+) -> (ErrorKind, Classification, bool) {
+    let sent = matches!(stage, Stage::Sent | Stage::Committing);
+    match observed {
+        Observed::Server { code, class, fatal } => {
+            if matches!(link, Link::Shared { .. }) && *code == SqlState::QUERY_CANCELED {
+                return (ErrorKind::Timeout, Classification::Permanent, *fatal);
+            }
+            let class = match class {
+                // Nothing was sent, or it was inside a transaction the server rolls back.
+                Classification::Ambiguous if !sent && code.code().starts_with("08") => {
+                    Classification::Transient
+                }
+                class => *class,
+            };
+            let kind = if stage == Stage::Connect {
+                ErrorKind::Connect
+            } else {
+                ErrorKind::Db
+            };
+            (kind, class, *fatal)
+        }
+        Observed::Refused => (ErrorKind::InvalidRequest, Classification::Permanent, false),
+        Observed::LinkFailed => match stage {
+            Stage::Connect => (ErrorKind::Connect, Classification::Transient, true),
+            Stage::NotSent | Stage::InTransaction => {
+                (ErrorKind::ConnectionLost, Classification::Transient, true)
+            }
+            Stage::Sent | Stage::Committing => {
+                (ErrorKind::ConnectionLost, Classification::Ambiguous, true)
+            }
+        },
+    }
+}
+
+/// Classifies `err`, met at `stage` on `link`; `server` is the redacted address (see the table in the
+/// [module docs](self)).
+pub(crate) fn failure(
+    err: tokio_postgres::Error,
+    stage: Stage,
+    link: Link,
+    server: &str,
+) -> Failure {
+    let observed = Observed::of(&err);
+    let (kind, class, gone) = decide(&observed, stage, link);
+    let message = match (&observed, kind) {
+        (_, ErrorKind::Timeout) => match link {
+            Link::Shared { statement_timeout } => format!(
+                "statement ran longer than the shared connections' statement timeout \
+                 ({statement_timeout:?}); mark it Query::exclusive() or grant it a longer Query::timeout"
+            ),
+            Link::Own => err.to_string(),
+        },
+        (Observed::Server { .. }, _) => {
+            let message = match err.as_db_error() {
+                Some(db) => format!("{}: {}", db.severity(), db.message()),
+                None => err.to_string(),
+            };
+            match stage {
+                Stage::Connect => format!("could not connect to {server}: {message}"),
+                _ => message,
+            }
+        }
+        (Observed::Refused, _) => err.to_string(),
+        (Observed::LinkFailed, _) => {
+            let cause = describe_io(&err);
+            match stage {
+                Stage::Connect => format!("could not connect to {server}: {cause}"),
+                Stage::NotSent => {
+                    format!("connection to {server} was closed before the request was sent")
+                }
+                Stage::InTransaction => format!(
+                    "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {cause}"
+                ),
+                Stage::Sent => format!(
+                    "connection to {server} was lost while the request was in flight: {cause}"
+                ),
+                Stage::Committing => {
+                    format!("connection to {server} was lost during COMMIT: {cause}")
+                }
+            }
+        }
+    };
+    let code = match &observed {
+        Observed::Server { code, .. } => Some(code.clone()),
+        _ => None,
+    };
+    let mut error = Error::new(kind, class, message);
+    if let Some(code) = code {
+        error = error.with_code(code);
+    }
+    if observed == Observed::LinkFailed
+        && stage != Stage::Connect
+        && matches!(link, Link::Shared { .. })
+    {
+        error = error.on_shared_connection();
+    }
+    Failure {
+        error: error.with_source(err),
+        gone,
+    }
+}
+
+/// The error of a connect that failed: nothing was sent.
+pub(crate) fn connect_failed(err: tokio_postgres::Error, server: &str) -> Error {
+    failure(err, Stage::Connect, Link::Own, server).error
+}
+
+/// The error for a connection found closed before the request was written: nothing was sent.
+pub(crate) fn closed_before_send(server: &str) -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        Classification::Transient,
+        format!("connection to {server} was closed before the request was sent"),
+    )
+}
+
+/// Whether the connection is unusable after `err`: any failure without a SQLSTATE except a request
+/// tokio-postgres refused before sending it, and a `FATAL` (or `PANIC`) error, after which the server,
+/// or a pooler (it closes the client after its own errors), hangs up. Discarding such a connection at
+/// once keeps it from being handed out again before its closing is noticed.
+pub(crate) fn connection_gone(err: &tokio_postgres::Error) -> bool {
+    match Observed::of(err) {
+        Observed::Server { fatal, .. } => fatal,
+        Observed::Refused => false,
+        Observed::LinkFailed => true,
+    }
+}
+
+/// Whether tokio-postgres refused the request before sending anything because the request is wrong: a
+/// parameter that cannot be encoded as the statement's type (`error serializing parameter N`) or the wrong
+/// number of parameters (`expected N parameters but got M`). tokio-postgres exposes no kind for these but
+/// its message; they have no SQLSTATE, and without this check they would pass for a lost connection:
+/// retried, counted toward a pool rebuild, and their healthy connection thrown away.
+fn is_caller_mistake(err: &tokio_postgres::Error) -> bool {
+    if err.code().is_some() || err.is_closed() {
+        return false;
+    }
+    let message = err.to_string();
+    message.starts_with("error serializing parameter")
+        || (message.starts_with("expected ") && message.contains(" parameters but got "))
+}
+
+/// The most telling part of a tokio-postgres error: its I/O cause where there is one.
+fn describe_io(err: &tokio_postgres::Error) -> String {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.to_string();
+        }
+        source = s.source();
+    }
+    err.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHARED: Link = Link::Shared {
+        statement_timeout: Duration::from_secs(3),
+    };
+    const STAGES: [Stage; 5] = [
+        Stage::Connect,
+        Stage::NotSent,
+        Stage::Sent,
+        Stage::InTransaction,
+        Stage::Committing,
+    ];
+
+    fn server(code: &str, fatal: bool) -> Observed {
+        let code = SqlState::from_code(code);
+        Observed::Server {
+            class: crate::classify::classify_sqlstate(&code),
+            code,
+            fatal,
+        }
+    }
+
+    #[test]
+    fn a_lost_link_is_unknown_only_once_the_statement_may_have_run() {
+        for link in [Link::Own, SHARED] {
+            for stage in STAGES {
+                let (kind, class, gone) = decide(&Observed::LinkFailed, stage, link);
+                assert!(gone, "{stage:?}: a failed link is gone");
+                let want = match stage {
+                    Stage::Sent | Stage::Committing => Classification::Ambiguous,
+                    _ => Classification::Transient,
+                };
+                assert_eq!(class, want, "{stage:?} on {link:?}");
+                let want = if stage == Stage::Connect {
+                    ErrorKind::Connect
+                } else {
+                    ErrorKind::ConnectionLost
+                };
+                assert_eq!(kind, want, "{stage:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_error_keeps_the_connection_unless_fatal() {
+        for stage in STAGES {
+            let (_, class, gone) = decide(&server("23505", false), stage, Link::Own);
+            assert_eq!(
+                (class, gone),
+                (Classification::Permanent, false),
+                "{stage:?}"
+            );
+            let (_, class, gone) = decide(&server("57P01", true), stage, Link::Own);
+            assert_eq!(
+                (class, gone),
+                (Classification::Transient, true),
+                "{stage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outcome_unknown_code_is_unknown_only_once_sent() {
+        for stage in STAGES {
+            let (_, class, _) = decide(&server("08007", false), stage, Link::Own);
+            let want = if matches!(stage, Stage::Sent | Stage::Committing) {
+                Classification::Ambiguous
+            } else {
+                Classification::Transient
+            };
+            assert_eq!(class, want, "{stage:?}");
+        }
+        // 40003 (statement completion unknown) is not a connection exception: unknown wherever it comes.
+        let (_, class, _) = decide(&server("40003", false), Stage::NotSent, Link::Own);
+        assert_eq!(class, Classification::Ambiguous);
+    }
+
+    #[test]
+    fn a_cancel_on_a_shared_connection_is_its_statement_timeout() {
+        let (kind, class, gone) = decide(&server("57014", false), Stage::Sent, SHARED);
+        assert_eq!(
+            (kind, class, gone),
+            (ErrorKind::Timeout, Classification::Permanent, false)
+        );
+        // On a connection of its own a cancel is the request's deadline: transient.
+        let (kind, class, _) = decide(&server("57014", false), Stage::Sent, Link::Own);
+        assert_eq!((kind, class), (ErrorKind::Db, Classification::Transient));
+    }
+
+    #[test]
+    fn a_refused_request_is_permanent_and_keeps_its_connection() {
+        for link in [Link::Own, SHARED] {
+            for stage in STAGES {
+                assert_eq!(
+                    decide(&Observed::Refused, stage, link),
+                    (ErrorKind::InvalidRequest, Classification::Permanent, false)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! A connection in use by one request, and what becomes of it when the request ends.
+
+use crate::error::Error;
+use crate::outcome::{Link, Stage, failure};
+
+use super::{Pool, PooledConn};
+
+/// A connection in use by one request. If dropped before it is [released](InFlight::release) — the
+/// caller gave up, or a timeout above fired — it asks the server to cancel whatever it is running for the
+/// request and discards the connection: one with a request of unknown state on it, or on a dead link, is
+/// never reused.
+pub(crate) struct InFlight {
+    pool: Pool,
+    conn: Option<PooledConn>,
+}
+
+impl InFlight {
+    pub(crate) fn new(pool: Pool, conn: PooledConn) -> Self {
+        Self {
+            pool,
+            conn: Some(conn),
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut PooledConn {
+        self.conn
+            .as_mut()
+            .expect("present until released or dropped")
+    }
+
+    /// The request ended: the connection goes back to the pool (the validation bypass window starting
+    /// again), or is discarded if it is `gone` or found closed.
+    pub(crate) fn release(mut self, gone: bool) {
+        if let Some(mut conn) = self.conn.take() {
+            if gone || conn.client().is_closed() {
+                self.pool.discard(conn);
+            } else {
+                conn.mark_ok();
+            }
+        }
+    }
+
+    /// Ends the request with `result`, met at `stage`: the connection is released as the outcome says
+    /// ([`crate::outcome`]) and the error classified.
+    pub(crate) fn finish<T>(
+        self,
+        result: Result<T, tokio_postgres::Error>,
+        stage: Stage,
+    ) -> Result<T, Error> {
+        match result {
+            Ok(value) => {
+                self.release(false);
+                Ok(value)
+            }
+            Err(e) => {
+                let failed = failure(e, stage, Link::Own, self.pool.server());
+                self.release(failed.gone);
+                Err(failed.error)
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tracing::debug!(
+                target: "rampart::pool",
+                "request abandoned in flight: cancelling it and discarding its connection"
+            );
+            self.pool.cancel_in_background(conn.client().cancel_token());
+            self.pool.discard(conn);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! deadpool's manager for rampart's connections: connect, validate at checkout, retire by age.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool_postgres::ClientWrapper;
+use rampart_layers::rng::SplitMix64;
+use rampart_layers::validate::Checked;
+use tokio::time::Instant;
+
+use super::config::PoolConfig;
+use super::stats::{Counters, bump};
+
+/// One pooled connection: deadpool-postgres's client (with its statement cache) and what rampart tracks.
+pub(crate) struct PgConn {
+    client: ClientWrapper,
+    last_ok: Option<Instant>,
+    pub(super) expires_at: Option<Instant>,
+    statement_timeout_ms: u64,
+}
+
+impl fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConn")
+            .field("closed", &self.client.is_closed())
+            .field("last_ok", &self.last_ok)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl PgConn {
+    /// The tokio-postgres client (through deadpool-postgres's wrapper, with `prepare_cached`).
+    pub(crate) fn client(&self) -> &ClientWrapper {
+        &self.client
+    }
+
+    /// The client, mutably (to start a transaction).
+    pub(crate) fn client_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.client
+    }
+
+    /// Records a successful use: the validation bypass window starts again.
+    pub(crate) fn mark_ok(&mut self) {
+        self.last_ok = Some(Instant::now());
+    }
+
+    /// The `statement_timeout` this session has set, in milliseconds (0: none).
+    pub(crate) fn statement_timeout_ms(&self) -> u64 {
+        self.statement_timeout_ms
+    }
+
+    pub(crate) fn set_statement_timeout_ms(&mut self, ms: u64) {
+        self.statement_timeout_ms = ms;
+    }
+}
+
+/// The deadpool manager: deadpool-postgres's, plus validation, lifetime and counters.
+pub(crate) struct Manager {
+    pub(super) inner: deadpool_postgres::Manager,
+    pub(super) config: PoolConfig,
+    pub(super) server: String,
+    pub(super) counters: Arc<Counters>,
+    pub(super) rng: Mutex<SplitMix64>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    fn expiry(&self) -> Option<Instant> {
+        self.config.expiry(&self.rng)
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = PgConn;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
+        match managed::Manager::create(&self.inner).await {
+            Ok(client) => {
+                bump(&self.counters.created);
+                tracing::info!(target: "rampart::pool", server = %self.server, "connection created");
+                Ok(PgConn {
+                    client,
+                    last_ok: Some(Instant::now()),
+                    expires_at: self.expiry(),
+                    statement_timeout_ms: 0,
+                })
+            }
+            Err(e) => {
+                bump(&self.counters.connect_failures);
+                tracing::warn!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgConn,
+        _: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        if conn.client.is_closed() {
+            bump(&self.counters.evicted_closed);
+            tracing::info!(target: "rampart::pool", server = %self.server, "closed connection dropped");
+            return Err(RecycleError::message("connection closed"));
+        }
+        if conn.expires_at.is_some_and(|at| Instant::now() >= at) {
+            bump(&self.counters.evicted_lifetime);
+            tracing::debug!(target: "rampart::pool", server = %self.server, "connection reached its max lifetime");
+            return Err(RecycleError::message("connection reached its max lifetime"));
+        }
+        let client = &conn.client;
+        match self
+            .config
+            .validation
+            .validate(conn.last_ok, || async {
+                client.simple_query("").await.map(drop)
+            })
+            .await
+        {
+            Ok(Checked::Bypassed) => {}
+            Ok(_) => {
+                bump(&self.counters.validated);
+                conn.mark_ok();
+            }
+            Err(e) => {
+                bump(&self.counters.evicted_validation);
+                tracing::warn!(
+                    target: "rampart::pool", server = %self.server, outcome = e.outcome(),
+                    "validation failed, connection replaced"
+                );
+                return Err(RecycleError::message("validation failed"));
+            }
+        }
+        bump(&self.counters.recycled);
+        Ok(())
+    }
+
+    fn detach(&self, conn: &mut PgConn) {
+        managed::Manager::detach(&self.inner, &mut conn.client);
+    }
+}
