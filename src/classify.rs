@@ -1,43 +1,6 @@
-//! What a Postgres failure means: SQLSTATE and connection state to [`Classification`].
+//! What a Postgres failure means: SQLSTATE and pooler messages to a classification; what a stack's breaker and pool rebuild count.
 //!
-//! Every layer of a rampart stack asks [`PgClassifier`], so retry, the circuit breaker and pool recreation
-//! agree. The mapping:
-//!
-//! | SQLSTATE / condition | meaning | classification |
-//! |---|---|---|
-//! | class `08` (`08000`, `08001`, `08003`, `08004`, `08006`, `08P01`) | connection exception | `Transient` |
-//! | `08007` | transaction resolution unknown | `Ambiguous` |
-//! | `40001`, `40P01` | serialization failure, deadlock detected (the transaction was rolled back) | `Transient` |
-//! | `40003` | statement completion unknown | `Ambiguous` |
-//! | `53300`, `53200` | too many connections, out of memory | `Transient` |
-//! | `55P03` | lock not available (`NOWAIT`, `lock_timeout`) | `Transient` |
-//! | `57014` | query canceled (statement timeout, cancel request): rolled back | `Transient` |
-//! | `57P01`, `57P02`, `57P03`, `57P05` | admin shutdown, crash shutdown, cannot connect now (starting up), idle session timeout | `Transient` |
-//! | `25006` | read-only transaction (a failover left us on a standby) | `Transient` |
-//! | a refused, reset or timed-out **connect** | nothing was sent | `Transient` |
-//! | the connection found closed **before** the request was sent | nothing was sent | `Transient` |
-//! | the connection lost (closed, reset, I/O error) **while** the request was in flight | it may have been applied | `Ambiguous` |
-//! | an attempt timeout or deadline | the statement is cancelled on the server | `Transient` |
-//! | classes `22` (data), `23` (constraint), `42` (syntax, access), `28` (authentication), `3D` (no such database) and every other code | the caller's mistake or a hard failure | `Permanent` |
-//!
-//!
-//! # A pooler's own errors
-//!
-//! PgBouncer (through 1.18 at least; later versions keep the messages) reports its own failures as
-//! `08P01` with a message, and closes the client connection after most of them. `08P01` alone would make
-//! them all transient; [`classify_pooler_message`] tells them apart:
-//!
-//! | PgBouncer message | meaning | classification |
-//! |---|---|---|
-//! | `no more connections allowed (max_client_conn)` | the pooler's client limit is reached (at connect) | `Transient` |
-//! | `pgbouncer cannot connect to server`, `server login has been failing, try again later (server_login_retry)` | Postgres is down or refusing the pooler; it waits `server_login_retry` before trying again | `Transient` |
-//! | `query_wait_timeout` | no server connection became free in time: the request never reached Postgres | `Transient` |
-//! | `client_idle_timeout`, `idle transaction timeout`, `database configuration changed`, `database removed`, `pooler is shutting down`, `RECONNECT` | the pooler closed this client connection; a new one works | `Transient` |
-//! | `server conn crashed?`, `query timeout` | the server connection was lost (or dropped by the pooler's `query_timeout`) while the request used it: it may have been applied | `Ambiguous` (`Transient` inside an uncommitted transaction or before anything was sent) |
-//! | `no such database`, `no such user`, `password authentication failed`, `unsupported startup parameter`, `... not allowed` | configuration: retrying will not help | `Permanent` |
-//!
-//! `Permanent` errors are never retried and never count against the breaker: a burst of bad SQL does not
-//! take the database "down". `Ambiguous` errors are retried only for requests marked idempotent.
+//! What users read is on [`PgClassifier`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use rampart_layers::Classification;
 use rampart_layers::classify::{Classify, TimeoutsAreTransient};
@@ -47,7 +10,7 @@ use crate::error::{Error, ErrorKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The classification of a SQLSTATE (see the table in the [module docs](self)).
+/// The classification of a SQLSTATE (see the table in the [`PgClassifier`] docs).
 pub fn classify_sqlstate(code: &SqlState) -> Classification {
     let code = code.code();
     match code {
@@ -61,7 +24,7 @@ pub fn classify_sqlstate(code: &SqlState) -> Classification {
 
 /// The classification of an error a pooler (PgBouncer) reports about itself, as SQLSTATE `08P01` with
 /// this message; `None` for a message it does not know, which the SQLSTATE then decides (see the table
-/// in the [module docs](self)). `Ambiguous` means "the outcome is unknown if the request was in flight".
+/// in the [`PgClassifier`] docs). `Ambiguous` means "the outcome is unknown if the request was in flight".
 pub fn classify_pooler_message(message: &str) -> Option<Classification> {
     const AMBIGUOUS: [&str; 2] = ["server conn crashed", "query timeout"];
     const TRANSIENT: [&str; 10] = [
@@ -114,6 +77,45 @@ pub(crate) fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Class
 /// It reads the classification a [`rampart::Error`](Error) carries (decided from the SQLSTATE and the
 /// stage the request had reached), and for stacks whose error is `BoxError` it finds a `rampart::Error`
 /// or a timeout in the error chain. Anything it cannot identify is `Permanent`.
+///
+/// Every layer of a rampart stack asks [`PgClassifier`], so retry, the circuit breaker and pool recreation
+/// agree. The mapping:
+///
+/// | SQLSTATE / condition | meaning | classification |
+/// |---|---|---|
+/// | class `08` (`08000`, `08001`, `08003`, `08004`, `08006`, `08P01`) | connection exception | `Transient` |
+/// | `08007` | transaction resolution unknown | `Ambiguous` |
+/// | `40001`, `40P01` | serialization failure, deadlock detected (the transaction was rolled back) | `Transient` |
+/// | `40003` | statement completion unknown | `Ambiguous` |
+/// | `53300`, `53200` | too many connections, out of memory | `Transient` |
+/// | `55P03` | lock not available (`NOWAIT`, `lock_timeout`) | `Transient` |
+/// | `57014` | query canceled (statement timeout, cancel request): rolled back | `Transient` |
+/// | `57P01`, `57P02`, `57P03`, `57P05` | admin shutdown, crash shutdown, cannot connect now (starting up), idle session timeout | `Transient` |
+/// | `25006` | read-only transaction (a failover left us on a standby) | `Transient` |
+/// | a refused, reset or timed-out **connect** | nothing was sent | `Transient` |
+/// | the connection found closed **before** the request was sent | nothing was sent | `Transient` |
+/// | the connection lost (closed, reset, I/O error) **while** the request was in flight | it may have been applied | `Ambiguous` |
+/// | an attempt timeout or deadline | the statement is cancelled on the server | `Transient` |
+/// | classes `22` (data), `23` (constraint), `42` (syntax, access), `28` (authentication), `3D` (no such database) and every other code | the caller's mistake or a hard failure | `Permanent` |
+///
+///
+/// # A pooler's own errors
+///
+/// PgBouncer (through 1.18 at least; later versions keep the messages) reports its own failures as
+/// `08P01` with a message, and closes the client connection after most of them. `08P01` alone would make
+/// them all transient; [`classify_pooler_message`] tells them apart:
+///
+/// | PgBouncer message | meaning | classification |
+/// |---|---|---|
+/// | `no more connections allowed (max_client_conn)` | the pooler's client limit is reached (at connect) | `Transient` |
+/// | `pgbouncer cannot connect to server`, `server login has been failing, try again later (server_login_retry)` | Postgres is down or refusing the pooler; it waits `server_login_retry` before trying again | `Transient` |
+/// | `query_wait_timeout` | no server connection became free in time: the request never reached Postgres | `Transient` |
+/// | `client_idle_timeout`, `idle transaction timeout`, `database configuration changed`, `database removed`, `pooler is shutting down`, `RECONNECT` | the pooler closed this client connection; a new one works | `Transient` |
+/// | `server conn crashed?`, `query timeout` | the server connection was lost (or dropped by the pooler's `query_timeout`) while the request used it: it may have been applied | `Ambiguous` (`Transient` inside an uncommitted transaction or before anything was sent) |
+/// | `no such database`, `no such user`, `password authentication failed`, `unsupported startup parameter`, `... not allowed` | configuration: retrying will not help | `Permanent` |
+///
+/// `Permanent` errors are never retried and never count against the breaker: a burst of bad SQL does not
+/// take the database "down". `Ambiguous` errors are retried only for requests marked idempotent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgClassifier;
 

@@ -15,7 +15,7 @@
 //!
 //! A third preset, [`pooler`](PgConfig::pooler), is for a pooler in transaction mode (PgBouncer and the
 //! hosted poolers built on it): the `server` settings, plus [`PoolerMode::Transaction`], which keeps no
-//! state in the server session between transactions (see [`crate::pooler`]). It is a setting of its
+//! state in the server session between transactions (see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction)). It is a setting of its
 //! own ([`PgConfig::pooling`]) so that it combines with `serverless` for a serverless host's pooler.
 //!
 //! Keepalives only help an *idle* link: Linux sends no probes while data is unacknowledged, and nothing
@@ -87,7 +87,7 @@ pub enum Preset {
 /// What sits between the application and Postgres, as far as session state is concerned.
 ///
 /// In [`Transaction`](PoolerMode::Transaction) mode rampart keeps no state in the server session
-/// between transactions; see [`crate::pooler`] for what changes and what it costs.
+/// between transactions; see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction) for what changes and what it costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum PoolerMode {

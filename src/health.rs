@@ -1,17 +1,6 @@
-//! Health: a serializable report of how the database looks from here, cheap enough for every `/health`.
+//! Health: the verdict, from the outcomes recorded at the top of a stack.
 //!
-//! [`Db::health`](crate::Db::health) reads what the stack already knows (the pool's statistics, the
-//! breaker's state, when the last query succeeded and what the last error was) and, if asked, times one
-//! probe round trip. Nothing in it holds a password: the server is named by its redacted URL.
-//!
-//! The last success and the last error are recorded by [`Outcomes`] at the top of the stack, where every
-//! layer's errors are seen (an open breaker, a deadline), not by the service at the bottom.
-//!
-//! | status | when |
-//! |---|---|
-//! | `down` | the breaker is open (or forced open), or the probe failed |
-//! | `degraded` | the breaker is half-open, the last outcome was an error, or callers are waiting for connections |
-//! | `up` | otherwise |
+//! What users read is on [`HealthReport`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,6 +124,19 @@ pub struct BreakerReport {
 }
 
 /// How the database looks from this service, now. Serializes to JSON for `/health`.
+///
+/// [`Db::health`](crate::Db::health) reads what the stack already knows (the pool's statistics, the
+/// breaker's state, when the last query succeeded and what the last error was) and, if asked, times one
+/// probe round trip. Nothing in it holds a password: the server is named by its redacted URL.
+///
+/// The last success and the last error are recorded at the top of the stack, where every
+/// layer's errors are seen (an open breaker, a deadline), not by the service at the bottom.
+///
+/// | status | when |
+/// |---|---|
+/// | `down` | the breaker is open (or forced open), or the probe failed |
+/// | `degraded` | the breaker is half-open, the last outcome was an error, or callers are waiting for connections |
+/// | `up` | otherwise |
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HealthReport {

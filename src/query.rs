@@ -117,7 +117,7 @@ impl Query {
     ///
     /// [`DeadlineLayer`]: rampart_layers::deadline::DeadlineLayer
     ///
-    /// In a multiplexed service ([`crate::mux`]) a timeout longer than the shared connections' statement
+    /// In a multiplexed service ([`MuxConfig`](crate::MuxConfig)) a timeout longer than the shared connections' statement
     /// timeout sends the query to an exclusive connection: granting more time says it may be slow.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.deadline = Some(Instant::now() + timeout);
@@ -126,7 +126,7 @@ impl Query {
     }
 
     /// Runs the statement on a connection of its own, never on a shared one of a multiplexed service
-    /// ([`crate::mux`]): for a statement that may be slow, or that uses session state rampart does not
+    /// ([`MuxConfig`](crate::MuxConfig)): for a statement that may be slow, or that uses session state rampart does not
     /// recognise from its first keyword (a function that sets a session variable, say). Without
     /// multiplexing every statement has a connection of its own anyway.
     pub fn exclusive(mut self) -> Self {

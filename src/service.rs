@@ -1,29 +1,6 @@
-//! [`PgService`]: the database as a `tower::Service<Query>`.
+//! The database as a tower::Service: a query's path to a shared or a pooled connection.
 //!
-//! Each call checks a connection out of the [`Pool`] (waiting no longer than the pool's wait timeout or
-//! the request's remaining deadline), prepares the statement through the connection's statement cache,
-//! pushes the remaining deadline down as `statement_timeout`, runs it and returns the rows and the
-//! affected-row count.
-//!
-//! A request that does not finish — its caller dropped the future, or a timeout layer above fired — has
-//! its server-side query cancelled (a cancel request on a separate connection) and its connection
-//! discarded, never handed out again: a connection with a request of unknown state on it, or on a
-//! black-holed link, is not one to reuse.
-//!
-//! The response future is boxed: it is an `async` block whose type cannot be named, and the allocation
-//! is noise beside a network round trip (see `BENCHMARKS.md`).
-//!
-//! Behind a pooler in transaction mode ([`PoolerMode::Transaction`]) nothing may live in the session:
-//! statements are sent unnamed and the deadline is set with `SET LOCAL` inside the statement's own
-//! transaction; see [`crate::pooler`]. How a statement is sent is [`crate::exec`]'s; what a failure means, and
-//! whether the connection survives it, [`crate::outcome`]'s.
-//!
-//! [`PgService::multiplexed`] adds shared connections that pipeline many independent statements each,
-//! beside the pool; see [`crate::mux`] for how requests are routed between the two.
-//!
-//! `poll_ready` is always ready: the pool is the capacity, and how long to wait for it depends on the
-//! request's deadline, which only `call` sees. Bound concurrency with the pool size, or stack tower's
-//! `ConcurrencyLimit` in front.
+//! What users read is on [`PgService`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,6 +32,31 @@ use crate::query::{Query, Response};
 /// assert_eq!(n, 42);
 /// # Ok(()) }
 /// ```
+///
+/// Each call checks a connection out of the [`Pool`] (waiting no longer than the pool's wait timeout or
+/// the request's remaining deadline), prepares the statement through the connection's statement cache,
+/// pushes the remaining deadline down as `statement_timeout`, runs it and returns the rows and the
+/// affected-row count.
+///
+/// A request that does not finish — its caller dropped the future, or a timeout layer above fired — has
+/// its server-side query cancelled (a cancel request on a separate connection) and its connection
+/// discarded, never handed out again: a connection with a request of unknown state on it, or on a
+/// black-holed link, is not one to reuse.
+///
+/// The response future is boxed: it is an `async` block whose type cannot be named, and the allocation
+/// is noise beside a network round trip (see `BENCHMARKS.md`).
+///
+/// Behind a pooler in transaction mode ([`PoolerMode::Transaction`]) nothing may live in the session:
+/// statements are sent unnamed and the deadline is set with `SET LOCAL` inside the statement's own
+/// transaction; see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction). How a statement is sent is `exec.rs`'s; what a failure means, and
+/// whether the connection survives it, `outcome.rs`'s.
+///
+/// [`PgService::multiplexed`] adds shared connections that pipeline many independent statements each,
+/// beside the pool; see [`MuxConfig`](crate::MuxConfig) for how requests are routed between the two.
+///
+/// `poll_ready` is always ready: the pool is the capacity, and how long to wait for it depends on the
+/// request's deadline, which only `call` sees. Bound concurrency with the pool size, or stack tower's
+/// `ConcurrencyLimit` in front.
 #[derive(Clone, Debug)]
 pub struct PgService {
     pool: Pool,
@@ -68,7 +70,7 @@ impl PgService {
     }
 
     /// A multiplexed service: independent statements pipelined over a few shared connections, the rest
-    /// (transactions, session state, slow statements) on connections from `pool`; see [`crate::mux`].
+    /// (transactions, session state, slow statements) on connections from `pool`; see [`MuxConfig`](crate::MuxConfig).
     /// Fails if `pool` is behind a pooler in transaction mode. Opens no connection yet.
     ///
     /// ```no_run

@@ -1,66 +1,6 @@
 //! Multiplexing: many independent statements pipelined over a few shared connections.
 //!
-//! A pool gives each request a connection of its own for the length of the request. For short independent
-//! statements that wastes most of the time of both ends: the connection sits idle while its response
-//! crosses the network and while the client handles it. tokio-postgres can *pipeline* requests from many
-//! tasks over one connection (each is written as soon as it is made; responses come back in order), and on
-//! loopback one shared client does several times the throughput of a 16-connection pool (see
-//! `BENCHMARKS.md`). Over a WAN link to a hosted database the gain is larger: no request waits for a free
-//! connection, so none pays a checkout's queueing on top of its round trip.
-//!
-//! [`PgService::multiplexed`](crate::PgService::multiplexed) (or
-//! [`StackBuilder::multiplex`](crate::StackBuilder::multiplex)) turns it on. The service then keeps a
-//! small set of shared connections ([`MuxConfig::connections`], one by default) beside its pool:
-//!
-//! - **Routing.** A request goes to the least-loaded healthy shared connection (fewest requests in
-//!   flight; ties go to the first, so a lone caller keeps one server process warm), skipping a connection
-//!   that is *stalled* (requests in flight, none finished for
-//!   [`stall_after`](MuxConfigBuilder::stall_after)) and one at its in-flight bound
-//!   ([`max_in_flight`](MuxConfigBuilder::max_in_flight)). When no shared connection can take it (all
-//!   full or stalled, or none connected yet) it *spills* to an exclusive connection from the pool:
-//!   nothing waits for a shared connection.
-//! - **Exclusive work.** Whatever needs the session to itself runs on an exclusive pool connection:
-//!   statements that change or use session state (`BEGIN`/`COMMIT`, `SET`, `LISTEN`, cursors, `PREPARE`,
-//!   `COPY`, `DISCARD`, `LOCK`, session advisory locks, `set_config`, temporary tables), maintenance (`VACUUM`,
-//!   `ANALYZE`, `CLUSTER`, `REINDEX`, `CREATE INDEX`, `REFRESH`), requests marked
-//!   [`Query::exclusive`], and requests whose own [`Query::timeout`] is longer than the shared
-//!   connections' statement timeout (a caller that grants a statement more time says it may be slow).
-//!   Transactions ([`Transactor`](crate::tx::Transactor)) always take a pool connection. Both kinds of work
-//!   mix safely in one service.
-//! - **A slow statement cannot stall the others for long.** Responses on one connection come back in
-//!   order, so requests queued behind a slow statement wait for it. Shared connections therefore run with
-//!   a session `statement_timeout` ([`statement_timeout`](MuxConfigBuilder::statement_timeout); in a
-//!   ready-made stack, its attempt timeout): nothing on them runs longer, and a statement cut by it fails
-//!   with [`ErrorKind::Timeout`], `Permanent` (retrying would hit the limit again) and a message saying
-//!   to mark it [`Query::exclusive`]. New requests avoid a stalled connection; requests already queued
-//!   behind it are bounded by their own deadlines (enforced on the client side when earlier than the
-//!   statement timeout, since no per-request `statement_timeout` can be set on a shared session) and
-//!   retried elsewhere by the retry layer. Statements known to be slow belong on exclusive connections.
-//! - **Failure.** When a shared connection dies, every request in flight on it fails at once, each
-//!   classified as over the pool: a request whose statement may have reached the server is
-//!   [`Ambiguous`](rampart_layers::Classification::Ambiguous) (the retry layer replays it only if it is
-//!   idempotent; a write is reported as outcome unknown), one that was never sent (the connection was
-//!   found closed, or its statement could not even be prepared) is moved to another connection
-//!   invisibly. The dead connection is replaced in the background, with backoff while connects fail;
-//!   meanwhile its share of the traffic goes to the other shared connections or spills to the pool.
-//!   These losses do not count toward a stack's pool rebuild: the multiplexer heals its own connections.
-//! - **Validation costs nothing on the hot path.** A shared connection that answered within the pool's
-//!   bypass window is alive; only one idle for longer is checked (an empty query, bounded by the pool's
-//!   check timeout) before use, as the pool does. Shared connections are replaced after the pool's max
-//!   lifetime (with its jitter), the new one connected before the old one is retired.
-//!
-//! A request abandoned on a shared connection (its caller gave up, a timeout fired) cannot be cancelled
-//! on the server: a cancel request stops whatever the *connection* is running, which may be another
-//! caller's statement. It runs on until it ends or hits the session's statement timeout; its response is
-//! discarded.
-//!
-//! # When to use which
-//!
-//! Multiplexing for many short independent statements from many concurrent callers (the common web
-//! request), the pool for long statements and transactions (which take pool connections either way). Not
-//! behind a pooler in transaction mode (PgBouncer and the hosted poolers): it would route each pipelined
-//! statement's implicit transaction to any server connection, and named statements do not survive that;
-//! building it there is a [`ConfigError`].
+//! What users read is on [`MuxConfig`] (the module is private: the flat list in `lib.rs` is the one public path).
 //!
 //! The files: `config` (the settings), `conn` (a shared connection and its slot), `connect` (opening
 //! them in the background), `session` (which statements need a session of their own), `stats`; this

@@ -98,7 +98,7 @@ impl PoolConfigBuilder {
         self
     }
 
-    /// How long a checkout waits for a free connection before failing with [`ErrorKind::PoolExhausted`].
+    /// How long a checkout waits for a free connection before failing with [`ErrorKind::PoolExhausted`](crate::ErrorKind::PoolExhausted).
     pub fn wait_timeout(mut self, wait: Duration) -> Self {
         self.config.wait_timeout = wait;
         self

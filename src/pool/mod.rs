@@ -1,29 +1,6 @@
-//! The connection pool: deadpool-postgres, plus what it lacks.
+//! The connection pool: deadpool-postgres, plus validation, lifetime, eviction and statistics.
 //!
-//! The pool itself (queueing, fair hand-off, sizing, timeouts) is deadpool's; this module does not write
-//! one. Around deadpool-postgres's manager (which connects and keeps a per-connection statement cache)
-//! it adds what a hosted database needs:
-//!
-//! - **Validation before hand-out.** `is_closed()` always (free); a real round trip (an empty query) only
-//!   when the connection has not been used successfully for longer than the bypass window (500 ms by
-//!   default, as HikariCP), bounded by its own timeout. A connection a NAT gateway or a suspended
-//!   serverless compute killed silently looks open to the client; this check is what finds it before a
-//!   caller does. A connection that fails is dropped and the next one (or a new one) is tried, invisibly
-//!   to the caller. The policy is [`rampart_layers::validate::ValidationPolicy`].
-//! - **Max lifetime with jitter** (30 min, minus up to 10% at random): connections are replaced as they
-//!   age, not all at once.
-//! - **Idle eviction** in the background (10 min by default).
-//! - **A keepalive pinger**, off by default and never on in the serverless preset (a ping would keep a
-//!   suspended compute awake, and billed).
-//! - **A checkout wait timeout, always** (deadpool waits forever by default); its error says the pool was
-//!   exhausted, with its size and waiters.
-//! - **Statistics** readable at any time: [`PoolStats`].
-//!
-//! Why a manager of our own around deadpool-postgres's, rather than its `Manager` as is: deadpool-postgres
-//! hands out a `ClientWrapper` with no room for per-connection state, and validation with a bypass window
-//! needs the time of the last *successful use* (deadpool records only checkouts), max lifetime with jitter
-//! needs a per-connection expiry, and pushing a deadline down as `statement_timeout` needs to know what the
-//! session has set. A connection of ours carries those beside deadpool-postgres's `ClientWrapper`.
+//! What users read is on [`Pool`] (the module is private: the flat list in `lib.rs` is the one public path).
 //!
 //! The files: `config` (the settings), `manager` (deadpool's manager: connect, validate, retire), `in_flight`
 //! (a connection in use by one request and what becomes of it), `background` (idle eviction, pinger),
@@ -63,6 +40,32 @@ pub(crate) type PooledConn = managed::Object<Manager>;
 ///
 /// Cheap to clone; clones share the connections. Background tasks (idle eviction, the optional
 /// pinger) stop when the last clone is dropped.
+///
+/// The pool itself (queueing, fair hand-off, sizing, timeouts) is deadpool's; this module does not write
+/// one. Around deadpool-postgres's manager (which connects and keeps a per-connection statement cache)
+/// it adds what a hosted database needs:
+///
+/// - **Validation before hand-out.** `is_closed()` always (free); a real round trip (an empty query) only
+///   when the connection has not been used successfully for longer than the bypass window (500 ms by
+///   default, as HikariCP), bounded by its own timeout. A connection a NAT gateway or a suspended
+///   serverless compute killed silently looks open to the client; this check is what finds it before a
+///   caller does. A connection that fails is dropped and the next one (or a new one) is tried, invisibly
+///   to the caller. The policy is [`rampart_layers::validate::ValidationPolicy`].
+/// - **Max lifetime with jitter** (30 min, minus up to 10% at random): connections are replaced as they
+///   age, not all at once.
+/// - **Idle eviction** in the background (10 min by default).
+/// - **A keepalive pinger**, off by default and never on in the serverless preset (a ping would keep a
+///   suspended compute awake, and billed).
+/// - **A checkout wait timeout, always** (deadpool waits forever by default); its error says the pool was
+///   exhausted, with its size and waiters.
+/// - **Statistics** readable at any time: [`PoolStats`].
+///
+/// Why a manager of our own around deadpool-postgres's, rather than its `Manager` as is: deadpool-postgres
+/// hands out a `ClientWrapper` with no room for per-connection state, and validation with a bypass window
+/// needs the time of the last *successful use* (deadpool records only checkouts), max lifetime with jitter
+/// needs a per-connection expiry, and pushing a deadline down as `statement_timeout` needs to know what the
+/// session has set. A connection of ours carries those beside deadpool-postgres's `ClientWrapper`.
+
 #[derive(Clone)]
 pub struct Pool {
     inner: managed::Pool<Manager>,

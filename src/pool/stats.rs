@@ -22,7 +22,7 @@ pub(super) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Pool statistics at one moment; see [`Pool::stats`]. Serializable for health documents.
+/// Pool statistics at one moment; see [`Pool::stats`](crate::Pool::stats). Serializable for health documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PoolStats {

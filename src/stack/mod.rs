@@ -1,85 +1,32 @@
-//! Ready-made stacks: from a URL to a resilient query service in three lines.
+//! Ready-made stacks: the layers, their order and their defaults.
 //!
-//! ```no_run
-//! use rampart::{Query, Stack};
-//! use tower::ServiceExt;
-//!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let db = Stack::serverless(&std::env::var("DATABASE_URL")?).build()?;
-//! let row = db.clone().oneshot(Query::read("SELECT now()::text")).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! A request goes through, outermost first:
-//!
-//! ```text
-//! Deadline ─► Retry ─► CircuitBreaker ─► AttemptTimeout ─► Recreate ─► PgService ─► Pool (validation at checkout)
-//! ```
-//!
-//! - **Deadline** (overall, carried across retries and pushed down to the server as `statement_timeout`);
-//! - **Retry**: exponential backoff with full jitter, a retry budget (20% of recent requests plus 10 a
-//!   second) so stacked retries can't multiply load, `Ambiguous` failures retried only for idempotent
-//!   requests;
-//! - **CircuitBreaker**: opens when the database keeps failing, so callers fail fast instead of queueing
-//!   behind a dead server; counts transient failures and timeouts, never bad SQL, and never a lost
-//!   pooled link (that is the connection failing, not the database; see `BreakerClassifier`). Judged over
-//!   a 10 s window rather than the last few calls, so a sub-second restart under load does not open it;
-//! - **AttemptTimeout**: no single attempt may hang (a black-holed link, a peer that acknowledges and never
-//!   answers); the connection of a timed-out attempt is cancelled on the server and discarded;
-//! - **Recreate**: after consecutive lost pooled links the whole pool is rebuilt in the background, once
-//!   per burst (failed connects don't count: a new pool would fail the same way);
-//! - **the pool** validates a connection idle past the bypass window before handing it out.
-//!
-//! Defaults, on by default because a hung query is the failure a stack must never allow:
-//!
-//! | setting | [`Stack::server`] | [`Stack::serverless`] |
-//! |---|---|---|
-//! | overall deadline | 10 s | 30 s (a cold start can take seconds) |
-//! | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
-//! | attempts | 4 | 4 |
-//! | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
-//! | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
-//! | recreate | after 8 consecutive lost pooled links | same |
-//!
-//! [`Stack::pooler`] is the `server` stack for a pooler in transaction mode (PgBouncer and the hosted
-//! poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
-//! statement's own transaction; see [`crate::pooler`].
-//!
-//! [`StackBuilder::multiplex`] puts independent statements on a shared, pipelined connection instead of
-//! a pooled one each (several times a pool's throughput for short statements); everything above the
-//! service is the same. See [`crate::mux`].
-//!
-//! The deadline and the attempt timeout are defaults: a query given its own time with
-//! [`Query::timeout`](crate::Query::timeout) gets exactly that, longer or shorter (one attempt may use all
-//! of it), so a report known to take a minute does not need a stack of its own.
-//!
-//! Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
+//! What users read is on [`Stack`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rampart_layers::breaker::{BreakerConfig, BreakerHandle, CircuitBreakerLayer, SlidingWindow};
+use rampart_layers::breaker::{BreakerConfig, CircuitBreakerLayer, SlidingWindow};
 use rampart_layers::deadline::{AttemptTimeoutLayer, DeadlineLayer};
-use rampart_layers::recreate::{Recreate, RecreateConfig, RecreateHandle};
+use rampart_layers::recreate::{Recreate, RecreateConfig};
 use rampart_layers::retry::backoff::{Exponential, Jitter};
 use rampart_layers::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use tower::util::{BoxCloneSyncService, Either};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
 
 use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
 use crate::error::{ConfigError, Error};
-use crate::health::{HealthReport, Outcomes};
+use crate::health::Outcomes;
 use crate::mux::MuxConfig;
-use crate::pool::{Pool, PoolConfig};
-use crate::query::{Query, Response};
-use crate::service::PgService;
-use crate::tx::Transactor;
+use crate::pool::PoolConfig;
+use crate::query::Response;
+
+mod db;
+
+pub use self::db::Db;
+use self::db::{Services, new_service};
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -111,11 +58,66 @@ impl fmt::Debug for StackBuilder {
 }
 
 /// Entry points for the ready-made stacks.
+///
+/// ```no_run
+/// use rampart::{Query, Stack};
+/// use tower::ServiceExt;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let db = Stack::serverless(&std::env::var("DATABASE_URL")?).build()?;
+/// let row = db.clone().oneshot(Query::read("SELECT now()::text")).await?;
+/// # Ok(()) }
+/// ```
+///
+/// A request goes through, outermost first:
+///
+/// ```text
+/// Deadline ─► Retry ─► CircuitBreaker ─► AttemptTimeout ─► Recreate ─► PgService ─► Pool (validation at checkout)
+/// ```
+///
+/// - **Deadline** (overall, carried across retries and pushed down to the server as `statement_timeout`);
+/// - **Retry**: exponential backoff with full jitter, a retry budget (20% of recent requests plus 10 a
+///   second) so stacked retries can't multiply load, `Ambiguous` failures retried only for idempotent
+///   requests;
+/// - **CircuitBreaker**: opens when the database keeps failing, so callers fail fast instead of queueing
+///   behind a dead server; counts transient failures and timeouts, never bad SQL, and never a lost
+///   pooled link (that is the connection failing, not the database; see `BreakerClassifier`). Judged over
+///   a 10 s window rather than the last few calls, so a sub-second restart under load does not open it;
+/// - **AttemptTimeout**: no single attempt may hang (a black-holed link, a peer that acknowledges and never
+///   answers); the connection of a timed-out attempt is cancelled on the server and discarded;
+/// - **Recreate**: after consecutive lost pooled links the whole pool is rebuilt in the background, once
+///   per burst (failed connects don't count: a new pool would fail the same way);
+/// - **the pool** validates a connection idle past the bypass window before handing it out.
+///
+/// Defaults, on by default because a hung query is the failure a stack must never allow:
+///
+/// | setting | [`Stack::server`] | [`Stack::serverless`] |
+/// |---|---|---|
+/// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
+/// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
+/// | attempts | 4 | 4 |
+/// | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
+/// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
+/// | recreate | after 8 consecutive lost pooled links | same |
+///
+/// [`Stack::pooler`] is the `server` stack for a pooler in transaction mode (PgBouncer and the hosted
+/// poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
+/// statement's own transaction; see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction).
+///
+/// [`StackBuilder::multiplex`] puts independent statements on a shared, pipelined connection instead of
+/// a pooled one each (several times a pool's throughput for short statements); everything above the
+/// service is the same. See [`MuxConfig`](crate::MuxConfig).
+///
+/// The deadline and the attempt timeout are defaults: a query given its own time with
+/// [`Query::timeout`](crate::Query::timeout) gets exactly that, longer or shorter (one attempt may use all
+/// of it), so a report known to take a minute does not need a stack of its own.
+///
+/// Every error reaching the caller is a [`rampart::Error`](crate::Error), whatever layer produced it.
 #[derive(Debug)]
 pub struct Stack;
 
 impl Stack {
-    /// The stack for an always-on server (see the table in the [module docs](self)).
+    /// The stack for an always-on server (see the table in the [`Stack`] docs).
     pub fn server(url: &str) -> StackBuilder {
         StackBuilder::new(PgConfig::server(url))
     }
@@ -127,7 +129,7 @@ impl Stack {
 
     /// The stack for a pooler in transaction mode (PgBouncer, Neon's `-pooler` endpoints, Supabase's
     /// pooler): the [`server`](Self::server) stack, keeping no state in the server session between
-    /// transactions (see [`crate::pooler`]). For a serverless host's pooler endpoint use
+    /// transactions (see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction)). For a serverless host's pooler endpoint use
     /// `Stack::serverless(url).pooling(PoolerMode::Transaction)`.
     pub fn pooler(url: &str) -> StackBuilder {
         StackBuilder::new(PgConfig::pooler(url))
@@ -198,7 +200,7 @@ impl StackBuilder {
 
     /// Multiplexes independent statements over a few shared connections instead of giving each its own
     /// pooled connection; transactions and session work still use the pool. Several times the throughput
-    /// of a pool for short statements under concurrency (see [`crate::mux`] for the routing and the
+    /// of a pool for short statements under concurrency (see [`MuxConfig`](crate::MuxConfig) for the routing and the
     /// failure semantics, `BENCHMARKS.md` for the figures). Unless set in `config`, the shared
     /// connections' statement timeout is the stack's attempt timeout. Not available behind a pooler in
     /// transaction mode ([`build`](Self::build) fails).
@@ -227,7 +229,7 @@ impl StackBuilder {
     }
 
     /// The overall deadline of a request, across all its attempts. A request may carry an earlier one
-    /// ([`Query::timeout`]).
+    /// ([`Query::timeout`](crate::Query::timeout)).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
@@ -367,170 +369,5 @@ impl StackBuilder {
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
         })
-    }
-}
-
-/// A service over a new pool: the stack's first, and each one the pool rebuilds make.
-fn new_service(
-    pg: &PgConfig,
-    pool: &PoolConfig,
-    mux: Option<&MuxConfig>,
-) -> Result<PgService, ConfigError> {
-    let pool = Pool::new(pg.clone(), pool.clone())?;
-    match mux {
-        Some(config) => PgService::multiplexed(pool, config.clone()),
-        None => Ok(PgService::new(pool)),
-    }
-}
-
-/// What makes a new service when the pool is rebuilt.
-type Factory = BoxCloneSyncService<(), PgService, ConfigError>;
-
-/// Where the current service is read from: the rebuilding layer holds it, if the stack has one.
-#[derive(Clone)]
-enum Services {
-    Fixed(PgService),
-    Rebuilt(RecreateHandle<PgService, Factory>),
-}
-
-impl Services {
-    fn current(&self) -> PgService {
-        match self {
-            Services::Fixed(service) => service.clone(),
-            Services::Rebuilt(handle) => handle.current(),
-        }
-    }
-
-    fn rebuilds(&self) -> u64 {
-        match self {
-            Services::Fixed(_) => 0,
-            Services::Rebuilt(handle) => handle.generation(),
-        }
-    }
-}
-
-/// The first keyword of a statement (`SELECT`, `insert`, ...) as written, for logs; at most 16 bytes.
-fn statement_verb(sql: &str) -> &str {
-    let sql = sql.trim_start();
-    let end = sql
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(sql.len())
-        .min(16);
-    &sql[..end]
-}
-
-/// The ready-made stack: a cloneable `tower::Service<Query>` whose every error is a [`rampart::Error`](Error).
-#[derive(Clone)]
-pub struct Db {
-    inner: BoxCloneSyncService<Query, Response, Error>,
-    services: Services,
-    outcomes: Arc<Outcomes>,
-    breaker: Option<BreakerHandle>,
-    retries: Arc<AtomicU64>,
-    attempt_timeout: Duration,
-    deadline: Duration,
-}
-
-impl fmt::Debug for Db {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Db")
-            .field("service", &self.service())
-            .field("breaker", &self.breaker)
-            .finish()
-    }
-}
-
-impl Db {
-    /// The Postgres service at the bottom of the stack (the current one, if the pool was rebuilt).
-    pub fn service(&self) -> PgService {
-        self.services.current()
-    }
-
-    /// The current pool.
-    pub fn pool(&self) -> Pool {
-        self.service().pool().clone()
-    }
-
-    /// The circuit breaker's handle (to read its state or force it), if the stack has one.
-    pub fn breaker(&self) -> Option<&BreakerHandle> {
-        self.breaker.as_ref()
-    }
-
-    /// How many retries the stack has made (attempts after the first), since it was built.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
-    /// A [`Transactor`] over the current pool, whose runs are bounded by the stack's attempt timeout:
-    /// for transactions re-run whole on serialization failures and deadlocks.
-    pub fn transactor(&self) -> Transactor {
-        // Like the stack's own retries, re-runs are bounded by the deadline rather than a small count, so a
-        // restart that takes a second is ridden out.
-        Transactor::new(self.pool())
-            .attempt_timeout(Some(self.attempt_timeout))
-            .max_elapsed(Some(self.deadline))
-            .max_attempts(100)
-    }
-
-    /// How many times the pool has been rebuilt after consecutive connection failures.
-    pub fn pool_rebuilds(&self) -> u64 {
-        self.services.rebuilds()
-    }
-
-    /// A health report; with `probe`, also times a `SELECT 1` bounded by it.
-    pub async fn health(&self, probe: Option<Duration>) -> HealthReport {
-        HealthReport::gather(
-            &self.service(),
-            &self.outcomes,
-            self.breaker.as_ref(),
-            probe,
-        )
-        .await
-    }
-
-    /// Runs one query through the stack.
-    pub async fn run(&self, query: Query) -> Result<Response, Error> {
-        self.clone().oneshot(query).await
-    }
-}
-
-impl tower::Service<Query> for Db {
-    type Response = Response;
-    type Error = Error;
-    type Future = Instrumented<
-        <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    /// Every request runs in a `rampart.query` span (target `rampart::query`, level debug), so the
-    /// events of its attempts, retries, validation and breaker decisions can be followed together. The
-    /// span names the statement's verb, never its text or parameters, which may hold data.
-    fn call(&mut self, query: Query) -> Self::Future {
-        let span = tracing::debug_span!(
-            target: "rampart::query",
-            "rampart.query",
-            verb = statement_verb(query.sql()),
-            idempotent = query.is_idempotent(),
-            keyed = query.key().is_some(),
-        );
-        self.inner.call(query).instrument(span)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_verb_of_a_statement_is_logged() {
-        assert_eq!(statement_verb("  SELECT secret FROM t"), "SELECT");
-        assert_eq!(statement_verb("insert into t values ('pw')"), "insert");
-        assert_eq!(statement_verb("ALTER ROLE x PASSWORD 'pw'"), "ALTER");
-        assert_eq!(statement_verb("(SELECT 1)"), "");
-        assert_eq!(statement_verb("é"), "");
-        assert_eq!(statement_verb(&"A".repeat(40)), "A".repeat(16));
     }
 }

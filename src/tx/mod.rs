@@ -1,39 +1,6 @@
-//! Transactions that are re-run whole when Postgres asks for it.
+//! Transactions re-run whole, through the retry layer.
 //!
-//! Under `SERIALIZABLE` (and `REPEATABLE READ`) isolation, Postgres aborts a transaction with a
-//! serialization failure (`40001`) or a deadlock (`40P01`) and expects the application to run it again
-//! *from the start*: retrying the failed statement alone is wrong, since what the transaction read
-//! earlier may have changed. [`Transactor::run`] does that: it runs your closure in a transaction, and on
-//! those errors (or a connection lost before `COMMIT` was sent, when the server rolls the transaction back)
-//! it rolls back, waits out the retry schedule, and runs the whole closure again on a fresh transaction.
-//!
-//! `COMMIT` is the one point where the outcome can be unknown: if the link fails after `COMMIT` was sent,
-//! the transaction may or may not have committed. That is reported as
-//! [`is_outcome_unknown`](crate::Error::is_outcome_unknown), never re-run.
-//!
-//! The re-runs are [`rampart_layers::retry`]'s, the loop every stack uses, not a second one: each run is
-//! one call to a small service, and the retry layer's policy (attempts, backoff, budget, time limit) and
-//! [`PgClassifier`](crate::PgClassifier) decide whether to run again. A run is not idempotent, so a run
-//! whose outcome is unknown is never repeated.
-//!
-//! ```no_run
-//! use rampart::{IsolationLevel, Transactor};
-//! use rampart::{PgConfig, Pool, PoolConfig};
-//!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let pool = Pool::new(PgConfig::from_url("postgres://postgres@127.0.0.1/postgres")?, PoolConfig::default())?;
-//! let transfers = Transactor::new(pool).isolation(IsolationLevel::Serializable);
-//! transfers
-//!     .run(|tx| {
-//!         Box::pin(async move {
-//!             tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = $1", &[&1i32]).await?;
-//!             tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = $1", &[&2i32]).await?;
-//!             Ok(())
-//!         })
-//!     })
-//!     .await?;
-//! # Ok(()) }
-//! ```
+//! What users read is on [`Transactor`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,8 +15,6 @@ use rampart_layers::deadline::Deadlined;
 use rampart_layers::retry::backoff::{Backoff, Exponential, Jitter};
 use rampart_layers::retry::{Retry, RetryBudget, RetryPolicy};
 use tokio::time::Instant;
-use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 use tower::ServiceExt;
 
 pub use tokio_postgres::IsolationLevel;
@@ -57,131 +22,54 @@ pub use tokio_postgres::IsolationLevel;
 use crate::classify::PgClassifier;
 use crate::config::PoolerMode;
 use crate::error::{Error, ErrorKind};
-use crate::exec::{ParamTypes, set_local_timeout, typed};
+use crate::exec::set_local_timeout;
 use crate::outcome::{Link, Stage, failure};
 use crate::pool::{InFlight, Pool};
 use crate::sync::lock;
 
-/// A transaction in progress, handed to the closure of [`Transactor::run`]. Its methods return
-/// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
-pub struct Tx<'a> {
-    inner: deadpool_postgres::Transaction<'a>,
-    server: &'a str,
-    /// Behind a transaction pooler: the pool's parameter types, for unnamed statements.
-    unnamed: Option<&'a ParamTypes>,
-    /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
-    prelude: Mutex<Option<String>>,
-    /// A statement's failure ended the connection.
-    gone: AtomicBool,
-}
+mod transaction;
 
-impl std::fmt::Debug for Tx<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx")
-            .field("server", &self.server)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Parameters of a statement.
-pub type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
-
-impl Tx<'_> {
-    fn err(&self, e: tokio_postgres::Error) -> Error {
-        let failed = failure(e, Stage::InTransaction, Link::Own, self.server);
-        if failed.gone {
-            self.gone.store(true, Ordering::Relaxed);
-        }
-        failed.error
-    }
-
-    /// Runs `statement`, with the pending `SET LOCAL` pipelined in front of it the first time.
-    async fn send<T>(
-        &self,
-        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, Error> {
-        let prelude = lock(&self.prelude).take();
-        match prelude {
-            None => statement.await.map_err(|e| self.err(e)),
-            Some(set) => {
-                let (set, result) =
-                    futures_util::future::join(self.inner.batch_execute(&set), statement).await;
-                set.map_err(|e| self.err(e))?;
-                result.map_err(|e| self.err(e))
-            }
-        }
-    }
-
-    /// Runs a statement and returns its rows (statements are prepared once per connection and cached;
-    /// behind a transaction pooler they are sent unnamed).
-    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.send(async {
-            match self.unnamed {
-                Some(cache) => {
-                    let types = cache.learn(&*self.inner, sql).await?;
-                    let params = typed(params.iter().copied(), &types);
-                    self.inner.query_typed(sql, &params).await
-                }
-                None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
-                    self.inner.query(&statement, params).await
-                }
-            }
-        })
-        .await
-    }
-
-    /// Runs a statement that returns exactly one row.
-    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        self.send(async {
-            match self.unnamed {
-                Some(cache) => {
-                    let types = cache.learn(&*self.inner, sql).await?;
-                    let params = typed(params.iter().copied(), &types);
-                    self.inner.query_typed_one(sql, &params).await
-                }
-                None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
-                    self.inner.query_one(&statement, params).await
-                }
-            }
-        })
-        .await
-    }
-
-    /// Runs a statement and returns the number of rows it affected.
-    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.send(async {
-            match self.unnamed {
-                Some(cache) => {
-                    let types = cache.learn(&*self.inner, sql).await?;
-                    let params = typed(params.iter().copied(), &types);
-                    self.inner.execute_typed(sql, &params).await
-                }
-                None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
-                    self.inner.execute(&statement, params).await
-                }
-            }
-        })
-        .await
-    }
-
-    /// The underlying tokio-postgres transaction, for anything else ([`crate::postgres`] has its types).
-    /// Errors from it are yours to map; behind a transaction pooler, prepare nothing on it: see
-    /// [`PoolerMode::Transaction`](crate::PoolerMode::Transaction).
-    pub fn client(&self) -> &tokio_postgres::Transaction<'_> {
-        &self.inner
-    }
-}
-
-/// The boxed future a transaction closure returns: `|tx| Box::pin(async move { ... })`.
-pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
+pub use self::transaction::{Params, Tx, TxFuture};
 
 /// Runs closures in transactions and re-runs them whole on serialization failures and deadlocks.
 ///
 /// Defaults: the server's isolation level, at most 5 runs, exponential backoff from 20 ms doubling to
 /// 1 s with full jitter (contending transactions must not retry in lockstep), no retry budget, 30 s a run.
+///
+/// Under `SERIALIZABLE` (and `REPEATABLE READ`) isolation, Postgres aborts a transaction with a
+/// serialization failure (`40001`) or a deadlock (`40P01`) and expects the application to run it again
+/// *from the start*: retrying the failed statement alone is wrong, since what the transaction read
+/// earlier may have changed. [`Transactor::run`] does that: it runs your closure in a transaction, and on
+/// those errors (or a connection lost before `COMMIT` was sent, when the server rolls the transaction back)
+/// it rolls back, waits out the retry schedule, and runs the whole closure again on a fresh transaction.
+///
+/// `COMMIT` is the one point where the outcome can be unknown: if the link fails after `COMMIT` was sent,
+/// the transaction may or may not have committed. That is reported as
+/// [`is_outcome_unknown`](crate::Error::is_outcome_unknown), never re-run.
+///
+/// The re-runs are [`rampart_layers::retry`]'s, the loop every stack uses, not a second one: each run is
+/// one call to a small service, and the retry layer's policy (attempts, backoff, budget, time limit) and
+/// [`PgClassifier`](crate::PgClassifier) decide whether to run again. A run is not idempotent, so a run
+/// whose outcome is unknown is never repeated.
+///
+/// ```no_run
+/// use rampart::{IsolationLevel, Transactor};
+/// use rampart::{PgConfig, Pool, PoolConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = Pool::new(PgConfig::from_url("postgres://postgres@127.0.0.1/postgres")?, PoolConfig::default())?;
+/// let transfers = Transactor::new(pool).isolation(IsolationLevel::Serializable);
+/// transfers
+///     .run(|tx| {
+///         Box::pin(async move {
+///             tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = $1", &[&1i32]).await?;
+///             tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = $1", &[&2i32]).await?;
+///             Ok(())
+///         })
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Transactor<B = Exponential> {
     pool: Pool,

@@ -1,0 +1,130 @@
+//! [`Tx`]: a transaction in progress, as a transactor's closure sees it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::error::Error;
+use crate::exec::{ParamTypes, typed};
+use crate::outcome::{Link, Stage, failure};
+use crate::sync::lock;
+
+/// A transaction in progress, handed to the closure of [`Transactor::run`](crate::Transactor::run). Its methods return
+/// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
+pub struct Tx<'a> {
+    pub(super) inner: deadpool_postgres::Transaction<'a>,
+    pub(super) server: &'a str,
+    /// Behind a transaction pooler: the pool's parameter types, for unnamed statements.
+    pub(super) unnamed: Option<&'a ParamTypes>,
+    /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
+    pub(super) prelude: Mutex<Option<String>>,
+    /// A statement's failure ended the connection.
+    pub(super) gone: AtomicBool,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parameters of a statement.
+pub type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    fn err(&self, e: tokio_postgres::Error) -> Error {
+        let failed = failure(e, Stage::InTransaction, Link::Own, self.server);
+        if failed.gone {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        failed.error
+    }
+
+    /// Runs `statement`, with the pending `SET LOCAL` pipelined in front of it the first time.
+    async fn send<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, Error> {
+        let prelude = lock(&self.prelude).take();
+        match prelude {
+            None => statement.await.map_err(|e| self.err(e)),
+            Some(set) => {
+                let (set, result) =
+                    futures_util::future::join(self.inner.batch_execute(&set), statement).await;
+                set.map_err(|e| self.err(e))?;
+                result.map_err(|e| self.err(e))
+            }
+        }
+    }
+
+    /// Runs a statement and returns its rows (statements are prepared once per connection and cached;
+    /// behind a transaction pooler they are sent unnamed).
+    pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.query_typed(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.query(&statement, params).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a statement that returns exactly one row.
+    pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.query_typed_one(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.query_one(&statement, params).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        self.send(async {
+            match self.unnamed {
+                Some(cache) => {
+                    let types = cache.learn(&*self.inner, sql).await?;
+                    let params = typed(params.iter().copied(), &types);
+                    self.inner.execute_typed(sql, &params).await
+                }
+                None => {
+                    let statement = self.inner.prepare_cached(sql).await?;
+                    self.inner.execute(&statement, params).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The underlying tokio-postgres transaction, for anything else ([`crate::postgres`] has its types).
+    /// Errors from it are yours to map; behind a transaction pooler, prepare nothing on it: see
+    /// [`PoolerMode::Transaction`](crate::PoolerMode::Transaction).
+    pub fn client(&self) -> &tokio_postgres::Transaction<'_> {
+        &self.inner
+    }
+}
+
+/// The boxed future a transaction closure returns: `|tx| Box::pin(async move { ... })`.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
