@@ -4,6 +4,8 @@
 //! Enabled by the `testing` feature. Every test, example and benchmark in this repository uses this one
 //! implementation, and so can yours: a test that needs a server to stop, restart or misbehave starts a
 //! [`Cluster`] of its own, and puts a [`FaultProxy`] in front of it when the fault is on the network.
+//! [`until`] waits, bounded, for what a test expects; [`Accounts`] is the transfers workload the
+//! transaction tests share.
 //!
 //! ```no_run
 //! use rampart::testing::{Cluster, Fault, FaultProxy};
@@ -26,13 +28,17 @@
 //! A test that needs PostgreSQL (or PgBouncer) and cannot find it **fails** with [`HarnessError`], whose message says how
 //! to install the server or which variable to set. It never skips silently.
 
+mod accounts;
 mod cluster;
 mod error;
 mod pgbouncer;
 mod process;
 mod proxy;
+mod wait;
 
+pub use accounts::Accounts;
 pub use cluster::{Cluster, ClusterBuilder, find_bin_dir};
 pub use error::HarnessError;
 pub use pgbouncer::{PgBouncer, PgBouncerBuilder, find_pgbouncer};
 pub use proxy::{Fault, FaultProxy, ProxyStats};
+pub use wait::{WAIT_BOUND, until, until_async};

@@ -23,17 +23,7 @@ async fn select_one(client: &Client) -> Result<i32, tokio_postgres::Error> {
         .map(|row| row.get(0))
 }
 
-/// Waits (bounded) until `cond` holds, checking every few milliseconds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+use rampart::testing::until as eventually;
 
 async fn backend_count(cluster: &Cluster) -> i64 {
     let admin = connect(&cluster.url()).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rampart::layers::Classification;
 use rampart::layers::validate::ValidationPolicy;
-use rampart::testing::{Cluster, Fault, FaultProxy};
+use rampart::testing::{Accounts, Cluster, Fault, FaultProxy};
 use rampart::{ErrorKind, PgConfig, PgService, Pool, PoolConfig, Query};
 use tower::ServiceExt;
 
@@ -448,19 +448,7 @@ mod transactions {
     use super::*;
 
     async fn accounts(db: &PgService, n: i32) {
-        db.clone()
-            .oneshot(Query::write(
-                "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)",
-            ))
-            .await
-            .unwrap();
-        db.clone()
-            .oneshot(
-                Query::write("INSERT INTO accounts SELECT g, 100 FROM generate_series(1, $1) g")
-                    .bind(n),
-            )
-            .await
-            .unwrap();
+        Accounts::new(n, 100).create(db.clone()).await.unwrap();
     }
 
     #[tokio::test]
@@ -520,60 +508,17 @@ mod transactions {
             &cluster.url(),
             PoolConfig::builder().max_size(8).build().unwrap(),
         ));
-        accounts(&db, 5).await;
+        let bank = Accounts::new(5, 100);
+        bank.create(db.clone()).await.unwrap();
         let transactor = Transactor::new(db.pool().clone())
             .isolation(IsolationLevel::Serializable)
             .max_attempts(50);
-        let mut tasks = tokio::task::JoinSet::new();
-        for worker in 0..8i32 {
-            let transactor = transactor.clone();
-            tasks.spawn(async move {
-                for i in 0..15i32 {
-                    let (from, to) = ((worker + i) % 5 + 1, (worker + 2 * i + 1) % 5 + 1);
-                    if from == to {
-                        continue;
-                    }
-                    transactor
-                        .run(|tx| {
-                            Box::pin(async move {
-                                let balance: i64 = tx
-                                    .query_one(
-                                        "SELECT balance FROM accounts WHERE id = $1",
-                                        &[&from],
-                                    )
-                                    .await?
-                                    .get(0);
-                                let amount = balance.min(7);
-                                tx.execute(
-                                    "UPDATE accounts SET balance = balance - $2 WHERE id = $1",
-                                    &[&from, &amount],
-                                )
-                                .await?;
-                                tx.execute(
-                                    "UPDATE accounts SET balance = balance + $2 WHERE id = $1",
-                                    &[&to, &amount],
-                                )
-                                .await?;
-                                Ok(())
-                            })
-                        })
-                        .await
-                        .expect("every transfer commits within 50 runs");
-                }
-            });
+        for outcome in bank.run_transfers(&transactor, 8, 15, 7).await {
+            outcome.expect("every transfer commits within 50 runs");
         }
-        while let Some(done) = tasks.join_next().await {
-            done.unwrap();
-        }
-        let total = db
-            .oneshot(Query::read("SELECT sum(balance)::bigint FROM accounts"))
-            .await
-            .unwrap();
-        assert_eq!(
-            total.first().unwrap().get::<_, i64>(0),
-            500,
-            "money is neither made nor lost"
-        );
+        let (total, transfers) = Accounts::audit(&cluster.url()).await;
+        assert_eq!(total, bank.total(), "money is neither made nor lost");
+        assert_eq!(transfers, 8 * 15, "each transfer applied exactly once");
     }
 
     #[tokio::test]

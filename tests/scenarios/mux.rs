@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart::IsolationLevel;
-use rampart::testing::{Cluster, FaultProxy};
+use rampart::testing::{Accounts, Cluster, FaultProxy};
 use rampart::{Db, ErrorKind, MuxConfig, PoolerMode, Query, Stack};
 
 use crate::support::{
@@ -372,51 +372,20 @@ async fn mux_load_during_a_restart() {
 async fn mux_transactions_mix_with_multiplexed_statements() {
     let cluster = Cluster::new().await.unwrap();
     let db = stack(&cluster.url()).multiplex(mux(2)).build().unwrap();
-    db.run(Query::write(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)",
-    ))
-    .await
-    .unwrap();
+    let bank = Accounts::new(4, 1000);
+    bank.create(db.clone()).await.unwrap();
     db.run(Query::write("CREATE TABLE log (n int)"))
         .await
         .unwrap();
-    db.run(Query::write(
-        "INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 4) g",
-    ))
-    .await
-    .unwrap();
-    let transfers = Arc::new(
-        db.transactor()
-            .isolation(IsolationLevel::Serializable)
-            .max_attempts(50),
-    );
-    let mut tasks = Vec::new();
-    for i in 0..6i32 {
-        let transfers = transfers.clone();
-        tasks.push(tokio::spawn(async move {
-            for j in 0..10i32 {
-                let (from, to) = ((i + j) % 4 + 1, (i + j + 1) % 4 + 1);
-                transfers
-                    .run(|tx| {
-                        Box::pin(async move {
-                            tx.execute(
-                                "UPDATE accounts SET balance = balance - 10 WHERE id = $1",
-                                &[&from],
-                            )
-                            .await?;
-                            tx.execute(
-                                "UPDATE accounts SET balance = balance + 10 WHERE id = $1",
-                                &[&to],
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
+    let transfers = db
+        .transactor()
+        .isolation(IsolationLevel::Serializable)
+        .max_attempts(50);
+    let mut tasks = vec![tokio::spawn(async move {
+        for outcome in bank.run_transfers(&transfers, 6, 10, 10).await {
+            outcome.expect("every transfer commits");
+        }
+    })];
     for c in 0..24i32 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
@@ -439,8 +408,9 @@ async fn mux_transactions_mix_with_multiplexed_statements() {
     }
     assert_eq!(count(&cluster, "SELECT count(*) FROM log").await, 24 * 40);
     assert_eq!(
-        count(&cluster, "SELECT sum(balance)::bigint FROM accounts").await,
-        4000
+        Accounts::audit(&cluster.url()).await,
+        (bank.total(), 60),
+        "the money adds up and each transfer was applied once"
     );
     let s = stats(&db);
     assert!(

@@ -230,9 +230,12 @@ async fn s03_server_down_longer_than_the_retry_policy() {
 async fn s04_network_black_hole() {
     let cluster = Cluster::new().await.unwrap();
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    // The deadline is far beyond attempts × attempt timeout: if the attempt timeout did not cut each
+    // attempt, the request would end at the deadline (DeadlineExceeded), not with Timeout after 2 attempts.
     let db = stack(&proxy.url(&cluster))
         .attempt_timeout(Duration::from_millis(500))
-        .deadline(Duration::from_millis(1200))
+        .deadline(Duration::from_secs(20))
+        .max_attempts(2)
         .build()
         .unwrap();
     db.run(Query::read("SELECT 1")).await.unwrap();
@@ -244,9 +247,11 @@ async fn s04_network_black_hole() {
         .await
         .expect("bounded")
         .unwrap_err();
-    assert!(
-        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::DeadlineExceeded),
-        "{err}"
+    assert_eq!(err.kind(), ErrorKind::Timeout, "each attempt is cut: {err}");
+    assert_eq!(
+        err.attempts(),
+        Some(2),
+        "both attempts were made and cut: {err}"
     );
     let discarded = db.pool().stats().discarded;
     assert!(
@@ -270,7 +275,7 @@ async fn s04_network_black_hole() {
     report(
         "S4",
         &format!(
-            "{} after the 500 ms attempt timeout; {discarded} stuck connection(s) discarded",
+            "{} after 2 attempts cut at the 500 ms attempt timeout (deadline 20 s); {discarded} stuck connection(s) discarded",
             err.kind().as_str()
         ),
         "bare client: no answer after 3 s (TCP would retransmit for minutes)",

@@ -183,20 +183,38 @@ async fn s08_pool_exhausted() {
         .max_attempts(1)
         .build()
         .unwrap();
-    // Two callers hold both connections; six more arrive.
-    let holders = (0..2).map(|_| db.run(Query::read("SELECT pg_sleep(1.5)")));
-    let waiters = (0..6).map(|_| async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        db.run(Query::read("SELECT 1")).await
-    });
-    let (held, waited) = tokio::time::timeout(BOUND, async {
-        tokio::join!(
-            futures_util::future::join_all(holders),
-            futures_util::future::join_all(waiters)
-        )
+    // Two callers hold both connections, blocked on a lock an admin session holds until the waiters
+    // have had their answers; six more arrive once both connections are seen in use.
+    let admin = connect(&cluster.url()).await;
+    admin
+        .simple_query("SELECT pg_advisory_lock(1)")
+        .await
+        .unwrap();
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.run(Query::read("SELECT pg_advisory_xact_lock(1)").timeout(BOUND))
+                    .await
+            })
+        })
+        .collect();
+    until("both pooled connections are held", || {
+        db.pool().stats().in_use == 2
     })
-    .await
-    .expect("no deadlock: every caller gets an answer");
+    .await;
+    let waiters = (0..6).map(|_| db.run(Query::read("SELECT 1")));
+    let waited = tokio::time::timeout(BOUND, futures_util::future::join_all(waiters))
+        .await
+        .expect("no deadlock: every waiter gets an answer");
+    admin
+        .simple_query("SELECT pg_advisory_unlock(1)")
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for holder in holders {
+        held.push(holder.await.expect("holder task"));
+    }
     let mut tally = Tally::default();
     for r in held.iter() {
         tally.record_rampart(r);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rampart::layers::Classification;
-use rampart::testing::{Cluster, FaultProxy};
+use rampart::testing::{Accounts, Cluster, FaultProxy};
 use rampart::{ErrorKind, Query};
 use rampart::{IsolationLevel, Transactor};
 
@@ -17,60 +17,17 @@ async fn s10_serialization_failures_and_deadlocks_rerun_the_transaction() {
         .pool(pool_config().max_size(8).build().unwrap())
         .build()
         .unwrap();
-    db.run(Query::write(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)",
-    ))
-    .await
-    .unwrap();
-    db.run(Query::write(
-        "INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 4) g",
-    ))
-    .await
-    .unwrap();
-    db.run(Query::write(
-        "CREATE TABLE transfers (id serial PRIMARY KEY, from_id int, to_id int, amount bigint)",
-    ))
-    .await
-    .unwrap();
+    let bank = Accounts::new(4, 1000);
+    bank.create(db.clone()).await.unwrap();
     let transactor = Transactor::new(db.pool())
         .isolation(IsolationLevel::Serializable)
         .max_attempts(100);
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8i32 {
-        let transactor = transactor.clone();
-        tasks.spawn(async move {
-            for i in 0..10i32 {
-                // Opposite directions in turn, so transactions also lock rows in opposite orders.
-                let (from, to) = if (worker + i) % 2 == 0 { (1 + worker % 4, 1 + (worker + 1) % 4) } else { (1 + (worker + 1) % 4, 1 + worker % 4) };
-                transactor
-                    .run(|tx| {
-                        Box::pin(async move {
-                            let balance: i64 = tx.query_one("SELECT balance FROM accounts WHERE id = $1", &[&from]).await?.get(0);
-                            let amount = balance.min(3);
-                            tx.execute("UPDATE accounts SET balance = balance - $2 WHERE id = $1", &[&from, &amount]).await?;
-                            tx.execute("UPDATE accounts SET balance = balance + $2 WHERE id = $1", &[&to, &amount]).await?;
-                            tx.execute("INSERT INTO transfers (from_id, to_id, amount) VALUES ($1, $2, $3)", &[&from, &to, &amount]).await?;
-                            Ok(())
-                        })
-                    })
-                    .await
-                    .expect("every transfer commits");
-            }
-        });
+    for outcome in bank.run_transfers(&transactor, 8, 10, 3).await {
+        outcome.expect("every transfer commits");
     }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    assert_eq!(
-        count(&cluster, "SELECT sum(balance)::bigint FROM accounts").await,
-        4000,
-        "the invariant holds"
-    );
-    assert_eq!(
-        count(&cluster, "SELECT count(*) FROM transfers").await,
-        80,
-        "each transfer applied exactly once"
-    );
+    let (total, transfers) = Accounts::audit(&cluster.url()).await;
+    assert_eq!(total, bank.total(), "the invariant holds");
+    assert_eq!(transfers, 80, "each transfer applied exactly once");
     let reruns = transactor.runs() - 80;
     report(
         "S10",

@@ -106,31 +106,14 @@ pub(crate) async fn until_count_is(
     expected: &str,
 ) {
     let client = connect(&cluster.url()).await;
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        let n: i64 = client.query_one(sql, &[]).await.expect(sql).get(0);
-        if ok(n) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{sql}` stayed at {n}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("`{sql}` counts {expected}");
+    rampart::testing::until_async(&what, || async {
+        ok(client.query_one(sql, &[]).await.expect(sql).get(0))
+    })
+    .await
 }
 
-/// Waits (bounded) until `cond` holds.
-pub(crate) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub(crate) use rampart::testing::until;
 
 /// Opens `n` pooled connections at once (so later tests know how many exist), by running `n` concurrent
 /// queries that overlap.

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use rampart::layers::Classification;
-use rampart::testing::{Cluster, Fault, FaultProxy};
+use rampart::layers::breaker::{BreakerConfig, BreakerState, SlidingWindow};
+use rampart::testing::{Cluster, Fault, FaultProxy, until_async};
 use rampart::{ErrorKind, Query, Stack, Status};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -91,10 +92,21 @@ async fn a_black_holed_attempt_times_out_at_its_limit_and_its_connection_is_disc
 }
 
 #[tokio::test]
-async fn the_breaker_opens_while_the_server_is_down_and_closes_when_it_is_back() {
+async fn the_breaker_opens_while_the_server_is_down_and_closes_by_a_probe_when_it_is_back() {
     let cluster = Cluster::new().await.unwrap();
+    // A short open wait, so the test sees it close on its own through a half-open probe.
+    let breaker = BreakerConfig::builder()
+        .failure_rate(0.5)
+        .sliding_window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .wait_in_open(Duration::from_millis(200))
+        .wait_multiplier(1.0)
+        .half_open_calls(1)
+        .build()
+        .unwrap();
     let db = Stack::server(&cluster.url())
         .max_attempts(1)
+        .breaker(Some(breaker))
         .build()
         .unwrap();
     db.run(Query::read("SELECT 1")).await.unwrap();
@@ -114,10 +126,17 @@ async fn the_breaker_opens_while_the_server_is_down_and_closes_when_it_is_back()
     assert_eq!(db.health(None).await.status, Status::Down);
 
     cluster.start().await.unwrap();
-    db.breaker().unwrap().reset();
-    db.run(Query::read("SELECT 1"))
-        .await
-        .expect("closed again once reset and the server is back");
+    // No reset: the breaker must close by itself, when a half-open probe succeeds.
+    until_async("a query succeeds once the server is back", || async {
+        db.run(Query::read("SELECT 1")).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        db.breaker().unwrap().state(),
+        BreakerState::Closed,
+        "closed by a successful probe"
+    );
+    assert_eq!(db.health(None).await.status, Status::Up);
 }
 
 #[test]
