@@ -62,10 +62,13 @@ pub fn classify_pooler_message(message: &str) -> Option<Classification> {
 /// pooler's `08P01`.
 pub(crate) fn classify_db(code: &SqlState, err: &tokio_postgres::Error) -> Classification {
     if *code == SqlState::PROTOCOL_VIOLATION {
-        if let Some(class) = err
-            .as_db_error()
-            .and_then(|db| classify_pooler_message(db.message()))
-        {
+        let message = err.as_db_error().map(|db| db.message()).unwrap_or("");
+        // Postgres's own refusal of a message over its 1 GiB limit: the request is too big, and will be
+        // every time.
+        if message.starts_with("invalid message length") {
+            return Classification::Permanent;
+        }
+        if let Some(class) = classify_pooler_message(message) {
             return class;
         }
     }
@@ -145,7 +148,7 @@ impl<Res> Classify<Res, BoxError> for PgClassifier {
 }
 
 /// What a stack's circuit breaker counts: what [`PgClassifier`] calls a failure of the database, except a
-/// connection lost on a pooled link. A lost link says that *connection* failed (a middlebox forgot it, the
+/// connection lost on a pooled link and the errors of a database that answers ([`answered_but_contended`]). A lost link says that *connection* failed (a middlebox forgot it, the
 /// server closed it), not that the database is down: the retry's fresh connection answers that, and if
 /// the database is really down, its connect failures and timeouts are counted. Counting lost links would
 /// let one burst of stale connections open the breaker in front of a healthy database.
@@ -156,9 +159,19 @@ impl<Res> Classify<Res, BoxError> for BreakerClassifier {
     fn classify_error(&self, err: &BoxError) -> Classification {
         match err.downcast_ref::<Error>() {
             Some(e) if e.kind() == ErrorKind::ConnectionLost => Classification::Permanent,
+            Some(e) if e.code().is_some_and(answered_but_contended) => Classification::Permanent,
             _ => Classify::<Res, BoxError>::classify_error(&PgClassifier, err),
         }
     }
+}
+
+/// SQLSTATEs that are worth a retry but say the database is up and answering: one table's contention
+/// (`40001` serialization failure, `40P01` deadlock, `55P03` lock not available), a statement cut by its
+/// own `statement_timeout` or a cancel (`57014`: the server answered), a server that no longer takes
+/// writes (`25006`: reads still work there). None of them is evidence that the database is down, so the
+/// breaker never counts them: five requests on one locked row must not refuse everyone else's queries.
+fn answered_but_contended(code: &SqlState) -> bool {
+    matches!(code.code(), "40001" | "40P01" | "55P03" | "57014" | "25006")
 }
 
 /// What counts toward rebuilding a stack's pool: only pooled links found dead. Failed connects do not

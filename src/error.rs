@@ -170,12 +170,14 @@ impl Error {
 
 impl Error {
     /// What the layers of a stack returned, as an [`Error`]: the service's own error as it was made, or
-    /// the layer's classified (see the [module docs](self)).
-    pub(crate) fn from_layers(err: BoxError) -> Error {
+    /// the layer's classified (see the [module docs](self)). `sent`: whether the statement of the attempt
+    /// an attempt timeout or the deadline cut may have reached the server, which makes its outcome
+    /// unknown.
+    pub(crate) fn from_layers(err: BoxError, sent: bool) -> Error {
         let err = match err.downcast::<RetryError>() {
             Ok(retry) => {
                 let attempts = retry.attempts();
-                let cause = Error::from_layers(retry.into_cause());
+                let cause = Error::from_layers(retry.into_cause(), sent);
                 return if attempts > 1 {
                     cause.with_attempts(attempts)
                 } else {
@@ -207,7 +209,17 @@ impl Error {
             return Error::new(ErrorKind::Other, Classification::Permanent, err.to_string())
                 .with_source(err);
         };
-        Error::new(kind, Classification::Transient, err.to_string()).with_source(err)
+        // Cut while the statement may have been running: it may have been applied (a cancel sent in the
+        // background can arrive after the commit). Cut before it was sent: nothing happened.
+        let (class, message) = if sent {
+            (
+                Classification::Ambiguous,
+                format!("{err}, after the statement was sent"),
+            )
+        } else {
+            (Classification::Transient, err.to_string())
+        };
+        Error::new(kind, class, message).with_source(err)
     }
 }
 

@@ -42,6 +42,7 @@
 //! | `tx.rs` | transactions re-run whole, through the retry layer |
 //! | `service.rs` | a query's path: to a shared connection or a pooled one |
 //! | `mux/` | multiplexing: which statements share a connection, and where each goes |
+//! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
 //! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
 //! | `pool/` | the pool: checkout, validation, lifetime, eviction, what becomes of a connection after a request |
 //! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
@@ -64,6 +65,7 @@ mod pool;
 mod pooler;
 mod query;
 mod service;
+mod session;
 mod stack;
 mod sync;
 mod tls;

@@ -226,7 +226,8 @@ pub(crate) fn connection_gone(err: &tokio_postgres::Error) -> bool {
 }
 
 /// Whether tokio-postgres refused the request before sending anything because the request is wrong: a
-/// parameter that cannot be encoded as the statement's type (`error serializing parameter N`) or the wrong
+/// parameter that cannot be encoded as the statement's type (`error serializing parameter N`), a message
+/// that cannot be encoded (a NUL byte in the SQL text: `error encoding message to server`), or the wrong
 /// number of parameters (`expected N parameters but got M`). tokio-postgres exposes no kind for these but
 /// its message; they have no SQLSTATE, and without this check they would pass for a lost connection:
 /// retried, counted toward a pool rebuild, and their healthy connection thrown away.
@@ -236,6 +237,7 @@ fn is_caller_mistake(err: &tokio_postgres::Error) -> bool {
     }
     let message = err.to_string();
     message.starts_with("error serializing parameter")
+        || message.starts_with("error encoding message to server")
         || (message.starts_with("expected ") && message.contains(" parameters but got "))
 }
 

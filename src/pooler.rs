@@ -105,6 +105,7 @@ pub(crate) async fn run(
     let (types, begin) = match (known, remaining) {
         // No deadline and the types known: one unnamed statement, nothing else.
         (Some(types), None) => {
+            query.mark_sent();
             let outcome = unnamed(client, sql, params, &types).await;
             return in_flight.finish(outcome, Stage::Sent);
         }
@@ -145,6 +146,7 @@ pub(crate) async fn run(
         }
     };
     // One round trip: BEGIN (if not sent yet), the statement and COMMIT, pipelined.
+    query.mark_sent();
     let (began, outcome, committed) = futures_util::future::join3(
         begin,
         unnamed(client, sql, params, &types),

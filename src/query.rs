@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rampart_layers::classify::Idempotence;
@@ -44,6 +45,12 @@ pub struct Query {
     /// The time the caller granted with [`Query::timeout`].
     granted: Option<Duration>,
     exclusive: bool,
+    /// Whether the current attempt's statement may be on the server without an answer yet, shared by
+    /// the clones of one request: set by the service as it sends the statement, cleared by a ready-made
+    /// stack when an attempt ends with an answer, read there when an attempt timeout or the deadline
+    /// cuts it. Only a stack's requests that are not idempotent carry it (for the others the answer to
+    /// "was it sent?" changes nothing).
+    sent: Option<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for Query {
@@ -71,6 +78,7 @@ impl Query {
             deadline: None,
             granted: None,
             exclusive: false,
+            sent: None,
         }
     }
 
@@ -120,7 +128,12 @@ impl Query {
     /// In a multiplexed service ([`MuxConfig`](crate::MuxConfig)) a timeout longer than the shared connections' statement
     /// timeout sends the query to an exclusive connection: granting more time says it may be slow.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.deadline = Some(Instant::now() + timeout);
+        // A time too long to add to the clock is about 30 years, as tokio does for such durations.
+        let now = Instant::now();
+        self.deadline = Some(
+            now.checked_add(timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30)),
+        );
         self.granted = Some(timeout);
         self
     }
@@ -142,6 +155,23 @@ impl Query {
     /// The time granted with [`Query::timeout`], if any.
     pub fn granted(&self) -> Option<Duration> {
         self.granted
+    }
+
+    /// Starts tracking whether the statement was sent (see the field).
+    pub(crate) fn track_sending(&mut self) -> Arc<AtomicBool> {
+        self.sent.get_or_insert_default().clone()
+    }
+
+    /// The tracking flag, if this request carries one.
+    pub(crate) fn sending(&self) -> Option<&Arc<AtomicBool>> {
+        self.sent.as_ref()
+    }
+
+    /// The statement is about to be written to the server: from now on it may run.
+    pub(crate) fn mark_sent(&self) {
+        if let Some(sent) = &self.sent {
+            sent.store(true, Ordering::Release);
+        }
     }
 
     /// The SQL text, shared.

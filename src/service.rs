@@ -17,6 +17,7 @@ use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
 use crate::outcome::{Stage, closed_before_send};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
+use crate::session::{Effect, effect};
 
 /// The database as a `tower::Service`: [`Query`] in, [`Response`] out.
 ///
@@ -108,17 +109,42 @@ impl PgService {
 }
 
 async fn run(pool: Pool, mux: Option<Arc<Mux>>, query: Query) -> Result<Response, Error> {
+    let effect = effect(query.sql());
+    if let Some(refused) = refused(effect) {
+        return Err(refused);
+    }
     let query = match mux {
-        Some(mux) => match mux.run(query).await {
+        Some(mux) => match mux.run(query, effect).await {
             Routed::Done(result) => return result,
             Routed::ToPool(query) => query,
         },
         None => query,
     };
-    run_pooled(pool, query).await
+    run_pooled(pool, query, effect).await
 }
 
-async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
+/// The error for a statement `run` does not take: nothing is sent.
+fn refused(effect: Effect) -> Option<Error> {
+    let why = match effect {
+        Effect::Transaction => {
+            "transaction control (BEGIN, COMMIT, SAVEPOINT, ...) cannot go through run: the pooled \
+             connection would go back inside a transaction and swallow the next caller's writes; run \
+             transactions with Db::transactor() or Transactor::new(pool)"
+        }
+        Effect::Copy => {
+            "COPY cannot go through run: its data does not travel as a statement's rows; use INSERT ... \
+             SELECT, or a connection of your own"
+        }
+        _ => return None,
+    };
+    Some(Error::new(
+        ErrorKind::InvalidRequest,
+        Classification::Permanent,
+        why,
+    ))
+}
+
+async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response, Error> {
     let remaining = query
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
@@ -131,6 +157,9 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
     }
     let conn = pool.get_within(remaining).await?;
     let mut in_flight = InFlight::new(pool.clone(), conn);
+    if effect == Effect::Session {
+        in_flight.close_after_use();
+    }
 
     if in_flight.conn().client().is_closed() {
         in_flight.release(true);
@@ -162,6 +191,7 @@ async fn run_pooled(pool: Pool, query: Query) -> Result<Response, Error> {
                 None => Ok(None),
             }
         };
+        query.mark_sent();
         let rows = exec::prepared(client, &statement, query.params());
         futures_util::future::join(set, rows).await
     };

@@ -3,13 +3,12 @@
 //! What users read is on [`MuxConfig`] (the module is private: the flat list in `lib.rs` is the one public path).
 //!
 //! The files: `config` (the settings), `conn` (a shared connection and its slot), `connect` (opening
-//! them in the background), `session` (which statements need a session of their own), `stats`; this
+//! them in the background), `stats`; this
 //! one routes and runs.
 
 mod config;
 mod conn;
 mod connect;
-mod session;
 mod stats;
 
 use std::fmt;
@@ -28,7 +27,6 @@ pub use self::stats::MuxStats;
 
 use self::config::DEFAULT_STATEMENT_TIMEOUT;
 use self::conn::{Busy, Conn, Slot};
-use self::session::needs_session;
 use self::stats::{Counters, bump};
 use crate::config::{PgConfig, PoolerMode};
 use crate::error::{ConfigError, Error, ErrorKind};
@@ -36,6 +34,7 @@ use crate::exec;
 use crate::outcome::{Link, Stage, failure};
 use crate::pool::PoolConfig;
 use crate::query::{Query, Response};
+use crate::session::Effect;
 use crate::sync::write;
 use crate::tls::Connector;
 
@@ -156,10 +155,10 @@ impl Mux {
 
     /// Whether `query` must run on a connection of its own (see the routing rules in the
     /// [module docs](self)).
-    fn is_exclusive(&self, query: &Query) -> bool {
-        query.is_exclusive()
+    fn is_exclusive(&self, query: &Query, effect: Effect) -> bool {
+        effect != Effect::None
+            || query.is_exclusive()
             || query.granted().is_some_and(|t| t > self.statement_timeout)
-            || needs_session(query.sql())
     }
 
     /// Marks the connection of slot `index` dead (if it is still the slot's) and replaces it.
@@ -214,10 +213,11 @@ impl Mux {
     }
 
     /// Runs `query` on a shared connection, moving it to another if the first is found dead before the
-    /// statement is sent; [`Routed::ToPool`] if it must have a connection of its own, or if no shared
+    /// statement is sent; [`Routed::ToPool`] if it must have a connection of its own (`effect` is what it
+    /// does to its session), or if no shared
     /// connection could take it.
-    pub(crate) async fn run(&self, query: Query) -> Routed {
-        if self.is_exclusive(&query) {
+    pub(crate) async fn run(&self, query: Query, effect: Effect) -> Routed {
+        if self.is_exclusive(&query, effect) {
             bump(&self.counters.exclusive);
             return Routed::ToPool(query);
         }
@@ -288,6 +288,7 @@ impl Mux {
             },
         };
 
+        query.mark_sent();
         let running = exec::prepared(&conn.client, &statement, query.params());
         // The session's statement timeout bounds every statement; a request with an earlier deadline
         // is held to it here (no per-request `statement_timeout` can be set on a shared session). Under

@@ -10,6 +10,14 @@ use tokio::time::Instant;
 use crate::error::ConfigError;
 use crate::sync::lock;
 
+/// The most connections a pool may open: far above what one Postgres server accepts (its
+/// `max_connections` is in the hundreds), and small enough that the pool's own bookkeeping, sized by it,
+/// stays small.
+const MAX_POOL_SIZE: usize = 10_000;
+
+/// The shortest keepalive ping interval: a near-zero one would spin a core pinging.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Pool settings; build with [`PoolConfig::builder`].
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -92,7 +100,7 @@ pub struct PoolConfigBuilder {
 }
 
 impl PoolConfigBuilder {
-    /// The most connections the pool opens (at least 1).
+    /// The most connections the pool opens (1 to 10,000).
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.config.max_size = max_size;
         self
@@ -139,8 +147,11 @@ impl PoolConfigBuilder {
     /// Checks the settings.
     pub fn build(self) -> Result<PoolConfig, ConfigError> {
         let c = self.config;
-        if c.max_size == 0 {
-            return Err(ConfigError::new("max_size", "must be at least 1"));
+        if !(1..=MAX_POOL_SIZE).contains(&c.max_size) {
+            return Err(ConfigError::new(
+                "max_size",
+                format!("must be between 1 and {MAX_POOL_SIZE}"),
+            ));
         }
         if c.wait_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -166,10 +177,12 @@ impl PoolConfigBuilder {
                 "must be greater than zero (or None)",
             ));
         }
-        if c.keepalive_interval.is_some_and(|l| l.is_zero()) {
+        if c.keepalive_interval
+            .is_some_and(|l| l < MIN_KEEPALIVE_INTERVAL)
+        {
             return Err(ConfigError::new(
                 "keepalive_interval",
-                "must be greater than zero (or None)",
+                "must be at least 10 ms (or None)",
             ));
         }
         Ok(c)

@@ -12,6 +12,9 @@ use super::{Pool, PooledConn};
 pub(crate) struct InFlight {
     pool: Pool,
     conn: Option<PooledConn>,
+    /// The request changed session state (a `SET`, a temporary table, ...): the connection is closed
+    /// when released, never handed to the next caller with that state on it.
+    close_after: bool,
 }
 
 impl InFlight {
@@ -19,7 +22,13 @@ impl InFlight {
         Self {
             pool,
             conn: Some(conn),
+            close_after: false,
         }
+    }
+
+    /// Closes the connection when released, whatever the outcome (see [`crate::session`]).
+    pub(crate) fn close_after_use(&mut self) {
+        self.close_after = true;
     }
 
     pub(crate) fn conn(&mut self) -> &mut PooledConn {
@@ -29,10 +38,10 @@ impl InFlight {
     }
 
     /// The request ended: the connection goes back to the pool (the validation bypass window starting
-    /// again), or is discarded if it is `gone` or found closed.
+    /// again), or is discarded if it is `gone`, found closed, or left with session state.
     pub(crate) fn release(mut self, gone: bool) {
         if let Some(mut conn) = self.conn.take() {
-            if gone || conn.client().is_closed() {
+            if gone || self.close_after || conn.client().is_closed() {
                 self.pool.discard(conn);
             } else {
                 conn.mark_ok();

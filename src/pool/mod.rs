@@ -122,9 +122,12 @@ impl Pool {
             .max_size(config.max_size)
             .wait_timeout(Some(config.wait_timeout))
             // tokio-postgres's connect timeout covers each host; this is the backstop for the whole create.
-            .create_timeout(connect_timeout.map(|t| t + Duration::from_secs(1)))
+            .create_timeout(connect_timeout.map(|t| t.saturating_add(Duration::from_secs(1))))
             .recycle_timeout(Some(
-                config.validation.check_timeout() + Duration::from_millis(100),
+                config
+                    .validation
+                    .check_timeout()
+                    .saturating_add(Duration::from_millis(100)),
             ))
             .runtime(deadpool::Runtime::Tokio1)
             .build()

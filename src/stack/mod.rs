@@ -21,12 +21,13 @@ use crate::error::{ConfigError, Error};
 use crate::health::Outcomes;
 use crate::mux::MuxConfig;
 use crate::pool::PoolConfig;
-use crate::query::Response;
 
 mod db;
+mod settle;
 
 pub use self::db::Db;
 use self::db::{Services, new_service};
+use self::settle::{Attempt, Settle};
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -348,15 +349,11 @@ impl StackBuilder {
         // an open breaker) count for health as much as those of the service, and it survives a rebuilt
         // pool.
         let outcomes = Arc::new(Outcomes::default());
-        let recorded = outcomes.clone();
         let inner = ServiceBuilder::new()
-            .map_result(move |result: Result<Response, Error>| {
-                recorded.record(&result);
-                result
-            })
-            .map_err(Error::from_layers)
+            .layer_fn(|inner| Settle::new(inner, outcomes.clone()))
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
+            .layer_fn(Attempt::new)
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
             .service(bottom);

@@ -220,7 +220,7 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         );
         runs.oneshot(TxRun)
             .await
-            .map_err(|e| Error::from_layers(Box::new(e)))
+            .map_err(|e| Error::from_layers(Box::new(e), false))
     }
 
     /// One run, bounded by the attempt timeout.

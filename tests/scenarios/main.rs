@@ -16,3 +16,4 @@ mod s10_s14;
 mod s15_s19;
 
 mod mux;
+mod outcomes;

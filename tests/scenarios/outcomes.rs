@@ -1,0 +1,268 @@
+//! Outcomes that never lie (issue 16): what a request's error says is what happened to it, whatever the
+//! fault's shape, and nothing a caller does can leave a pooled connection in a state the next caller
+//! would inherit.
+
+use std::time::Duration;
+
+use rampart::layers::Classification;
+use rampart::testing::{Cluster, Fault, FaultProxy};
+use rampart::{ErrorKind, PoolConfig, Query};
+
+use crate::support::*;
+
+/// A plain write through a link slower than the attempt timeout: its statement reaches the server and
+/// its reply comes too late. The write must never be sent again (one row at most), and if the caller
+/// gets an error it must say the outcome is unknown.
+#[tokio::test]
+async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replayed() {
+    let cluster = Cluster::new().await.unwrap();
+    let admin = connect(&cluster.url()).await;
+    admin.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    // One connection, on which the statement is already prepared: with the fault on, the first thing
+    // sent is the statement itself (a statement still to be prepared would be cut while preparing, before
+    // it was sent, and retried: the next test).
+    let db = stack(&proxy.url(&cluster))
+        .pool(PoolConfig::builder().max_size(1).build().unwrap())
+        .attempt_timeout(Duration::from_millis(300))
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let insert = Query::write("INSERT INTO t (v) VALUES ($1)");
+    db.run(insert.clone().bind(0)).await.unwrap();
+    // Each way 200 ms: the statement arrives after 200 ms, its reply after 400 ms, past the 300 ms cut.
+    proxy.set_fault(Fault::Latency(Duration::from_millis(200)));
+    let err = db
+        .run(insert.bind(1))
+        .await
+        .expect_err("the reply comes after the attempt timeout");
+    proxy.set_fault(Fault::PassThrough);
+    assert!(
+        err.is_outcome_unknown(),
+        "the statement had been sent: {err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert_eq!(err.attempts(), None, "one attempt only: {err:?}");
+    // The statement was delivered and runs to its end (the background cancel may or may not beat it):
+    // at most one row, and no further attempt ever adds one.
+    let rows = count(&cluster, "SELECT count(*) FROM t WHERE v = 1").await;
+    assert!(
+        rows <= 1,
+        "a plain write is applied at most once: {rows} rows"
+    );
+    let retries = db.retries();
+    assert_eq!(retries, 0, "no retry of a write whose outcome is unknown");
+
+    // A read through the same slow link is retried: replaying it is harmless.
+    proxy.set_fault(Fault::Latency(Duration::from_millis(200)));
+    let read = db.run(Query::read("SELECT 1")).await.unwrap_err();
+    proxy.set_fault(Fault::PassThrough);
+    assert!(
+        read.attempts().is_some_and(|a| a > 1),
+        "reads are retried: {read:?}"
+    );
+    report(
+        "O1",
+        &format!(
+            "plain write, reply slower than the attempt timeout: `{}`, outcome unknown, 1 attempt, {rows} row(s)",
+            err.kind().as_str()
+        ),
+        "-",
+    );
+}
+
+/// A write cut by the attempt timeout *before* it was sent (the checkout or connect is what is slow) did
+/// not happen, and says so: it is retried like any transient failure.
+#[tokio::test]
+async fn a_write_cut_before_it_was_sent_is_not_outcome_unknown() {
+    let cluster = Cluster::new().await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let db = stack(&proxy.url(&cluster))
+        .attempt_timeout(Duration::from_millis(300))
+        .deadline(Duration::from_secs(10))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    // No connection yet, and none can be made: every attempt is cut while connecting.
+    proxy.set_fault(Fault::BlackHole);
+    let err = db
+        .run(Query::write("CREATE TABLE never (v int)"))
+        .await
+        .unwrap_err();
+    proxy.set_fault(Fault::PassThrough);
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    assert!(!err.is_outcome_unknown(), "nothing was sent: {err:?}");
+    assert_eq!(
+        err.attempts(),
+        Some(2),
+        "retried: nothing had been sent: {err:?}"
+    );
+}
+
+/// Transaction control through `run` is refused before anything is sent: a pooled connection left inside
+/// a transaction would swallow the next caller's writes.
+#[tokio::test]
+async fn transaction_control_through_run_is_refused_and_session_state_never_leaks() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url())
+        .pool(PoolConfig::builder().max_size(1).build().unwrap())
+        .build()
+        .unwrap();
+    db.run(Query::write("CREATE TABLE t (v int)"))
+        .await
+        .unwrap();
+    for sql in [
+        "BEGIN",
+        "start transaction",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT s",
+        "PREPARE TRANSACTION 'x'",
+        "/* hidden */ BEGIN",
+        "COPY t TO STDOUT",
+    ] {
+        let err = db.run(Query::new(sql)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{sql}: {err}");
+        assert_eq!(err.classification(), Classification::Permanent, "{sql}");
+    }
+    // The one pooled connection is not inside a transaction: this write is committed.
+    db.run(Query::write("INSERT INTO t VALUES (1)"))
+        .await
+        .unwrap();
+    assert_eq!(count(&cluster, "SELECT count(*) FROM t").await, 1);
+
+    // A session setting does not follow the connection to the next caller: it is closed after use.
+    let before = db.pool().stats().discarded;
+    db.run(Query::new("SET search_path = nowhere"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.pool().stats().discarded,
+        before + 1,
+        "closed after a SET"
+    );
+    let path = db.run(Query::read("SHOW search_path")).await.unwrap();
+    let path: String = path.first().unwrap().get(0);
+    assert_eq!(
+        path, "\"$user\", public",
+        "the next caller gets a clean session"
+    );
+    let failures = db
+        .breaker()
+        .unwrap()
+        .metrics()
+        .failure_rate()
+        .unwrap_or(0.0);
+    assert_eq!(
+        failures, 0.0,
+        "refusals are the caller's mistakes, not the database's failures"
+    );
+}
+
+/// Requests that are wrong fail once, as the caller's mistake: no retry, no breaker count, and their
+/// healthy connection is kept.
+#[tokio::test]
+async fn deterministic_failures_are_permanent_and_cost_no_connection() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url()).build().unwrap();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    let created = db.pool().stats().created;
+    let cases: Vec<(&str, Query)> = vec![
+        ("NUL byte in the SQL", Query::read("SELECT 'a\0b'")),
+        (
+            "65,536 parameters",
+            Query::read(format!(
+                "SELECT {}",
+                (1..=65_536)
+                    .map(|i| format!("${i}::int"))
+                    .collect::<Vec<_>>()
+                    .join("+")
+            )),
+        ),
+        (
+            "a parameter of the wrong type",
+            Query::read("SELECT $1::int").bind("text"),
+        ),
+    ];
+    for (what, query) in cases {
+        let err = db.run(query).await.unwrap_err();
+        assert_eq!(
+            err.classification(),
+            Classification::Permanent,
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.attempts(), None, "{what}: one attempt: {err:?}");
+        assert_ne!(err.kind(), ErrorKind::ConnectionLost, "{what}: {err:?}");
+    }
+    assert_eq!(db.pool().stats().discarded, 0, "{:?}", db.pool().stats());
+    assert_eq!(db.pool().stats().created, created, "no new connection");
+    assert_eq!(db.retries(), 0);
+}
+
+/// One table's contention is not the database failing: requests failing on a locked row never open the
+/// breaker, and a healthy query is served.
+#[tokio::test]
+async fn contention_on_one_row_never_opens_the_breaker() {
+    let cluster = Cluster::new().await.unwrap();
+    let admin = connect(&cluster.url()).await;
+    admin
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let db = stack(&cluster.url()).max_attempts(1).build().unwrap();
+    let locker = connect(&cluster.url()).await;
+    locker
+        .batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        let err = db
+            .run(Query::read(
+                "SELECT * FROM t WHERE id = 1 FOR UPDATE NOWAIT",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    }
+    db.run(Query::read("SELECT 1"))
+        .await
+        .expect("the database is up: the breaker stays closed");
+    assert_eq!(
+        db.breaker().unwrap().state(),
+        rampart::layers::breaker::BreakerState::Closed
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// Settings a builder cannot honour are typed errors; extreme durations that can be honoured work.
+#[tokio::test]
+async fn extreme_settings_are_refused_or_honoured_never_a_panic() {
+    for size in [0, 10_001, 1_000_000_000, usize::MAX] {
+        let err = PoolConfig::builder().max_size(size).build().unwrap_err();
+        assert_eq!(err.field(), "max_size");
+    }
+    let err = PoolConfig::builder()
+        .keepalive_interval(Some(Duration::from_nanos(1)))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "keepalive_interval");
+
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url())
+        .pool(
+            PoolConfig::builder()
+                .max_lifetime(Some(Duration::MAX))
+                .build()
+                .unwrap(),
+        )
+        .deadline(Duration::from_secs(30 * 86_400))
+        .attempt_timeout(Duration::from_secs(30 * 86_400))
+        .build()
+        .unwrap();
+    db.run(Query::read("SELECT 1"))
+        .await
+        .expect("a 30-day deadline and an endless lifetime work");
+    db.run(Query::read("SELECT 1").timeout(Duration::MAX))
+        .await
+        .expect("a query granted forever works");
+}
