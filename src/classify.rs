@@ -126,6 +126,11 @@ pub(crate) enum Stage {
 
 /// Converts a tokio-postgres error into a classified [`Error`]. `server` is the redacted address.
 pub(crate) fn from_pg(err: tokio_postgres::Error, stage: Stage, server: &str) -> Error {
+    if stage == Stage::Connect {
+        if let Some(tls) = crate::tls::classify_tls_failure(&err, server) {
+            return tls.with_source(err);
+        }
+    }
     if let Some(code) = err.code().cloned() {
         let class = match classify_db(&code, &err) {
             // Nothing was sent, or it was inside a transaction the server rolls back.

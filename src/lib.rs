@@ -57,7 +57,7 @@ pub use rampart_layers as layers;
 pub struct ReadmeDoctests;
 
 pub use classify::PgClassifier;
-pub use config::{PgConfig, PoolerMode, Preset, TlsMode};
+pub use config::{ChannelBinding, PgConfig, PoolerMode, Preset, RootCert, TlsMode, TlsNegotiation};
 pub use error::{ConfigError, Error, ErrorKind};
 pub use health::{HealthReport, Status};
 pub use mux::{MuxConfig, MuxStats};

@@ -1,45 +1,335 @@
-//! Connecting with or without TLS, as the configuration's [`TlsMode`] says.
+//! TLS: the rustls configuration made from libpq's keywords, the connector that falls back as libpq's
+//! `allow` and `prefer` do, and what a TLS failure means (see [`crate::config`]'s TLS section).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use deadpool_postgres::Connect;
 use futures_util::future::BoxFuture;
+use rampart_layers::Classification;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::TlsMode;
+use crate::ConfigError;
+use crate::config::{ChannelBinding, PgConfig, RootCert, TlsMode, TlsNegotiation, TlsOptions};
+use crate::error::{Error, ErrorKind};
 
-/// The rustls connector: webpki roots, ring as the crypto provider, chosen explicitly so that an
-/// application with another provider installed (or several) never makes rustls panic.
-pub(crate) fn rustls_connector() -> Result<MakeRustlsConnect, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+/// ring, chosen explicitly so that an application with another provider installed (or several) never
+/// makes rustls panic.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// deadpool-postgres's connect hook: plain text or rustls, and the connection task spawned with a log
-/// line when it ends in error.
+/// What the server's certificate is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verify {
+    /// Nothing (libpq's `allow`, `prefer` and `require` without a root certificate): encrypted only.
+    Nothing,
+    /// The chain, against the roots; any host name (`verify-ca`, or a weaker mode with roots given).
+    Chain,
+    /// The chain and the host name (`verify-full`).
+    Full,
+}
+
+/// Checks the combinations libpq refuses, naming the keyword.
+fn check(opts: &TlsOptions) -> Result<(), ConfigError> {
+    if opts.channel_binding == ChannelBinding::Require && opts.mode == TlsMode::Disable {
+        return Err(ConfigError::new(
+            "channel_binding",
+            "`require` needs TLS, and sslmode is `disable`",
+        ));
+    }
+    if opts.negotiation == TlsNegotiation::Direct && !opts.mode.requires_tls() {
+        return Err(ConfigError::new(
+            "sslnegotiation",
+            format!(
+                "`direct` needs sslmode `require`, `verify-ca` or `verify-full`, not `{}` (a direct handshake \
+                 cannot fall back to plain text)",
+                opts.mode.as_str()
+            ),
+        ));
+    }
+    if opts.root_cert == Some(RootCert::System) && opts.mode != TlsMode::VerifyFull {
+        return Err(ConfigError::new(
+            "sslrootcert",
+            format!(
+                "`system` needs sslmode `verify-full`, not `{}` (the public roots vouch for host names, not for a \
+                 chain alone)",
+                opts.mode.as_str()
+            ),
+        ));
+    }
+    match (&opts.client_cert, &opts.client_key) {
+        (Some(_), None) => Err(ConfigError::new(
+            "sslkey",
+            "sslcert is set but sslkey is not",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "sslcert",
+            "sslkey is set but sslcert is not",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The rustls configuration for `opts`, or `None` for plain text. Reads the certificate files; every
+/// error names its keyword.
+pub(crate) fn client_config(opts: &TlsOptions) -> Result<Option<ClientConfig>, ConfigError> {
+    check(opts)?;
+    if opts.mode == TlsMode::Disable {
+        return Ok(None);
+    }
+    let mut config = match &opts.client_config {
+        Some(config) => (**config).clone(),
+        None => build_client_config(opts)?,
+    };
+    if opts.negotiation == TlsNegotiation::Direct
+        && !config.alpn_protocols.iter().any(|p| p == b"postgresql")
+    {
+        config.alpn_protocols.push(b"postgresql".to_vec());
+    }
+    Ok(Some(config))
+}
+
+fn build_client_config(opts: &TlsOptions) -> Result<ClientConfig, ConfigError> {
+    let given_roots = match (&opts.root_store, &opts.root_cert) {
+        (Some(store), _) => Some((**store).clone()),
+        (None, Some(RootCert::File(path))) => Some(load_roots(path)?),
+        (None, Some(RootCert::System)) => Some(system_roots()?),
+        (None, None) => None,
+    };
+    let verify = match opts.mode {
+        TlsMode::VerifyFull => Verify::Full,
+        TlsMode::VerifyCa => Verify::Chain,
+        _ if given_roots.is_some() => Verify::Chain,
+        _ => Verify::Nothing,
+    };
+    let roots = given_roots.unwrap_or_else(|| RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    });
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new("tls", format!("cannot set up TLS: {e}")))?;
+    let webpki = || {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
+            .build()
+            .map_err(|e| ConfigError::new("sslrootcert", format!("cannot use these roots: {e}")))
+    };
+    let builder = match verify {
+        Verify::Full => builder.with_webpki_verifier(webpki()?),
+        Verify::Chain => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki()?))),
+        Verify::Nothing => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(
+                provider.signature_verification_algorithms,
+            ))),
+    };
+    match (&opts.client_cert, &opts.client_key) {
+        (Some(cert), Some(key)) => {
+            let (chain, key) = load_client_cert(cert, key)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ConfigError::new("sslkey", format!("cannot use this key with sslcert: {e}"))
+            })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn read_certs(
+    path: &Path,
+    field: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ConfigError::new(field, format!("cannot read certificates from {shown}: {e}"))
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            field,
+            format!("{shown} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in read_certs(path, "sslrootcert")?.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            ConfigError::new(
+                "sslrootcert",
+                format!(
+                    "certificate {} in {} is not a usable CA certificate: {e}",
+                    i + 1,
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// `sslrootcert=system`: the platform's store, through rustls-native-certs (which honours
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`, as OpenSSL does).
+fn system_roots() -> Result<RootCertStore, ConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = found
+            .errors
+            .first()
+            .map_or(String::new(), |e| format!(" ({e})"));
+        return Err(ConfigError::new(
+            "sslrootcert",
+            format!("`system`: the platform's trust store holds no usable certificate{why}"),
+        ));
+    }
+    Ok(roots)
+}
+
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+    let chain = read_certs(cert, "sslcert")?;
+    // The key's contents never go into a message: only the file name and what kind of problem it is.
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let why = match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)".to_owned()
+            }
+            rustls::pki_types::pem::Error::Io(io) => format!("cannot be read: {io}"),
+            _ => "is not a valid PEM private key".to_owned(),
+        };
+        ConfigError::new("sslkey", format!("{} {why}", key.display()))
+    })?;
+    Ok((chain, key))
+}
+
+/// libpq's `require` without a root certificate: the link is encrypted and the handshake signed by the
+/// certificate's key, but the certificate itself is not checked.
+#[derive(Debug)]
+struct NoVerification(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `verify-ca`: webpki's verification less the host name. webpki checks the chain (issuer, validity
+/// dates, key usage) before the name, so "not valid for this name" means everything else passed.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// deadpool-postgres's connect hook: plain text or rustls, with libpq's second attempt for `allow` and
+/// `prefer`, and the connection task spawned with a log line when it ends in error.
 pub(crate) struct Connector {
     tls: Option<MakeRustlsConnect>,
+    mode: TlsMode,
 }
 
 impl Connector {
-    pub(crate) fn new(mode: TlsMode) -> Result<Self, rustls::Error> {
-        let tls = match mode {
-            TlsMode::Disable => None,
-            _ => Some(rustls_connector()?),
-        };
-        Ok(Self { tls })
+    /// The connector for `pg`'s TLS settings; reads the certificate files (errors name the keyword).
+    pub(crate) fn new(pg: &PgConfig) -> Result<Self, ConfigError> {
+        let opts = pg.tls_options();
+        let tls = client_config(opts)?.map(MakeRustlsConnect::new);
+        Ok(Self {
+            tls,
+            mode: opts.mode,
+        })
     }
 
-    /// The TLS connector, if the connection is encrypted (also needed to send cancel requests).
+    /// The TLS connector, if the connection may be encrypted (also needed to send cancel requests,
+    /// which tokio-postgres sends with the `sslmode` the connection was made with).
     pub(crate) fn tls(&self) -> Option<&MakeRustlsConnect> {
         self.tls.as_ref()
     }
@@ -56,24 +346,155 @@ where
     })
 }
 
+async fn connect_once(
+    pg_config: &tokio_postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+    mode: SslMode,
+) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    let mut config = pg_config.clone();
+    config.ssl_mode(mode);
+    match (mode, tls) {
+        (SslMode::Disable, _) | (_, None) => {
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config.connect(NoTls).await?;
+            Ok((client, spawn_connection(connection)))
+        }
+        (_, Some(tls)) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            Ok((client, spawn_connection(connection)))
+        }
+    }
+}
+
+/// Whether the TLS handshake failed (tokio-postgres has no public kind for it, only this message), or
+/// rustls refused the certificate.
+fn handshake_failed(err: &tokio_postgres::Error) -> bool {
+    err.to_string()
+        .starts_with("error performing TLS handshake")
+        || rustls_cause(err).is_some()
+}
+
 impl Connect for Connector {
     fn connect(
         &self,
         pg_config: &tokio_postgres::Config,
     ) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
         let pg_config = pg_config.clone();
-        let tls = self.tls.clone();
         Box::pin(async move {
-            match tls {
-                None => {
-                    let (client, connection) = pg_config.connect(NoTls).await?;
-                    Ok((client, spawn_connection(connection)))
-                }
-                Some(tls) => {
-                    let (client, connection) = pg_config.connect(tls).await?;
-                    Ok((client, spawn_connection(connection)))
+            let tls = self.tls.as_ref();
+            match self.mode {
+                TlsMode::Disable => connect_once(&pg_config, None, SslMode::Disable).await,
+                // libpq: plain text first; if the server answers with an error (a `hostssl`-only
+                // pg_hba.conf, say), once more with TLS.
+                TlsMode::Allow => match connect_once(&pg_config, None, SslMode::Disable).await {
+                    Err(e) if e.as_db_error().is_some() => {
+                        connect_once(&pg_config, tls, SslMode::Prefer).await
+                    }
+                    done => done,
+                },
+                // libpq: TLS if offered; if the handshake fails or the server answers the TLS
+                // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
+                // When that fails too, a TLS failure is the error that explains it.
+                TlsMode::Prefer => match connect_once(&pg_config, tls, SslMode::Prefer).await {
+                    Err(first) if handshake_failed(&first) || first.as_db_error().is_some() => {
+                        match connect_once(&pg_config, None, SslMode::Disable).await {
+                            Err(_) if handshake_failed(&first) => Err(first),
+                            done => done,
+                        }
+                    }
+                    done => done,
+                },
+                TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                    connect_once(&pg_config, tls, SslMode::Require).await
                 }
             }
         })
     }
+}
+
+/// The rustls error in `err`'s chain. tokio-rustls wraps it in an `io::Error`, whose `source()` skips
+/// it, so each `io::Error`'s inner error is looked at too.
+fn rustls_cause(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// What a certificate error means, in words.
+fn describe_certificate(err: &CertificateError) -> String {
+    match err {
+        CertificateError::UnknownIssuer => {
+            "TLS: the server's certificate is signed by an unknown issuer (not in sslrootcert, or not a \
+             public CA when no sslrootcert is given)"
+                .to_owned()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "TLS: the server's certificate does not name this host (sslmode=verify-full checks the host \
+             name; verify-ca does not)"
+                .to_owned()
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "TLS: the server's certificate has expired".to_owned()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "TLS: the server's certificate is not valid yet (check the clock)".to_owned()
+        }
+        CertificateError::Revoked => "TLS: the server's certificate has been revoked".to_owned(),
+        other => format!("TLS: the server's certificate is not acceptable: {other:?}"),
+    }
+}
+
+fn describe_rustls(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(cert) => describe_certificate(cert),
+        rustls::Error::AlertReceived(alert) => format!(
+            "TLS: the server refused the handshake ({alert:?}); if it asks for a client certificate, \
+             check sslcert/sslkey and that the server trusts their issuer"
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "TLS: the server's answer is not TLS (sslnegotiation=direct needs PostgreSQL 17 or later)"
+                .to_owned()
+        }
+        other => format!("TLS: {other}"),
+    }
+}
+
+/// The error for a connect that failed because of TLS, certificates or channel binding, or `None` for
+/// any other failure. Such a failure is `Permanent`: the same settings fail the same way on the next
+/// try, so it is never retried and never counts against the breaker. `server` is the redacted address.
+pub(crate) fn classify_tls_failure(err: &tokio_postgres::Error, server: &str) -> Option<Error> {
+    let message = err.to_string();
+    let cause = if let Some(tls) = rustls_cause(err) {
+        describe_rustls(tls)
+    } else if message.contains("server does not support TLS") {
+        "TLS: the server does not support TLS, and sslmode requires it".to_owned()
+    } else if message.contains("no hostname provided for TLS handshake") {
+        "TLS: no host name to verify the certificate against (hostaddr alone is not enough)"
+            .to_owned()
+    } else if message.contains("channel binding") {
+        "channel binding is required (channel_binding=require) but the server did not use it (it needs \
+         TLS and SCRAM authentication)"
+            .to_owned()
+    } else if message.contains("sslnegotiation=direct") {
+        format!("TLS: {message}")
+    } else {
+        return None;
+    };
+    Some(Error::new(
+        ErrorKind::Connect,
+        Classification::Permanent,
+        format!("could not connect to {server}: {cause}"),
+    ))
 }

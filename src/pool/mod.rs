@@ -494,8 +494,7 @@ impl Pool {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new("runtime", "a pool must be built within a Tokio runtime")
         })?;
-        let connector = Connector::new(pg.tls_mode())
-            .map_err(|e| ConfigError::new("tls", format!("cannot set up TLS: {e}")))?;
+        let connector = Connector::new(&pg)?;
         let cancel_tls = connector.tls().cloned();
         let server: Arc<str> = pg.redacted_url().into();
         let counters = Arc::new(Counters::default());
