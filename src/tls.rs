@@ -17,7 +17,8 @@ use rustls::{
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::ConfigError;
@@ -315,6 +316,7 @@ impl ServerCertVerifier for ChainOnly {
 pub(crate) struct Connector {
     tls: Option<MakeRustlsConnect>,
     mode: TlsMode,
+    direct: bool,
 }
 
 impl Connector {
@@ -325,6 +327,7 @@ impl Connector {
         Ok(Self {
             tls,
             mode: opts.mode,
+            direct: opts.negotiation == TlsNegotiation::Direct,
         })
     }
 
@@ -346,9 +349,75 @@ where
     })
 }
 
+/// A server older than PostgreSQL 17 reads a direct TLS handshake as a malformed startup packet and
+/// hangs up without a word; [`Handshake`] puts this in place of that bare end of file, so that the
+/// failure can be told from a link lost mid-handshake.
+#[derive(Debug)]
+struct DirectTlsRefused;
+
+impl std::fmt::Display for DirectTlsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "TLS: the server hung up on a direct TLS handshake (sslnegotiation=direct needs PostgreSQL 17 \
+             or later; use sslnegotiation=postgres for older servers and most poolers)",
+        )
+    }
+}
+
+impl std::error::Error for DirectTlsRefused {}
+
+/// tokio-postgres-rustls's connector, naming the failure of a direct handshake.
+#[derive(Clone)]
+struct Handshake {
+    inner: MakeRustlsConnect,
+    direct: bool,
+}
+
+type RustlsTlsConnect = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
+type RustlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+impl MakeTlsConnect<Socket> for Handshake {
+    type Stream = RustlsStream;
+    type TlsConnect = HandshakeConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<HandshakeConnect, Self::Error> {
+        Ok(HandshakeConnect {
+            inner: MakeTlsConnect::<Socket>::make_tls_connect(&mut self.inner, domain)?,
+            direct: self.direct,
+        })
+    }
+}
+
+struct HandshakeConnect {
+    inner: RustlsTlsConnect,
+    direct: bool,
+}
+
+impl TlsConnect<Socket> for HandshakeConnect {
+    type Stream = RustlsStream;
+    type Error = std::io::Error;
+    // Boxed: the inner future's type is private to tokio-postgres-rustls. One allocation per connect.
+    type Future = BoxFuture<'static, Result<RustlsStream, std::io::Error>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        let direct = self.direct;
+        let handshake = self.inner.connect(stream);
+        Box::pin(async move {
+            handshake.await.map_err(|e| {
+                if direct && e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    std::io::Error::new(e.kind(), DirectTlsRefused)
+                } else {
+                    e
+                }
+            })
+        })
+    }
+}
+
 async fn connect_once(
     pg_config: &tokio_postgres::Config,
-    tls: Option<&MakeRustlsConnect>,
+    tls: Option<&Handshake>,
     mode: SslMode,
 ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
     let mut config = pg_config.clone();
@@ -381,7 +450,11 @@ impl Connect for Connector {
     ) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
         let pg_config = pg_config.clone();
         Box::pin(async move {
-            let tls = self.tls.as_ref();
+            let handshake = self.tls.clone().map(|inner| Handshake {
+                inner,
+                direct: self.direct,
+            });
+            let tls = handshake.as_ref();
             match self.mode {
                 TlsMode::Disable => connect_once(&pg_config, None, SslMode::Disable).await,
                 // libpq: plain text first; if the server answers with an error (a `hostssl`-only
@@ -412,24 +485,31 @@ impl Connect for Connector {
     }
 }
 
-/// The rustls error in `err`'s chain. tokio-rustls wraps it in an `io::Error`, whose `source()` skips
-/// it, so each `io::Error`'s inner error is looked at too.
-fn rustls_cause(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+/// The errors in `err`'s chain, `err` first. tokio-rustls wraps rustls's error in an `io::Error`,
+/// whose `source()` skips it, so each `io::Error`'s inner error is taken too.
+fn chain(err: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'static)> {
+    let mut found: Vec<&(dyn std::error::Error + 'static)> = vec![err];
+    let mut current = std::error::Error::source(err);
     while let Some(e) = current {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = e
+        found.push(e);
+        if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls);
+            found.push(inner);
         }
         current = e.source();
     }
-    None
+    found
+}
+
+/// The first error of type `E` in `err`'s chain.
+fn cause<E: std::error::Error + 'static>(err: &tokio_postgres::Error) -> Option<&E> {
+    chain(err).into_iter().find_map(|e| e.downcast_ref::<E>())
+}
+
+fn rustls_cause(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    cause::<rustls::Error>(err)
 }
 
 /// What a certificate error means, in words.
@@ -467,6 +547,9 @@ fn describe_rustls(err: &rustls::Error) -> String {
             "TLS: the server's answer is not TLS (sslnegotiation=direct needs PostgreSQL 17 or later)"
                 .to_owned()
         }
+        rustls::Error::NoApplicationProtocol => {
+            "TLS: the server refused ALPN `postgresql` (sslnegotiation=direct)".to_owned()
+        }
         other => format!("TLS: {other}"),
     }
 }
@@ -475,9 +558,16 @@ fn describe_rustls(err: &rustls::Error) -> String {
 /// any other failure. Such a failure is `Permanent`: the same settings fail the same way on the next
 /// try, so it is never retried and never counts against the breaker. `server` is the redacted address.
 pub(crate) fn classify_tls_failure(err: &tokio_postgres::Error, server: &str) -> Option<Error> {
-    let message = err.to_string();
+    // tokio-postgres's own TLS and authentication failures are plain strings in the chain, not types.
+    let message = chain(err)
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
     let cause = if let Some(tls) = rustls_cause(err) {
         describe_rustls(tls)
+    } else if let Some(refused) = cause::<DirectTlsRefused>(err) {
+        refused.to_string()
     } else if message.contains("server does not support TLS") {
         "TLS: the server does not support TLS, and sslmode requires it".to_owned()
     } else if message.contains("no hostname provided for TLS handshake") {
@@ -487,8 +577,6 @@ pub(crate) fn classify_tls_failure(err: &tokio_postgres::Error, server: &str) ->
         "channel binding is required (channel_binding=require) but the server did not use it (it needs \
          TLS and SCRAM authentication)"
             .to_owned()
-    } else if message.contains("sslnegotiation=direct") {
-        format!("TLS: {message}")
     } else {
         return None;
     };
