@@ -723,6 +723,14 @@ impl PgConfig {
         self.tls.root_cert.as_ref()
     }
 
+    /// The client certificate and key files (`sslcert`, `sslkey`), if any.
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
+        self.tls
+            .client_cert
+            .as_deref()
+            .zip(self.tls.client_key.as_deref())
+    }
+
     /// How TLS is started (`sslnegotiation`).
     pub fn negotiation(&self) -> TlsNegotiation {
         self.tls.negotiation

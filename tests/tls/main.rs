@@ -134,6 +134,9 @@ async fn rampart(url: &str, env: &[(&str, String)]) -> Outcome {
     }
 }
 
+/// Environment variables for one cell: given to psql as its whole environment, to rampart as its lookup.
+type Env = Vec<(&'static str, String)>;
+
 struct Server {
     name: &'static str,
     cluster: Cluster,
@@ -491,7 +494,7 @@ async fn pgssl_variables_agree_with_libpq() {
         env
     };
     let base = server.cluster.url();
-    let cases: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+    let cases: Vec<(&str, String, Env)> = vec![
         ("all four variables", base.clone(), full()),
         (
             "PGSSLMODE=disable",
