@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::Connect;
 use futures_util::future::BoxFuture;
@@ -366,11 +367,13 @@ impl std::fmt::Display for DirectTlsRefused {
 
 impl std::error::Error for DirectTlsRefused {}
 
-/// tokio-postgres-rustls's connector, naming the failure of a direct handshake.
+/// tokio-postgres-rustls's connector, naming the failure of a direct handshake and recording whether a
+/// handshake succeeded (libpq's `prefer` tries plain text after a server error only if TLS was in use).
 #[derive(Clone)]
 struct Handshake {
     inner: MakeRustlsConnect,
     direct: bool,
+    done: Arc<AtomicBool>,
 }
 
 type RustlsTlsConnect = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
@@ -385,6 +388,7 @@ impl MakeTlsConnect<Socket> for Handshake {
         Ok(HandshakeConnect {
             inner: MakeTlsConnect::<Socket>::make_tls_connect(&mut self.inner, domain)?,
             direct: self.direct,
+            done: self.done.clone(),
         })
     }
 }
@@ -392,6 +396,7 @@ impl MakeTlsConnect<Socket> for Handshake {
 struct HandshakeConnect {
     inner: RustlsTlsConnect,
     direct: bool,
+    done: Arc<AtomicBool>,
 }
 
 impl TlsConnect<Socket> for HandshakeConnect {
@@ -401,10 +406,12 @@ impl TlsConnect<Socket> for HandshakeConnect {
     type Future = BoxFuture<'static, Result<RustlsStream, std::io::Error>>;
 
     fn connect(self, stream: Socket) -> Self::Future {
-        let direct = self.direct;
+        let (direct, done) = (self.direct, self.done);
         let handshake = self.inner.connect(stream);
         Box::pin(async move {
-            handshake.await.map_err(|e| {
+            let stream = handshake.await;
+            done.store(stream.is_ok(), Ordering::Relaxed);
+            stream.map_err(|e| {
                 if direct && e.kind() == std::io::ErrorKind::UnexpectedEof {
                     std::io::Error::new(e.kind(), DirectTlsRefused)
                 } else {
@@ -453,8 +460,14 @@ impl Connect for Connector {
             let handshake = self.tls.clone().map(|inner| Handshake {
                 inner,
                 direct: self.direct,
+                done: Arc::new(AtomicBool::new(false)),
             });
             let tls = handshake.as_ref();
+            let tls_was_used = || {
+                handshake
+                    .as_ref()
+                    .is_some_and(|h| h.done.load(Ordering::Relaxed))
+            };
             match self.mode {
                 TlsMode::Disable => connect_once(&pg_config, None, SslMode::Disable).await,
                 // libpq: plain text first; if the server answers with an error (a `hostssl`-only
@@ -469,7 +482,10 @@ impl Connect for Connector {
                 // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
                 // When that fails too, a TLS failure is the error that explains it.
                 TlsMode::Prefer => match connect_once(&pg_config, tls, SslMode::Prefer).await {
-                    Err(first) if handshake_failed(&first) || first.as_db_error().is_some() => {
+                    Err(first)
+                        if handshake_failed(&first)
+                            || (first.as_db_error().is_some() && tls_was_used()) =>
+                    {
                         match connect_once(&pg_config, None, SslMode::Disable).await {
                             Err(_) if handshake_failed(&first) => Err(first),
                             done => done,

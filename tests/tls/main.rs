@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use rampart::layers::Classification;
-use rampart::testing::{Cluster, ClusterBuilder, TestCerts, find_bin_dir};
+use rampart::testing::{Cluster, ClusterBuilder, FaultProxy, TestCerts, find_bin_dir};
 use rampart::{ErrorKind, PgConfig, PgService, Pool, PoolConfig, Preset, Query};
 use tower::ServiceExt;
 
@@ -616,4 +616,115 @@ async fn a_query_abandoned_over_verified_tls_is_cancelled_over_the_same_tls() {
         tokio::task::yield_now().await;
     }
     assert_eq!(db.pool().stats().discarded, 1);
+}
+
+// Two workers: psql blocks one while the proxy, on the other, forwards its links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_attempts_are_made_when_libpq_makes_them() {
+    // libpq's `prefer` tries plain text again only after a failed handshake or a server error on a TLS
+    // link, and `allow` tries TLS after a server error on a plain one: counted in links at a proxy.
+    let certs = TestCerts::generate().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let scram = |kind: &str| format!("{kind} all all {TCP} scram-sha-256");
+    let plain = start("no TLS", Cluster::builder().hba(scram("host"))).await;
+    let tls = start("TLS", Cluster::builder().tls(&certs).hba(scram("host"))).await;
+    let tls_only = start(
+        "TLS required",
+        Cluster::builder().tls(&certs).hba(scram("hostssl")),
+    )
+    .await;
+    let plain_only = start(
+        "plain required",
+        Cluster::builder().tls(&certs).hba(scram("hostnossl")),
+    )
+    .await;
+    let ca = certs.ca().display().to_string();
+    let other = certs.other_ca().display().to_string();
+    let cases = [
+        (
+            &plain,
+            "prefer, wrong password",
+            "sslmode=prefer".to_owned(),
+            true,
+        ),
+        (
+            &tls,
+            "prefer, wrong password",
+            format!("sslmode=prefer&sslrootcert={ca}"),
+            true,
+        ),
+        (
+            &tls,
+            "prefer, right CA",
+            format!("sslmode=prefer&sslrootcert={ca}"),
+            false,
+        ),
+        (
+            &tls,
+            "prefer, wrong CA",
+            format!("sslmode=prefer&sslrootcert={other}"),
+            false,
+        ),
+        (&plain_only, "prefer", "sslmode=prefer".to_owned(), false),
+        (&tls_only, "allow", "sslmode=allow".to_owned(), false),
+        (
+            &tls_only,
+            "allow, wrong password",
+            "sslmode=allow".to_owned(),
+            true,
+        ),
+        (
+            &plain,
+            "allow, wrong password",
+            "sslmode=allow".to_owned(),
+            true,
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (server, name, query, wrong_password) in cases {
+        let proxy = FaultProxy::start(server.cluster.addr()).await.unwrap();
+        let mut url = format!("{}?{query}", server.cluster.url_for(proxy.addr()));
+        if wrong_password {
+            url = url.replace(PASSWORD, "wrong-pw");
+        }
+        let before = proxy.stats().links_accepted;
+        let libpq = libpq(&url, &[], home.path());
+        let libpq_links = proxy.stats().links_accepted - before;
+        let ours = rampart(&url, &[]).await;
+        let our_links = proxy.stats().links_accepted - before - libpq_links;
+        lines.push((
+            format!("{} / {name}", server.name),
+            libpq,
+            libpq_links,
+            ours,
+            our_links,
+        ));
+    }
+    println!("\nattempts (cell | libpq outcome, links | rampart outcome, links)");
+    for (name, libpq, libpq_links, ours, our_links) in &lines {
+        println!(
+            "{name:<40} | {:<5} {libpq_links} | {:<5} {our_links}",
+            if let Outcome::Fail(_) = libpq {
+                "fail"
+            } else if *libpq == Outcome::Tls {
+                "tls"
+            } else {
+                "plain"
+            },
+            if let Outcome::Fail(_) = ours {
+                "fail"
+            } else if *ours == Outcome::Tls {
+                "tls"
+            } else {
+                "plain"
+            },
+        );
+    }
+    for (name, libpq, libpq_links, ours, our_links) in &lines {
+        assert!(
+            libpq.same_as(ours),
+            "{name}: libpq {libpq:?}, rampart {ours:?}"
+        );
+        assert_eq!(libpq_links, our_links, "{name}: links opened");
+    }
 }
