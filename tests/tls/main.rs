@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rampart::layers::Classification;
 use rampart::testing::{Cluster, ClusterBuilder, FaultProxy, TestCerts, find_bin_dir};
-use rampart::{ErrorKind, PgConfig, PgService, Pool, PoolConfig, Preset, Query};
+use rampart::{ErrorKind, MuxConfig, PgConfig, PgService, Pool, PoolConfig, Preset, Query, Stack};
 use tower::ServiceExt;
 
 const PASSWORD: &str = "s3cret-pw";
@@ -726,5 +726,48 @@ async fn second_attempts_are_made_when_libpq_makes_them() {
             "{name}: libpq {libpq:?}, rampart {ours:?}"
         );
         assert_eq!(libpq_links, our_links, "{name}: links opened");
+    }
+}
+
+#[tokio::test]
+async fn certificate_failures_are_neither_retried_nor_counted_by_the_breaker() {
+    let certs = TestCerts::generate().unwrap();
+    let server = start(
+        "TLS",
+        Cluster::builder()
+            .tls(&certs)
+            .hba(format!("host all all {TCP} scram-sha-256")),
+    )
+    .await;
+    for multiplexed in [false, true] {
+        let proxy = FaultProxy::start(server.cluster.addr()).await.unwrap();
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            server.cluster.url_for(proxy.addr()),
+            certs.other_ca().display()
+        );
+        let mut stack = Stack::server(&url);
+        if multiplexed {
+            stack = stack.multiplex(MuxConfig::default());
+        }
+        let db = stack.build().unwrap();
+        let requests = 5;
+        for _ in 0..requests {
+            let err = db.run(Query::read("SELECT 1")).await.unwrap_err();
+            let shown = err.to_string();
+            assert_eq!(err.classification(), Classification::Permanent, "{shown}");
+            assert!(shown.contains("unknown issuer"), "{shown}");
+            assert!(!shown.contains(PASSWORD), "{shown}");
+        }
+        assert_eq!(db.retries(), 0, "multiplexed: {multiplexed}");
+        let breaker = db.breaker().expect("the stack has a breaker").metrics();
+        assert_eq!(
+            breaker.failures, 0,
+            "multiplexed: {multiplexed}: {breaker:?}"
+        );
+        if !multiplexed {
+            // One link per request: nothing was tried twice.
+            assert_eq!(proxy.stats().links_accepted, requests, "links");
+        }
     }
 }
