@@ -1124,4 +1124,52 @@ mod tests {
         assert_eq!(c.pg_config().get_dbname(), Some("app"));
         assert!(PgConfig::from_url("postgres://u@h/db?sslmode=require&bogus=1").is_err());
     }
+
+    #[test]
+    #[cfg(feature = "testing")]
+    fn client_keys_are_read_but_never_shown() {
+        let certs = crate::testing::TestCerts::generate().unwrap();
+        let url = format!(
+            "postgres://app:hunter2@h/db?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            certs.ca().display(),
+            certs.client_cert().display(),
+            certs.client_key().display()
+        );
+        let c = PgConfig::from_url(&url).unwrap();
+        assert_eq!(
+            c.client_cert(),
+            Some((certs.client_cert().as_path(), certs.client_key().as_path()))
+        );
+        let key = std::fs::read_to_string(certs.client_key()).unwrap();
+        let key_line = key.lines().nth(1).unwrap();
+        for shown in [format!("{c}"), format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains(key_line), "{shown}");
+        }
+        // A key that is not a key: the error names the keyword and the file, never the contents.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.key");
+        std::fs::write(
+            &bad,
+            "-----BEGIN PRIVATE KEY-----\nU0VDUkVUU1RVRkY=\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let url = format!(
+            "postgres://app:hunter2@h/db?sslcert={}&sslkey={}",
+            certs.client_cert().display(),
+            bad.display()
+        );
+        let err = PgConfig::from_url(&url).unwrap_err();
+        assert_eq!(err.field(), "sslkey");
+        assert!(!err.to_string().contains("U0VDUkVU"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // A key that is not the certificate's.
+        let url = format!(
+            "postgres://app@h/db?sslcert={}&sslkey={}",
+            certs.client_cert().display(),
+            certs.server_key().display()
+        );
+        let err = PgConfig::from_url(&url).unwrap_err();
+        assert_eq!(err.field(), "sslkey", "{err}");
+    }
 }

@@ -11,7 +11,9 @@ use rcgen::{
 
 use super::HarnessError;
 
-/// PEM files in a temporary directory, removed when dropped. See the [module docs](self).
+/// Certificates for TLS tests, made fresh for each run: a CA, a server certificate it signed (for
+/// `localhost` and `127.0.0.1`), an expired one, a client certificate for the `postgres` user, and an
+/// unrelated CA that trusts none of them. PEM files in a temporary directory, removed when dropped.
 #[derive(Debug)]
 pub struct TestCerts {
     dir: tempfile::TempDir,
