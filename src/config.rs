@@ -1154,6 +1154,8 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nU0VDUkVUU1RVRkY=\n-----END PRIVATE KEY-----\n",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
         let url = format!(
             "postgres://app:hunter2@h/db?sslcert={}&sslkey={}",
             certs.client_cert().display(),

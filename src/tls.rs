@@ -210,6 +210,7 @@ fn load_client_cert(
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
     let chain = read_certs(cert, "sslcert")?;
+    check_key_permissions(key)?;
     // The key's contents never go into a message: only the file name and what kind of problem it is.
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         let why = match e {
@@ -222,6 +223,40 @@ fn load_client_cert(
         ConfigError::new("sslkey", format!("{} {why}", key.display()))
     })?;
     Ok((chain, key))
+}
+
+/// libpq's rule: a key that others may read is refused (0600 or less; 0640 or less if root owns it, for a
+/// key shared through a group).
+#[cfg(unix)]
+fn check_key_permissions(key: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(key).map_err(|e| {
+        ConfigError::new("sslkey", format!("{} cannot be read: {e}", key.display()))
+    })?;
+    if !meta.is_file() {
+        return Err(ConfigError::new(
+            "sslkey",
+            format!("{} is not a regular file", key.display()),
+        ));
+    }
+    let forbidden = if meta.uid() == 0 { 0o037 } else { 0o077 };
+    if meta.mode() & forbidden != 0 {
+        return Err(ConfigError::new(
+            "sslkey",
+            format!(
+                "{} has group or world access (mode {:o}); it must be u=rw (0600) or less, or u=rw,g=r (0640) \
+                 or less if owned by root, as libpq requires",
+                key.display(),
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_key_permissions(_key: &Path) -> Result<(), ConfigError> {
+    Ok(())
 }
 
 /// libpq's `require` without a root certificate: the link is encrypted and the handshake signed by the

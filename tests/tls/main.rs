@@ -191,7 +191,8 @@ async fn servers(certs: &TestCerts) -> Vec<Server> {
 struct ClientSide {
     name: &'static str,
     roots: Roots,
-    wrong_host: bool,
+    /// The host name to verify against (connecting to `hostaddr=127.0.0.1`), if not 127.0.0.1.
+    host: Option<&'static str>,
     client_cert: bool,
 }
 
@@ -202,35 +203,41 @@ enum Roots {
     None,
 }
 
-const CLIENTS: [ClientSide; 5] = [
+const CLIENTS: [ClientSide; 6] = [
     ClientSide {
         name: "right CA",
         roots: Roots::Right,
-        wrong_host: false,
+        host: None,
         client_cert: true,
     },
     ClientSide {
         name: "wrong CA",
         roots: Roots::Wrong,
-        wrong_host: false,
+        host: None,
         client_cert: true,
     },
     ClientSide {
         name: "wrong host name",
         roots: Roots::Right,
-        wrong_host: true,
+        host: Some("wrong.invalid"),
+        client_cert: true,
+    },
+    ClientSide {
+        name: "host name localhost",
+        roots: Roots::Right,
+        host: Some("localhost"),
         client_cert: true,
     },
     ClientSide {
         name: "no sslrootcert",
         roots: Roots::None,
-        wrong_host: false,
+        host: None,
         client_cert: true,
     },
     ClientSide {
         name: "right CA, no client cert",
         roots: Roots::Right,
-        wrong_host: false,
+        host: None,
         client_cert: false,
     },
 ];
@@ -244,16 +251,12 @@ const MODES: [&str; 6] = [
     "verify-full",
 ];
 
-/// The URL both clients get. A wrong host name is `wrong.invalid` with `hostaddr=127.0.0.1`: both
-/// connect to the server and verify the certificate against the name.
+/// The URL both clients get. A host name (`wrong.invalid`, `localhost`) comes with
+/// `hostaddr=127.0.0.1`: both clients connect to the server and verify the certificate against the name.
 fn url(cluster: &Cluster, certs: &TestCerts, mode: &str, client: ClientSide) -> String {
-    let mut url = if client.wrong_host {
-        format!(
-            "{}?hostaddr=127.0.0.1&",
-            cluster.url_with_host("wrong.invalid")
-        )
-    } else {
-        format!("{}?", cluster.url())
+    let mut url = match client.host {
+        Some(host) => format!("{}?hostaddr=127.0.0.1&", cluster.url_with_host(host)),
+        None => format!("{}?", cluster.url()),
     };
     url.push_str(&format!("sslmode={mode}"));
     match client.roots {
@@ -380,6 +383,10 @@ async fn every_sslmode_against_every_server_agrees_with_libpq() {
     );
     // prefer falls back to plain text after a failed verification, as libpq does.
     assert_eq!(find(&cells, "TLS / wrong CA / prefer"), &Outcome::Plain);
+    assert_eq!(
+        find(&cells, "TLS / host name localhost / verify-full"),
+        &Outcome::Tls
+    );
     assert_eq!(
         find(&cells, "TLS required / right CA / allow"),
         &Outcome::Tls
@@ -770,4 +777,42 @@ async fn certificate_failures_are_neither_retried_nor_counted_by_the_breaker() {
             assert_eq!(proxy.stats().links_accepted, requests, "links");
         }
     }
+}
+
+#[tokio::test]
+async fn a_client_key_others_may_read_is_refused_as_libpq_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let certs = TestCerts::generate().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let server = start(
+        "client cert required",
+        Cluster::builder().tls(&certs).hba(format!(
+            "hostssl all all {TCP} scram-sha-256 clientcert=verify-full"
+        )),
+    )
+    .await;
+    let mut cells = Vec::new();
+    for mode in [0o600, 0o640, 0o644] {
+        let key = home.path().join(format!("client-{mode:o}.key"));
+        std::fs::copy(certs.client_key(), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            server.cluster.url(),
+            certs.ca().display(),
+            certs.client_cert().display(),
+            key.display()
+        );
+        cells.push(Cell {
+            name: format!("sslkey mode {mode:o}"),
+            libpq: libpq(&url, &[], home.path()),
+            rampart: rampart(&url, &[]).await,
+        });
+    }
+    print_and_check(
+        "client key permissions (the key's owner is this process's user)",
+        &cells,
+    );
+    assert_eq!(find(&cells, "sslkey mode 600"), &Outcome::Tls);
+    assert_fails_with(&cells, "sslkey mode 644", "group or world");
 }
