@@ -39,7 +39,7 @@
 //! | | `verify-full` (the `serverless` default) | TLS, the chain verified and the certificate must name the host |
 //! | `sslrootcert` (`PGSSLROOTCERT`) | a PEM file | the roots to verify against (an RDS region bundle, a provider's CA) |
 //! | | `system` | the platform's trust store; implies `verify-full`, and a weaker `sslmode` is refused (as libpq 16) |
-//! | `sslcert`, `sslkey` (`PGSSLCERT`, `PGSSLKEY`) | PEM files | a client certificate (and its chain) and its key (PKCS#8, PKCS#1 or SEC1, unencrypted) |
+//! | `sslcert`, `sslkey` (`PGSSLCERT`, `PGSSLKEY`) | PEM files | a client certificate (and its chain) and its key (PKCS#8, PKCS#1 or SEC1, unencrypted; mode 0600 or less, or 0640 if root owns it, as libpq requires) |
 //! | `sslnegotiation` (`PGSSLNEGOTIATION`) | `postgres`, `direct` | `direct` starts TLS at once with ALPN `postgresql` (PostgreSQL 17 and later), saving a round trip; it needs `require` or stronger |
 //! | `channel_binding` (`PGCHANNELBINDING`) | `disable`, `prefer` (default), `require` | SCRAM channel binding (`tls-server-end-point`); `require` refuses a server that does not bind (md5, trust, plain text) |
 //!
