@@ -44,9 +44,11 @@
 //! | `channel_binding` (`PGCHANNELBINDING`) | `disable`, `prefer` (default), `require` | SCRAM channel binding (`tls-server-end-point`); `require` refuses a server that does not bind (md5, trust, plain text) |
 //!
 //! Where rampart differs from libpq: it reads no files from `~/.postgresql` (name them with the keywords
-//! or the variables), and `verify-ca`/`verify-full` without `sslrootcert` verify against the public
+//! or the variables); `verify-ca`/`verify-full` without `sslrootcert` verify against the public
 //! (Mozilla/webpki) roots, which is what Neon's and other public-CA hosts need, where libpq would look for
-//! `~/.postgresql/root.crt`. [`PgConfig::tls_root_store`] and [`PgConfig::tls_client_config`] take rustls
+//! `~/.postgresql/root.crt`; and a file it is told to use must be there (libpq quietly goes on without an
+//! `sslcert` that does not exist, and without an `sslrootcert` that does not exist unless the mode is
+//! `verify-ca` or `verify-full`, which leaves a typo unverified). [`PgConfig::tls_root_store`] and [`PgConfig::tls_client_config`] take rustls
 //! values for anything the keywords cannot say.
 //!
 //! Settings that cannot work are a [`ConfigError`] naming the keyword, when the URL is parsed or when the

@@ -816,3 +816,43 @@ async fn a_client_key_others_may_read_is_refused_as_libpq_does() {
     assert_eq!(find(&cells, "sslkey mode 600"), &Outcome::Tls);
     assert_fails_with(&cells, "sslkey mode 644", "group or world");
 }
+
+#[tokio::test]
+async fn a_named_file_that_is_missing_is_an_error_where_libpq_goes_on_without_it() {
+    // The one place rampart is stricter than libpq on purpose: libpq skips a missing `sslcert`, and a
+    // missing `sslrootcert` under `prefer`/`require` (so a typo silently turns verification off).
+    let certs = TestCerts::generate().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let server = start(
+        "TLS",
+        Cluster::builder()
+            .tls(&certs)
+            .hba(format!("host all all {TCP} scram-sha-256")),
+    )
+    .await;
+    let base = server.cluster.url();
+    let key = certs.client_key().display().to_string();
+    let cases = [
+        (
+            "require, sslrootcert missing",
+            format!("{base}?sslmode=require&sslrootcert=/nonexistent/root.crt"),
+            "sslrootcert",
+        ),
+        (
+            "require, sslcert missing",
+            format!("{base}?sslmode=require&sslcert=/nonexistent/client.crt&sslkey={key}"),
+            "sslcert",
+        ),
+    ];
+    println!("\ndeliberate differences (cell | libpq | rampart)");
+    for (name, url, field) in cases {
+        let libpq = libpq(&url, &[], home.path());
+        let ours = rampart(&url, &[]).await;
+        println!("{name:<40} | {} | {}", libpq.short(), ours.short());
+        assert_eq!(libpq, Outcome::Tls, "{name}: libpq changed its mind");
+        match ours {
+            Outcome::Fail(why) => assert!(why.contains(&format!("invalid `{field}`")), "{why}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
