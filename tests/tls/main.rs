@@ -1,7 +1,12 @@
 //! TLS against real servers, with libpq (`psql`) as the oracle: every cell of (sslmode × server × client
 //! roots, host name and certificate) is connected to by both, with the same keywords, and must end the
-//! same way (TLS, plain text, or a failure). Plus channel binding against SCRAM, the `PGSSL*`
-//! variables, `sslnegotiation=direct` against a server older than 17, and a cancel request over TLS.
+//! same way (TLS, plain text, or a failure); each failure is a permanent connect error naming its cause.
+//! Plus, each against psql where psql can say: channel binding against SCRAM, the `PGSSL*` variables,
+//! the second attempts of `allow` and `prefer` (links counted at a proxy), client key permissions, and
+//! the one deliberate difference (a named file that is missing). Without an oracle:
+//! `sslnegotiation=direct` against a server older than 17 (psql 15 does not know the keyword), a cancel
+//! request over verified TLS, and a certificate failure through the stack (not retried, not counted by
+//! the breaker). Run with `--nocapture` to see the tables.
 //!
 //! `psql` comes from the PostgreSQL client package (Debian/Ubuntu: `apt-get install -y
 //! postgresql-client`, which the server package pulls in); a test that cannot find it fails.
