@@ -19,6 +19,9 @@
 //!
 //! With `DATABASE_URL` (or `--database-url`) it drills your own server through the proxy: network faults
 //! only (it never stops your server), loopback addresses only, in tables of its own that it drops after.
+//! The URL takes libpq's TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`): rampart's links
+//! through the proxy and the drill's own setup connection use them; the bare client has no TLS and
+//! connects in plain text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rampart::testing::{Cluster, Fault, FaultProxy};
-use rampart::{Db, MuxConfig, Query, Stack};
+use rampart::{Db, MuxConfig, PgConfig, Pool, PoolConfig, Query, RootCert, Stack};
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
@@ -206,9 +209,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
 
 /// The target's address, which must be on this machine: the drill floods and breaks links.
 fn loopback_target(url: &str) -> Result<SocketAddr, String> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("the database URL is not valid: {e}"))?;
+    let config =
+        PgConfig::from_url(url).map_err(|e| format!("the database URL is not valid: {e}"))?;
+    let config = config.pg_config();
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => return Err("the database URL must name a TCP host".into()),
@@ -226,20 +229,52 @@ fn loopback_target(url: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// The same connection settings (user, password, database), pointed at the proxy.
-fn via_proxy(url: &str, proxy: SocketAddr) -> Result<String, String> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("the database URL is not valid: {e}"))?;
+/// The same connection settings (user, password, database), pointed at the proxy, as key=value strings:
+/// one with the URL's TLS settings (for rampart), one in plain text (for the bare client).
+fn via_proxy(url: &str, proxy: SocketAddr) -> Result<(String, String), String> {
+    let pg = PgConfig::from_url(url).map_err(|e| format!("the database URL is not valid: {e}"))?;
+    let config = pg.pg_config();
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     let user = config.get_user().unwrap_or("postgres");
     let db = config.get_dbname().unwrap_or(user);
-    Ok(match config.get_password() {
-        Some(pw) => format!(
-            "postgres://{user}:{}@{proxy}/{db}?sslmode=disable",
-            String::from_utf8_lossy(pw)
-        ),
-        None => format!("postgres://{user}@{proxy}/{db}?sslmode=disable"),
-    })
+    let mut base = format!(
+        "host={} port={} user={} dbname={}",
+        proxy.ip(),
+        proxy.port(),
+        quote(user),
+        quote(db)
+    );
+    if let Some(pw) = config.get_password() {
+        base.push_str(&format!(
+            " password={}",
+            quote(&String::from_utf8_lossy(pw))
+        ));
+    }
+    let mut tls = format!("{base} sslmode={}", pg.tls_mode().as_str());
+    match pg.root_cert() {
+        Some(RootCert::File(path)) => {
+            tls.push_str(&format!(" sslrootcert={}", quote(&path.to_string_lossy())))
+        }
+        Some(RootCert::System) => tls.push_str(" sslrootcert=system"),
+        _ => {}
+    }
+    if let Some((cert, key)) = pg.client_cert() {
+        tls.push_str(&format!(
+            " sslcert={} sslkey={}",
+            quote(&cert.to_string_lossy()),
+            quote(&key.to_string_lossy())
+        ));
+    }
+    Ok((tls, format!("{base} sslmode=disable")))
+}
+
+/// A connection straight to the server (not through the proxy) with the URL's own TLS settings.
+async fn direct_client(url: &str) -> Result<rampart::postgres::Client, String> {
+    let pg = PgConfig::from_url(url).map_err(|e| format!("the database URL is not valid: {e}"))?;
+    let pool = Pool::new(pg, PoolConfig::default()).map_err(|e| e.to_string())?;
+    pool.dedicated_client()
+        .await
+        .map_err(|e| format!("cannot reach the database: {}", with_causes(&e)))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -542,6 +577,7 @@ struct Drill {
     cluster: Option<Cluster>,
     direct_url: String,
     proxied_url: String,
+    bare_url: String,
     phase_names: Vec<String>,
 }
 
@@ -551,12 +587,8 @@ impl Drill {
     }
 
     async fn setup_tables(&self, table: &str) -> Result<(), String> {
-        let (client, connection) = tokio_postgres::connect(&self.direct_url, NoTls)
-            .await
-            .map_err(|e| format!("cannot reach the database: {}", with_causes(&e)))?;
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!(
+        let conn = direct_client(&self.direct_url).await?;
+        conn.batch_execute(&format!(
                 "DROP TABLE IF EXISTS {table}_signups, {table}_accounts;
                  CREATE TABLE {table}_signups (id bigserial PRIMARY KEY, request_id text UNIQUE NOT NULL, email text NOT NULL);
                  CREATE TABLE {table}_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
@@ -568,10 +600,7 @@ impl Drill {
 
     /// Lost, duplicated, and how far the money is off, counted on the server.
     async fn audit(&self, table: &str, acknowledged: &[String]) -> Result<(u64, u64, i64), String> {
-        let (client, connection) = tokio_postgres::connect(&self.direct_url, NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
+        let client = direct_client(&self.direct_url).await?;
         let present: i64 = client
             .query_one(&format!("SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"), &[&acknowledged])
             .await
@@ -943,7 +972,7 @@ async fn main_inner(options: Options) -> Result<(), String> {
         }
     };
     let proxy = FaultProxy::start(target).await.map_err(|e| e.to_string())?;
-    let proxied_url = via_proxy(&direct_url, proxy.addr())?;
+    let (proxied_url, bare_url) = via_proxy(&direct_url, proxy.addr())?;
     let mut phase_names = vec!["steady".to_owned()];
     phase_names.extend(options.faults.iter().map(|f| f.name().to_owned()));
     phase_names.push("recovery".to_owned());
@@ -953,6 +982,7 @@ async fn main_inner(options: Options) -> Result<(), String> {
         cluster,
         direct_url,
         proxied_url,
+        bare_url,
         phase_names,
     };
 
@@ -1002,7 +1032,7 @@ async fn main_inner(options: Options) -> Result<(), String> {
     drill.setup_tables("bare_drill").await?;
     let links_before = drill.proxy.stats().links_opened;
     let target = Arc::new(BareTarget {
-        url: drill.proxied_url.clone(),
+        url: drill.bare_url.clone(),
         table: "bare_drill".into(),
         clients: (0..drill.options.concurrency)
             .map(|_| tokio::sync::Mutex::new(None))

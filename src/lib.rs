@@ -85,7 +85,7 @@ pub use tokio_postgres as postgres;
 pub struct ReadmeDoctests;
 
 pub use classify::{PgClassifier, classify_pooler_message, classify_sqlstate};
-pub use config::{PgConfig, PoolerMode, Preset, TlsMode};
+pub use config::{ChannelBinding, PgConfig, PoolerMode, Preset, RootCert, TlsMode, TlsNegotiation};
 pub use error::{ConfigError, Error, ErrorKind};
 pub use health::{BreakerReport, HealthReport, RecentError, Status};
 pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};

@@ -139,6 +139,15 @@ pub(crate) fn failure(
     link: Link,
     server: &str,
 ) -> Failure {
+    if stage == Stage::Connect {
+        // TLS and certificate failures: permanent, named (see `tls/classify.rs`).
+        if let Some(tls) = crate::tls::classify_tls_failure(&err, server) {
+            return Failure {
+                error: tls.with_source(err),
+                gone: true,
+            };
+        }
+    }
     let observed = Observed::of(&err);
     let (kind, class, gone) = decide(&observed, stage, link);
     let message = match (&observed, kind) {

@@ -96,8 +96,7 @@ impl Mux {
                  implicit transactions do not survive it; use the pool",
             ));
         }
-        let connector = Connector::new(pg.tls_mode())
-            .map_err(|e| ConfigError::new("tls", format!("cannot set up TLS: {e}")))?;
+        let connector = Connector::new(&pg)?;
         let statement_timeout = config
             .statement_timeout
             .unwrap_or(DEFAULT_STATEMENT_TIMEOUT);

@@ -78,7 +78,9 @@ struct Shared {
     config: PoolConfig,
     server: Arc<str>,
     pg: PgConfig,
-    cancel_tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// How connections are made: also for cancel requests (with the same TLS settings) and dedicated
+    /// clients.
+    connector: Connector,
     param_types: ParamTypes,
 }
 
@@ -98,14 +100,12 @@ impl Pool {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new("runtime", "a pool must be built within a Tokio runtime")
         })?;
-        let connector = Connector::new(pg.tls_mode())
-            .map_err(|e| ConfigError::new("tls", format!("cannot set up TLS: {e}")))?;
-        let cancel_tls = connector.tls().cloned();
+        let connector = Connector::new(&pg)?;
         let server: Arc<str> = pg.redacted_url().into();
         let counters = Arc::new(Counters::default());
         let inner_manager = deadpool_postgres::Manager::from_connect(
             pg.pg_config().clone(),
-            connector,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -139,7 +139,7 @@ impl Pool {
                 config,
                 server,
                 pg,
-                cancel_tls,
+                connector,
                 param_types: ParamTypes::default(),
             }),
         };
@@ -153,6 +153,20 @@ impl Pool {
     #[doc(hidden)]
     pub async fn checkout(&self) -> Result<impl Send + fmt::Debug + 'static, Error> {
         self.get_within(None).await
+    }
+
+    /// A new connection of its own, outside the pool, made with the pool's settings (TLS, timeouts,
+    /// keepalives): for what does not belong on a pooled connection (`COPY`, `LISTEN`, a session you
+    /// keep). Nothing rampart does applies to it; its type is [`crate::postgres::Client`].
+    pub async fn dedicated_client(&self) -> Result<tokio_postgres::Client, Error> {
+        use deadpool_postgres::Connect;
+        let (client, _task) = self
+            .shared
+            .connector
+            .connect(self.shared.pg.pg_config())
+            .await
+            .map_err(|e| connect_failed(e, &self.shared.server))?;
+        Ok(client)
     }
 
     /// Checks out a connection, waiting at most the pool's wait timeout or `limit`, whichever is shorter
@@ -220,7 +234,7 @@ impl Pool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let tls = self.shared.cancel_tls.clone();
+        let tls = self.shared.connector.tls().cloned();
         let server = self.shared.server.clone();
         runtime.spawn(async move {
             let result = match tls {

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::HarnessError;
+use super::TestCerts;
 use super::process::{self, Process};
 
 const INSTALL_HINT: &str = "install the PostgreSQL server (Debian/Ubuntu: `apt-get install -y postgresql`; \
@@ -239,6 +240,9 @@ pub(crate) fn free_port() -> Result<u16, HarnessError> {
 pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     password: Option<String>,
+    /// The server's certificate, its key and the CA it trusts for client certificates.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    hba: Vec<String>,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -246,6 +250,8 @@ impl fmt::Debug for ClusterBuilder {
         f.debug_struct("ClusterBuilder")
             .field("settings", &self.settings)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("hba", &self.hba)
             .finish()
     }
 }
@@ -265,6 +271,33 @@ impl ClusterBuilder {
         self
     }
 
+    /// Turns TLS on (`ssl=on`) with `certs`' server certificate (for `localhost` and `127.0.0.1`), and
+    /// trusts client certificates signed by `certs`' CA (`ssl_ca_file`), which `clientcert=verify-full`
+    /// in a [`hba`](Self::hba) line then requires.
+    pub fn tls(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some((certs.server_cert(), certs.server_key(), certs.ca()));
+        self
+    }
+
+    /// Like [`tls`](Self::tls), with a server certificate that has expired.
+    pub fn tls_expired(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some((
+            certs.expired_server_cert(),
+            certs.expired_server_key(),
+            certs.ca(),
+        ));
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line for TCP connections, such as
+    /// `hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full` or
+    /// `hostnossl all all 127.0.0.1/32 trust`. With any such line, these lines are the whole of the TCP
+    /// rules (Unix-socket connections stay trusted, for the harness itself).
+    pub fn hba(mut self, line: impl Into<String>) -> Self {
+        self.hba.push(line.into());
+        self
+    }
+
     /// Creates the cluster and starts it, waiting until it accepts connections.
     pub async fn start(self) -> Result<Cluster, HarnessError> {
         let bin = find_bin_dir()?;
@@ -278,17 +311,51 @@ impl ClusterBuilder {
         let mut cp = command(Path::new("cp"), user);
         cp.arg("-a").arg(&template).arg(&data);
         run(cp, "copying the template cluster")?;
-        if self.password.is_some() {
+        if !self.hba.is_empty() {
+            let mut hba = String::from("local all all trust\n");
+            for line in &self.hba {
+                hba.push_str(line);
+                hba.push('\n');
+            }
+            std::fs::write(data.join("pg_hba.conf"), hba)
+                .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
+        } else if self.password.is_some() {
             // Local (socket) connections stay trusted, for the harness itself; TCP needs the password.
             let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
             std::fs::write(data.join("pg_hba.conf"), hba)
                 .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
         }
+        let mut settings = Vec::new();
+        if let Some((cert, key, ca)) = &self.tls {
+            // The server reads these as its own user, and refuses a key that others may read.
+            for (from, name) in [
+                (cert, "server.crt"),
+                (key, "server.key"),
+                (ca, "client-ca.crt"),
+            ] {
+                let to = data.join(name);
+                std::fs::copy(from, &to).map_err(|e| {
+                    HarnessError::io(format!("copying {} into the cluster", from.display()), e)
+                })?;
+                chown(&to, user)?;
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map_err(|e| HarnessError::io(format!("chmod {}", to.display()), e))?;
+            }
+            for (name, value) in [
+                ("ssl", "on"),
+                ("ssl_cert_file", "server.crt"),
+                ("ssl_key_file", "server.key"),
+                ("ssl_ca_file", "client-ca.crt"),
+            ] {
+                settings.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        settings.extend(self.settings);
         let cluster = Cluster {
             bin,
             user,
             port: free_port()?,
-            settings: self.settings,
+            settings,
             password: self.password,
             data,
             process: Process::default(),
@@ -368,6 +435,17 @@ impl Cluster {
         match &self.password {
             Some(pw) => format!("postgres://postgres:{pw}@{addr}/postgres"),
             None => format!("postgres://postgres@{addr}/postgres"),
+        }
+    }
+
+    /// The same URL with another host name in it, for TLS tests: `postgres://postgres@{host}:{port}/postgres`.
+    /// With `hostaddr=127.0.0.1` in the query, a client connects here and verifies the certificate
+    /// against `host`.
+    pub fn url_with_host(&self, host: &str) -> String {
+        let port = self.port;
+        match &self.password {
+            Some(pw) => format!("postgres://postgres:{pw}@{host}:{port}/postgres"),
+            None => format!("postgres://postgres@{host}:{port}/postgres"),
         }
     }
 

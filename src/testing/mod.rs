@@ -1,5 +1,6 @@
-//! The test harness: throwaway PostgreSQL clusters, an in-process TCP fault proxy, and a throwaway
-//! PgBouncer in transaction mode ([`PgBouncer`]).
+//! The test harness: throwaway PostgreSQL clusters (with TLS and client certificates from
+//! [`TestCerts`] when a test asks), an in-process TCP fault proxy, and a throwaway PgBouncer in
+//! transaction mode ([`PgBouncer`]).
 //!
 //! Enabled by the `testing` feature. Every test, example and benchmark in this repository uses this one
 //! implementation, and so can yours: a test that needs a server to stop, restart or misbehave starts a
@@ -34,6 +35,7 @@ mod error;
 mod pgbouncer;
 mod process;
 mod proxy;
+mod tls;
 mod wait;
 
 pub use accounts::Accounts;
@@ -41,4 +43,5 @@ pub use cluster::{Cluster, ClusterBuilder, find_bin_dir};
 pub use error::HarnessError;
 pub use pgbouncer::{PgBouncer, PgBouncerBuilder, find_pgbouncer};
 pub use proxy::{Fault, FaultProxy, ProxyStats};
+pub use tls::TestCerts;
 pub use wait::{WAIT_BOUND, until, until_async};
