@@ -30,6 +30,11 @@
 
 use std::fmt;
 
+// Re-exported so that `classify::Idempotence` and friends stay where users found them; the types
+// live in their own module, which imports nothing, so `deadline` can use them without importing
+// `classify` (which names `deadline`'s timeout error).
+pub use crate::idempotence::{Idempotence, Idempotent, NotIdempotent};
+
 /// What a failed (or suspicious) outcome means for whoever decides whether to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Classification {
@@ -190,47 +195,6 @@ impl<Res> Classify<Res, tower::BoxError> for TimeoutsAreTransient {
     }
 }
 
-/// Whether replaying a request is harmless.
-///
-/// The default method answers `false`: a request is not idempotent unless it says so. Implement this for
-/// your request type (a read-only query, an HTTP `GET`, a write carrying an idempotency key return `true`),
-/// or wrap a request in [`Idempotent`] to mark one request at the call site.
-pub trait Idempotence {
-    /// Whether sending this request twice has the same effect as sending it once.
-    fn is_idempotent(&self) -> bool {
-        false
-    }
-}
-
-/// Marks a request as idempotent (safe to replay after an ambiguous failure).
-///
-/// Services that want the inner request back can use [`Idempotent::into_inner`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Idempotent<R>(pub R);
-
-impl<R> Idempotent<R> {
-    /// The wrapped request.
-    pub fn into_inner(self) -> R {
-        self.0
-    }
-}
-
-impl<R> Idempotence for Idempotent<R> {
-    fn is_idempotent(&self) -> bool {
-        true
-    }
-}
-
-/// Marks a request as *not* idempotent, explicitly. Equivalent to the default, but says so at the call site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct NotIdempotent<R>(pub R);
-
-impl<R> Idempotence for NotIdempotent<R> {}
-
-impl Idempotence for () {}
-impl Idempotence for &'static str {}
-impl Idempotence for String {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,10 +248,23 @@ mod tests {
         );
     }
 
+    // Here rather than in `deadline`, which must not import this module (it is named from here).
+    #[cfg(feature = "deadline")]
     #[test]
-    fn requests_are_not_idempotent_by_default() {
-        assert!(!"INSERT".is_idempotent());
-        assert!(Idempotent("SELECT").is_idempotent());
-        assert!(!NotIdempotent("SELECT").is_idempotent());
+    fn attempt_timeouts_are_transient_and_deadlines_are_not() {
+        let timed_out: tower::BoxError = Box::new(crate::deadline::AttemptTimedOut::new(
+            std::time::Duration::from_secs(1),
+        ));
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &timed_out),
+            Classification::Transient
+        );
+        let exceeded: tower::BoxError = Box::new(crate::deadline::DeadlineExceeded::new(
+            tokio::time::Instant::now(),
+        ));
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &exceeded),
+            Classification::Permanent
+        );
     }
 }

@@ -58,6 +58,7 @@ pub mod backoff;
 pub mod classify;
 mod config_error;
 pub mod events;
+mod idempotence;
 pub mod rng;
 
 #[cfg(feature = "breaker")]

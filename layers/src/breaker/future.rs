@@ -106,6 +106,10 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    // Cost. Timing a call is two reads of tokio's clock (here and when the response is ready) and a
+    // comparison of instants: the instant the call would turn slow is computed here, so no instant is
+    // converted into a duration on the way. Both reads are needed: a call is slow by the time from
+    // `call` to its response, and the time window files an outcome by when it finished.
     #[inline]
     pub(crate) fn called(future: F, guard: PermitGuard, classifier: C) -> Self {
         let slow_after = guard.shared.slow_after(Instant::now());

@@ -41,37 +41,10 @@
 //!
 //! # Cost
 //!
-//! State is shared by every clone through one `Arc`: a short `std::sync::Mutex` held for a few
-//! comparisons (never across a call), plus atomics that each release of the lock publishes, so that
-//! the common cases take no lock. Per call:
-//!
-//! - **Admission** while closed (or disabled) is one atomic load: the lock publishes, each time it is
-//!   released, the epoch whose permits anyone may take, and a permit taken just before a transition
-//!   is stale and ignored, as one admitted under the lock would be. Half-open takes the lock.
-//! - **Timing** is two reads of tokio's clock (at `call` and when the response is ready) and a
-//!   comparison of instants: the instant the call would turn slow is computed at `call`, so no
-//!   instant is converted into a duration on the way. Both reads are needed: a call is slow by the
-//!   time from `call` to its response, and the time window files an outcome by when it finished.
-//! - **Recording a success** (neither failed nor slow) takes no lock while no success could open the
-//!   breaker: closed, the window already holds `minimum_calls` outcomes and both rates are under their
-//!   thresholds, so one more success only lowers them. It is then one compare-and-swap on a counter
-//!   of pending successes, tagged by the lock's last release, after checking that the permit's epoch
-//!   is current and (time window) that the call finished in the newest bucket. Whoever takes the lock
-//!   next first folds those successes into the window, so they come before whatever it does: a
-//!   transition cannot slip in between (it changes the tag, which fails the compare-and-swap, and the
-//!   success then takes the lock and is judged stale there). The count window works the same way
-//!   (the successes are pushed into the ring when folded, in one go).
-//! - **Recording anything else** takes the lock once: failures and slow calls (each may open the
-//!   breaker), the first outcome of each time bucket (which moves the window on), and every outcome
-//!   while the window holds fewer than `minimum_calls` or a rate is at or over its threshold. A time window
-//!   is handed the start of the current bucket, cached as an interval of instants, instead of the
-//!   finishing time converted to nanoseconds (see `BucketClock` in the source).
-//! - **Rejecting** while open takes no lock: the lock publishes the end of the wait, and a call
-//!   before it is rejected from that and a clock read (a comparison of instants; the wait reported by
-//!   [`CircuitOpen::retry_after`] is computed from them only when asked for). The first call after the
-//!   wait takes the lock to move to half-open. What remains is the `Box` that turns [`CircuitOpen`]
-//!   into a [`BoxError`]: the service's error type is `BoxError`, and only a zero-sized error boxes
-//!   without allocating, so a rejection that carries its `retry_after` allocates once.
+//! Closed, a call takes no lock (one atomic load to admit, a compare-and-swap to count a success that
+//! cannot open the breaker); open, a rejection takes no lock and allocates once (the `Box` of the
+//! [`BoxError`]). Why each path costs what it does is written beside its code in `state.rs`; the
+//! figures are in BENCHMARKS.md.
 //!
 //! # Events and metrics
 //!

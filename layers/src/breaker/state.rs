@@ -600,6 +600,14 @@ impl Shared {
         self.record_locked(permit, outcome, finished);
     }
 
+    // Cost. A success (neither failed nor slow) takes no lock while no success could open the
+    // breaker: closed, the window already holds `minimum_calls` outcomes and both rates are under their
+    // thresholds, so one more success only lowers them. It is then one compare-and-swap on a counter
+    // of pending successes, tagged by the lock's last release, after checking that the permit's epoch
+    // is current and (time window) that the call finished in the newest bucket. Whoever takes the lock
+    // next first folds those successes into the window, so they come before whatever it does: a
+    // transition cannot slip in between (it changes the tag, which fails the compare-and-swap, and the
+    // success then takes the lock and is judged stale there). The count window works the same way.
     /// Counts a success (neither failed nor slow) without the lock, if it may be: see [`Published`].
     /// `in_newest_bucket` tells whether the call finished before the given end of the time window's
     /// newest bucket (it is not asked for a count window). `false`: take the lock.
@@ -641,6 +649,11 @@ impl Shared {
         }
     }
 
+    // Cost. Everything else takes the lock once: failures and slow calls (each may open the breaker),
+    // the first outcome of each time bucket (which moves the window on), and every outcome while the
+    // window holds fewer than `minimum_calls` or a rate is at or over its threshold. A time window is
+    // handed the start of the current bucket, cached as an interval of instants (`BucketClock`),
+    // instead of the finishing time converted to nanoseconds.
     #[inline(never)]
     fn record_locked(&self, permit: Permit, outcome: Outcome, finished: tokio::time::Instant) {
         self.count(outcome);
@@ -681,6 +694,15 @@ impl Shared {
         }
     }
 
+    // Cost. Admission while closed (or disabled) is one atomic load: the lock publishes, each time it
+    // is released, the epoch whose permits anyone may take, and a permit taken just before a
+    // transition is stale and ignored, as one admitted under the lock would be. Half-open takes the
+    // lock. Rejecting while open takes no lock either: the lock publishes the end of the wait, and a
+    // call before it is rejected from that and a clock read (a comparison of instants; the wait that
+    // `CircuitOpen::retry_after` reports is computed from them only when asked for). The first call
+    // after the wait takes the lock to move to half-open. What remains is the `Box` that turns
+    // `CircuitOpen` into a `BoxError`: only a zero-sized error boxes without allocating, so a rejection
+    // that carries its `retry_after` allocates once.
     /// Asks to let one call through now.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
