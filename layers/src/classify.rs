@@ -77,6 +77,35 @@ impl fmt::Display for Classification {
     }
 }
 
+/// How a circuit breaker counts one outcome: see [`Classify::breaker_count`].
+///
+/// Resilience4j records an exception as a failure when it matches `recordExceptions`, ignores it when
+/// it matches `ignoreExceptions`, and counts any other as a success; Polly counts every outcome its
+/// `ShouldHandle` rejects as a success. The default here ([`From<Classification>`]) fails `Transient`
+/// and `Ambiguous` errors and ignores `Permanent` ones; a classifier that knows some error means the
+/// downstream is healthy (a "not found", a constraint the caller broke, a cancellation by the caller)
+/// may count it as a success instead, so it lowers the failure rate as a response would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BreakerCount {
+    /// A failure of the downstream: counts towards the failure rate.
+    Failure,
+    /// A success, whatever the call returned: counts as a call that did not fail (it may still be slow).
+    Success,
+    /// Not counted: says nothing about the downstream. In half-open, the probe's permit is given back.
+    Ignored,
+}
+
+impl From<Classification> for BreakerCount {
+    fn from(class: Classification) -> Self {
+        if class.is_failure_of_downstream() {
+            BreakerCount::Failure
+        } else {
+            BreakerCount::Ignored
+        }
+    }
+}
+
 /// Decides what an outcome of a service call means.
 ///
 /// `Res` is the service's response type and `E` its error type. Most classifiers only look at errors;
@@ -90,6 +119,39 @@ pub trait Classify<Res, E> {
     fn classify_response(&self, _response: &Res) -> Option<Classification> {
         None
     }
+
+    /// How a circuit breaker counts this error. The default follows [`classify_error`](Self::classify_error)
+    /// ([`BreakerCount::from`]): override it to count an error as a success. Retry never reads it.
+    ///
+    /// ```
+    /// use rampart_layers::classify::{BreakerCount, Classification, Classify};
+    ///
+    /// #[derive(Debug)]
+    /// enum DbError { Refused, NotFound, BadSql }
+    ///
+    /// struct Db;
+    /// impl Classify<(), DbError> for Db {
+    ///     fn classify_error(&self, e: &DbError) -> Classification {
+    ///         match e {
+    ///             DbError::Refused => Classification::Transient,
+    ///             DbError::NotFound | DbError::BadSql => Classification::Permanent,
+    ///         }
+    ///     }
+    ///     fn breaker_count(&self, e: &DbError) -> BreakerCount {
+    ///         match e {
+    ///             // The database answered: it is up.
+    ///             DbError::NotFound => BreakerCount::Success,
+    ///             other => self.classify_error(other).into(),
+    ///         }
+    ///     }
+    /// }
+    /// assert_eq!(Db.breaker_count(&DbError::NotFound), BreakerCount::Success);
+    /// assert_eq!(Db.breaker_count(&DbError::BadSql), BreakerCount::Ignored);
+    /// assert_eq!(Db.breaker_count(&DbError::Refused), BreakerCount::Failure);
+    /// ```
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        self.classify_error(error).into()
+    }
 }
 
 impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for &C {
@@ -98,6 +160,9 @@ impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for &C {
     }
     fn classify_response(&self, response: &Res) -> Option<Classification> {
         (**self).classify_response(response)
+    }
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        (**self).breaker_count(error)
     }
 }
 
@@ -108,10 +173,13 @@ impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for std::sync::Arc<C
     fn classify_response(&self, response: &Res) -> Option<Classification> {
         (**self).classify_response(response)
     }
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        (**self).breaker_count(error)
+    }
 }
 
 /// How `classifier` judges a call's outcome: `None` for a success.
-#[cfg(any(feature = "breaker", feature = "recreate"))]
+#[cfg(feature = "recreate")]
 pub(crate) fn classify_result<Res, E, C: Classify<Res, E>>(
     classifier: &C,
     result: &Result<Res, E>,
@@ -119,6 +187,22 @@ pub(crate) fn classify_result<Res, E, C: Classify<Res, E>>(
     match result {
         Ok(response) => classifier.classify_response(response),
         Err(error) => Some(classifier.classify_error(error)),
+    }
+}
+
+/// How a circuit breaker counts a call's outcome.
+#[cfg(feature = "breaker")]
+#[inline]
+pub(crate) fn breaker_count_of<Res, E, C: Classify<Res, E>>(
+    classifier: &C,
+    result: &Result<Res, E>,
+) -> BreakerCount {
+    match result {
+        Ok(response) => match classifier.classify_response(response) {
+            None => BreakerCount::Success,
+            Some(class) => class.into(),
+        },
+        Err(error) => classifier.breaker_count(error),
     }
 }
 

@@ -78,7 +78,7 @@ pub mod validate;
 pub use breaker::{BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 #[cfg(feature = "chaos")]
 pub use chaos::{Chaos, ChaosConfig, ChaosHandle, ChaosLayer, InjectedFault};
-pub use classify::{Classification, Classify, Idempotence, Idempotent};
+pub use classify::{BreakerCount, Classification, Classify, Idempotence, Idempotent};
 pub use config_error::ConfigError;
 #[cfg(feature = "deadline")]
 pub use deadline::{

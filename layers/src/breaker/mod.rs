@@ -172,7 +172,7 @@ impl<S> CircuitBreaker<S> {
 impl<S, C> CircuitBreaker<S, C> {
     /// Wraps `inner` in a new breaker that classifies outcomes with `classifier`.
     pub fn with_classifier(inner: S, config: BreakerConfig, classifier: C) -> Self {
-        Self::from_parts(inner, classifier, Arc::new(Shared::new(config)))
+        Self::from_parts(inner, classifier, Shared::new_arc(config))
     }
 
     pub(crate) fn from_parts(inner: S, classifier: C, shared: Arc<Shared>) -> Self {

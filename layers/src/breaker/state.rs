@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::config::{BreakerConfig, SlidingWindow};
 use super::error::CircuitOpen;
-use super::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use super::sync::{Arc, AtomicU64, Mutex, MutexGuard, Ordering};
 use super::window::{Counts, Outcome, Window};
 
 /// The state of a circuit breaker.
@@ -28,6 +28,9 @@ pub enum BreakerState {
     ForcedOpen,
     /// An operator disabled the breaker; every call flows and nothing is recorded.
     Disabled,
+    /// An operator set the breaker to record only (Resilience4j's `METRICS_ONLY`): every call flows and
+    /// its outcome is recorded in the window, which never opens the breaker.
+    MetricsOnly,
 }
 
 impl BreakerState {
@@ -39,6 +42,7 @@ impl BreakerState {
             BreakerState::HalfOpen => "half_open",
             BreakerState::ForcedOpen => "forced_open",
             BreakerState::Disabled => "disabled",
+            BreakerState::MetricsOnly => "metrics_only",
         }
     }
 }
@@ -65,6 +69,10 @@ pub enum TransitionReason {
     ProbesFailed,
     /// The half-open probes were too slow too often.
     ProbesSlow,
+    /// The half-open probes had not decided within `max_wait_in_half_open`.
+    ProbesTimedOut,
+    /// An operator set the breaker to record only.
+    MetricsOnly,
     /// An operator forced the breaker open.
     ForcedOpen,
     /// An operator disabled the breaker.
@@ -83,6 +91,8 @@ impl TransitionReason {
             TransitionReason::ProbesSucceeded => "probes_succeeded",
             TransitionReason::ProbesFailed => "probes_failed",
             TransitionReason::ProbesSlow => "probes_slow",
+            TransitionReason::ProbesTimedOut => "probes_timed_out",
+            TransitionReason::MetricsOnly => "metrics_only",
             TransitionReason::ForcedOpen => "forced_open",
             TransitionReason::Disabled => "disabled",
             TransitionReason::Reset => "reset",
@@ -102,15 +112,24 @@ pub(crate) struct Transition {
     pub(crate) from: BreakerState,
     pub(crate) to: BreakerState,
     pub(crate) reason: TransitionReason,
+    /// The epoch the transition started.
+    pub(crate) epoch: u64,
+    /// With `automatic_transition`: when (nanoseconds since the origin) a timer should look at the
+    /// new state again (the end of the open wait, or of the half-open limit).
+    pub(crate) wake_at: Option<u64>,
 }
+
+/// `until` of a half-open state without `max_wait_in_half_open`.
+const NEVER: u64 = u64::MAX;
 
 #[derive(Debug)]
 enum Phase {
     Closed,
     Open { until: u64 },
-    HalfOpen { free: u32, counts: Counts },
+    HalfOpen { free: u32, counts: Counts, until: u64 },
     ForcedOpen,
     Disabled,
+    MetricsOnly,
 }
 
 impl Phase {
@@ -121,6 +140,7 @@ impl Phase {
             Phase::HalfOpen { .. } => BreakerState::HalfOpen,
             Phase::ForcedOpen => BreakerState::ForcedOpen,
             Phase::Disabled => BreakerState::Disabled,
+            Phase::MetricsOnly => BreakerState::MetricsOnly,
         }
     }
 }
@@ -217,7 +237,7 @@ impl Core {
     /// let through), or [`LOCKED`].
     fn admitting(&self) -> u64 {
         match self.phase {
-            Phase::Closed | Phase::Disabled => self.epoch,
+            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => self.epoch,
             _ => LOCKED,
         }
     }
@@ -228,8 +248,11 @@ impl Core {
     /// still holds `minimum_calls`: the check [`on_outcome`](Core::on_outcome_with) makes after it would
     /// answer "stay closed". Such successes may then be counted without the lock (see [`Published`]).
     fn successes_cannot_open(&self) -> bool {
-        if !matches!(self.phase, Phase::Closed) {
-            return false;
+        match self.phase {
+            Phase::Closed => {}
+            // Records, never decides.
+            Phase::MetricsOnly => return true,
+            _ => return false,
         }
         let c = self.window.totals();
         c.calls >= self.minimum_calls
@@ -242,7 +265,7 @@ impl Core {
     ///
     /// [`successes_cannot_open`]: Core::successes_cannot_open
     fn add_successes(&mut self, n: u32) {
-        debug_assert!(matches!(self.phase, Phase::Closed));
+        debug_assert!(matches!(self.phase, Phase::Closed | Phase::MetricsOnly));
         self.window.add_successes(n);
     }
 
@@ -258,10 +281,46 @@ impl Core {
         let from = self.phase.state();
         self.epoch += 1;
         self.phase = to;
+        let wake_at = match self.phase {
+            _ if !self.config.automatic_transition => None,
+            Phase::Open { until } => Some(until),
+            Phase::HalfOpen { until, .. } if until != NEVER => Some(until),
+            _ => None,
+        };
         Transition {
             from,
             to: self.phase.state(),
             reason,
+            epoch: self.epoch,
+            wake_at,
+        }
+    }
+
+    fn half_open(&mut self, now: u64) -> Transition {
+        let until = self
+            .config
+            .max_wait_in_half_open
+            .map_or(NEVER, |max| now.saturating_add(nanos(max)).min(NEVER - 1));
+        let probes = Phase::HalfOpen {
+            free: self.half_open_calls,
+            counts: Counts::default(),
+            until,
+        };
+        self.go(probes, TransitionReason::WaitElapsed)
+    }
+
+    /// What a timer set for `epoch` does at `now`: leave open for half-open, or half-open for open,
+    /// if the state is still the one it was set for and its time is up (the same rule as a call's).
+    pub(crate) fn on_timer(&mut self, epoch: u64, now: u64) -> Option<Transition> {
+        if epoch != self.epoch {
+            return None;
+        }
+        match self.phase {
+            Phase::Open { until } if now >= until => Some(self.half_open(now)),
+            Phase::HalfOpen { until, .. } if now >= until => {
+                Some(self.open(now, TransitionReason::ProbesTimedOut))
+            }
+            _ => None,
         }
     }
 
@@ -277,9 +336,14 @@ impl Core {
         self.go(Phase::Closed, reason)
     }
 
-    /// Whether [`try_acquire`](Core::try_acquire) reads its `now` (only while open).
+    /// Whether [`try_acquire`](Core::try_acquire) reads its `now` (only while open, or half-open with a
+    /// limit).
     pub(crate) fn waits_for_time(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. })
+        match self.phase {
+            Phase::Open { .. } => true,
+            Phase::HalfOpen { until, .. } => until != NEVER,
+            _ => false,
+        }
     }
 
     /// Asks to let one call through at `now`.
@@ -289,6 +353,12 @@ impl Core {
         now: u64,
     ) -> (Result<Permit, CircuitOpen>, Option<Transition>) {
         let mut transition = None;
+        if let Phase::HalfOpen { until, .. } = self.phase
+            && now >= until
+        {
+            // The probes had their time: open again, and judge this call by the new wait.
+            transition = Some(self.open(now, TransitionReason::ProbesTimedOut));
+        }
         if let Phase::Open { until } = self.phase {
             if now < until {
                 return (
@@ -296,20 +366,16 @@ impl Core {
                         Some(Duration::from_nanos(until - now)),
                         false,
                     )),
-                    None,
+                    transition,
                 );
             }
-            // The transition happens on the first call after the wait, as in Resilience4j without
-            // `automaticTransitionFromOpenToHalfOpenEnabled`: no timer task per breaker.
-            let probes = Phase::HalfOpen {
-                free: self.half_open_calls,
-                counts: Counts::default(),
-            };
-            transition = Some(self.go(probes, TransitionReason::WaitElapsed));
+            // Without `automatic_transition`, on the first call at or after the end of the wait (`>=`,
+            // Polly's rule; see the module docs): no timer task per breaker.
+            transition = Some(self.half_open(now));
         }
         let epoch = self.epoch;
         let admitted = match &mut self.phase {
-            Phase::Closed | Phase::Disabled => Ok(Permit { epoch }),
+            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => Ok(Permit { epoch }),
             Phase::HalfOpen { free, .. } if *free > 0 => {
                 *free -= 1;
                 Ok(Permit { epoch })
@@ -344,6 +410,9 @@ impl Core {
         if permit.epoch != self.epoch {
             return None;
         }
+        // Read at most once, and only where a decision needs the exact time.
+        let (mut read, mut at) = (Some(exact), None::<u64>);
+        let mut exact = move || *at.get_or_insert_with(|| read.take().map_or(0, |f| f()));
         match &mut self.phase {
             Phase::Closed => {
                 let counts = self.window.record(window_now, outcome);
@@ -357,6 +426,15 @@ impl Core {
                 } else {
                     None
                 }
+            }
+            Phase::MetricsOnly => {
+                self.window.record(window_now, outcome);
+                None
+            }
+            Phase::HalfOpen { until, .. } if *until != NEVER && exact() >= *until => {
+                // Finished after the probes' time was up, before any call or timer saw it: the
+                // probes did not decide in time, whatever this one says.
+                Some(self.open(exact(), TransitionReason::ProbesTimedOut))
             }
             Phase::HalfOpen { counts, .. } => {
                 counts.add(outcome);
@@ -399,6 +477,21 @@ impl Core {
         self.close(TransitionReason::Reset)
     }
 
+    pub(crate) fn metrics_only(&mut self) -> Transition {
+        self.openings = 0;
+        self.window.clear();
+        self.go(Phase::MetricsOnly, TransitionReason::MetricsOnly)
+    }
+
+    /// The number of calls the rates of the current state are judged on (`minimum_calls` capped by a
+    /// count window; in half-open, the probes).
+    pub(crate) fn effective_minimum(&self) -> u32 {
+        match self.phase {
+            Phase::HalfOpen { .. } => self.half_open_calls,
+            _ => self.minimum_calls,
+        }
+    }
+
     pub(crate) fn window_counts(&mut self, now: u64) -> Counts {
         match &self.phase {
             Phase::HalfOpen { counts, .. } => *counts,
@@ -421,8 +514,21 @@ pub(crate) struct Totals {
     pub(crate) failures: AtomicU64,
     pub(crate) slow_calls: AtomicU64,
     pub(crate) ignored: AtomicU64,
-    pub(crate) rejections: AtomicU64,
+    pub(crate) counted_as_success: AtomicU64,
+    /// Rejections, by the state that rejected (Resilience4j keeps "not permitted" per state).
+    pub(crate) rejected_open: AtomicU64,
+    pub(crate) rejected_half_open: AtomicU64,
+    pub(crate) rejected_forced_open: AtomicU64,
     pub(crate) transitions: AtomicU64,
+}
+
+#[cfg(test)]
+impl Totals {
+    pub(crate) fn rejections(&self) -> u64 {
+        self.rejected_open.load(Ordering::Relaxed)
+            + self.rejected_half_open.load(Ordering::Relaxed)
+            + self.rejected_forced_open.load(Ordering::Relaxed)
+    }
 }
 
 /// [`Published::admit`] when a permit needs the lock (open, half-open, forced open).
@@ -513,6 +619,9 @@ impl Drop for CoreGuard<'_> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: std::sync::Arc<str>,
+    /// This breaker, for the timer tasks of `automatic_transition` (they must not keep it alive).
+    #[cfg(not(loom))]
+    me: std::sync::Weak<Shared>,
     published: Published,
     origin: tokio::time::Instant,
     slow_call: Duration,
@@ -521,9 +630,35 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a new breaker.
+    #[cfg(not(loom))]
+    pub(crate) fn new_arc(config: BreakerConfig) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::with_me(config, me.clone()))
+    }
+
+    /// The shared state of a new breaker (loom has no timers).
+    #[cfg(loom)]
+    pub(crate) fn new_arc(config: BreakerConfig) -> Arc<Self> {
+        Arc::new(Self::with_me(config))
+    }
+
+    /// Without timers (`automatic_transition` needs [`new_arc`](Self::new_arc)): for tests.
+    #[cfg(any(test, loom))]
     pub(crate) fn new(config: BreakerConfig) -> Self {
+        #[cfg(not(loom))]
+        return Self::with_me(config, std::sync::Weak::new());
+        #[cfg(loom)]
+        Self::with_me(config)
+    }
+
+    fn with_me(
+        config: BreakerConfig,
+        #[cfg(not(loom))] me: std::sync::Weak<Shared>,
+    ) -> Self {
         Self {
             name: config.name.clone(),
+            #[cfg(not(loom))]
+            me,
             published: Published {
                 admit: AtomicU64::new(0), // closed, epoch 0
                 open_until: AtomicU64::new(NOT_OPEN),
@@ -718,7 +853,10 @@ impl Shared {
             if let Some(until) = self.instant_at(until)
                 && now < until
             {
-                return Err(self.rejected(CircuitOpen::between(now, until)));
+                return Err(self.rejected(
+                    CircuitOpen::between(now, until),
+                    &self.totals.rejected_open,
+                ));
             }
         }
         self.try_acquire_locked(|| self.now())
@@ -734,15 +872,15 @@ impl Shared {
         let until = self.published.open_until.load(Ordering::Relaxed);
         if until != NOT_OPEN && now < until {
             let open = CircuitOpen::new(Some(Duration::from_nanos(until - now)), false);
-            return Err(self.rejected(open));
+            return Err(self.rejected(open, &self.totals.rejected_open));
         }
         self.try_acquire_locked(|| now)
     }
 
     /// Counts a rejection.
     #[inline]
-    fn rejected(&self, open: CircuitOpen) -> CircuitOpen {
-        self.totals.rejections.fetch_add(1, Ordering::Relaxed);
+    fn rejected(&self, open: CircuitOpen, counter: &AtomicU64) -> CircuitOpen {
+        counter.fetch_add(1, Ordering::Relaxed);
         if cfg!(feature = "metrics") {
             crate::events::counter(
                 "rampart_breaker_rejections_total",
@@ -755,17 +893,25 @@ impl Shared {
 
     #[inline(never)]
     fn try_acquire_locked(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
-        let (result, transition) = {
+        let (result, transition, state) = {
             let mut core = self.lock();
-            // Only the wait of the open state depends on the time: the other states (closed, above
-            // all) answer without reading the clock.
+            // Only the waits of the open and half-open states depend on the time: the other states
+            // (closed, above all) answer without reading the clock.
             let now = if core.waits_for_time() { now() } else { 0 };
-            core.try_acquire(now)
+            let (result, transition) = core.try_acquire(now);
+            (result, transition, core.state())
         };
         if let Some(t) = transition {
             self.report(t);
         }
-        result.map_err(|open| self.rejected(open))
+        result.map_err(|open| {
+            let counter = match state {
+                BreakerState::HalfOpen => &self.totals.rejected_half_open,
+                BreakerState::ForcedOpen => &self.totals.rejected_forced_open,
+                _ => &self.totals.rejected_open,
+            };
+            self.rejected(open, counter)
+        })
     }
 
     /// At a given time: for the loom model, which has no clock.
@@ -785,8 +931,38 @@ impl Shared {
         self.lock().release(permit);
     }
 
+    /// What a timer set at a transition does when it fires at `now`.
+    pub(crate) fn fire_timer_at(&self, epoch: u64, now: u64) {
+        let transition = self.lock().on_timer(epoch, now);
+        if let Some(t) = transition {
+            self.report(t);
+        }
+    }
+
+    /// Sets a timer that looks at the state again at `at` (nanoseconds since the origin), on the
+    /// current tokio runtime; none outside one (the next call then does it).
+    #[cfg(not(loom))]
+    fn schedule(&self, epoch: u64, at: u64) {
+        let (Ok(runtime), Some(when)) = (tokio::runtime::Handle::try_current(), self.instant_at(at))
+        else {
+            return;
+        };
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(when).await;
+            if let Some(shared) = me.upgrade() {
+                let now = shared.now();
+                shared.fire_timer_at(epoch, now);
+            }
+        });
+    }
+
     pub(crate) fn report(&self, t: Transition) {
         self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(loom))]
+        if let Some(at) = t.wake_at {
+            self.schedule(t.epoch, at);
+        }
         #[cfg(not(loom))]
         {
             if t.to == BreakerState::Open || t.to == BreakerState::ForcedOpen {
@@ -1094,7 +1270,7 @@ mod tests {
             shared.lock().retry_after(now),
             Some(Duration::from_millis(500))
         );
-        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.totals.rejections(), 1);
         advance(Duration::from_millis(499)).await;
         assert_eq!(
             shared.try_acquire().unwrap_err().retry_after(),
@@ -1103,7 +1279,7 @@ mod tests {
         advance(Duration::from_millis(1)).await;
         let _probe = shared.try_acquire().expect("the wait is over: a probe");
         assert_eq!(shared.lock().state(), BreakerState::HalfOpen);
-        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.totals.rejections(), 2);
     }
 
     /// Successes go without the lock only once the window holds `minimum_calls` with both rates under
