@@ -40,12 +40,12 @@ impl SlidingWindow {
 /// | failure rate threshold | 50 % | 50 % | 10 % | a database that fails one query in ten is degraded, not down; opening would turn 10 % errors into 100 % |
 /// | sliding window | last 100 calls | last 100 calls | 30 s | |
 /// | minimum calls | 20 | 100 | 100 | at a few queries per second, 100 calls is half a minute of failures before the breaker acts |
-/// | wait in open state | 10 s, doubling per consecutive opening, capped at 60 s | 60 s, constant | 5 s, constant | a Postgres restart or failover takes seconds to tens of seconds: probe early, back off if it is still down |
+/// | wait in open state | 10 s, doubling per consecutive opening, capped at 60 s (or at `wait_in_open` if that is longer) | 60 s, constant | 5 s, constant | a Postgres restart or failover takes seconds to tens of seconds: probe early, back off if it is still down |
 /// | probes in half-open | 5 | 10 | 1 | one probe decides on luck; five decide on a rate |
 /// | slow call | slower than 5 s | slower than 60 s | (none) | |
 /// | slow-call rate threshold | 100 % | 100 % | (none) | every call in the window slow means the server is in trouble |
 ///
-/// Where the semantics differ, this breaker follows Resilience4j (see the [module docs](super)).
+/// Where the semantics differ, the [module docs](super#boundaries) say which this breaker follows and why.
 #[derive(Debug, Clone)]
 pub struct BreakerConfig {
     pub(crate) name: Arc<str>,

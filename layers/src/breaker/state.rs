@@ -125,8 +125,14 @@ const NEVER: u64 = u64::MAX;
 #[derive(Debug)]
 enum Phase {
     Closed,
-    Open { until: u64 },
-    HalfOpen { free: u32, counts: Counts, until: u64 },
+    Open {
+        until: u64,
+    },
+    HalfOpen {
+        free: u32,
+        counts: Counts,
+        until: u64,
+    },
     ForcedOpen,
     Disabled,
     MetricsOnly,
@@ -651,10 +657,7 @@ impl Shared {
         Self::with_me(config)
     }
 
-    fn with_me(
-        config: BreakerConfig,
-        #[cfg(not(loom))] me: std::sync::Weak<Shared>,
-    ) -> Self {
+    fn with_me(config: BreakerConfig, #[cfg(not(loom))] me: std::sync::Weak<Shared>) -> Self {
         Self {
             name: config.name.clone(),
             #[cfg(not(loom))]
@@ -853,10 +856,9 @@ impl Shared {
             if let Some(until) = self.instant_at(until)
                 && now < until
             {
-                return Err(self.rejected(
-                    CircuitOpen::between(now, until),
-                    &self.totals.rejected_open,
-                ));
+                return Err(
+                    self.rejected(CircuitOpen::between(now, until), &self.totals.rejected_open)
+                );
             }
         }
         self.try_acquire_locked(|| self.now())
@@ -943,7 +945,8 @@ impl Shared {
     /// current tokio runtime; none outside one (the next call then does it).
     #[cfg(not(loom))]
     fn schedule(&self, epoch: u64, at: u64) {
-        let (Ok(runtime), Some(when)) = (tokio::runtime::Handle::try_current(), self.instant_at(at))
+        let (Ok(runtime), Some(when)) =
+            (tokio::runtime::Handle::try_current(), self.instant_at(at))
         else {
             return;
         };
