@@ -2,4 +2,6 @@
 //! these layers (issue 21). Each test names the upstream test it ports; where this crate chose
 //! differently, the test pins the choice and says why.
 
+mod breaker;
 mod budget;
+mod retry;
