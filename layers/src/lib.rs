@@ -88,6 +88,6 @@ pub use deadline::{
 #[cfg(feature = "recreate")]
 pub use recreate::{Recreate, RecreateConfig, RecreateHandle, RecreateLayer};
 #[cfg(feature = "retry")]
-pub use retry::{Retry, RetryBudget, RetryError, RetryLayer, RetryPolicy};
+pub use retry::{NotReplayable, Replay, Retry, RetryBudget, RetryError, RetryLayer, RetryPolicy};
 #[cfg(feature = "validate")]
 pub use validate::{Validate, Validation, ValidationLayer, ValidationPolicy};

@@ -33,8 +33,14 @@ impl BreakerHandle {
         &self.shared.name
     }
 
+    /// The breaker's settings (read them with [`BreakerConfig`](super::BreakerConfig)'s getters).
+    pub fn config(&self) -> &super::BreakerConfig {
+        &self.shared.config
+    }
+
     /// The current state. An open breaker whose wait is over still reads `Open` until the next call
-    /// moves it to half-open.
+    /// moves it to half-open, unless [`automatic_transition`](super::BreakerConfigBuilder::automatic_transition)
+    /// is set (a timer then moves it at the end of the wait).
     pub fn state(&self) -> BreakerState {
         self.shared.lock().state()
     }

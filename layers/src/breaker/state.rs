@@ -239,6 +239,12 @@ impl Core {
         self.phase.state()
     }
 
+    /// The current state period, for the models that fire timers by hand.
+    #[cfg(loom)]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The epoch whose permits anyone may take without the lock (closed or disabled: every call is
     /// let through), or [`LOCKED`].
     fn admitting(&self) -> u64 {
@@ -528,7 +534,7 @@ pub(crate) struct Totals {
     pub(crate) transitions: AtomicU64,
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 impl Totals {
     pub(crate) fn rejections(&self) -> u64 {
         self.rejected_open.load(Ordering::Relaxed)
@@ -625,6 +631,8 @@ impl Drop for CoreGuard<'_> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: std::sync::Arc<str>,
+    /// The settings, for reading through the handle (the core keeps its own copy under the lock).
+    pub(crate) config: BreakerConfig,
     /// This breaker, for the timer tasks of `automatic_transition` (they must not keep it alive).
     #[cfg(not(loom))]
     me: std::sync::Weak<Shared>,
@@ -660,6 +668,7 @@ impl Shared {
     fn with_me(config: BreakerConfig, #[cfg(not(loom))] me: std::sync::Weak<Shared>) -> Self {
         Self {
             name: config.name.clone(),
+            config: config.clone(),
             #[cfg(not(loom))]
             me,
             published: Published {

@@ -160,6 +160,8 @@ async fn r4j_should_open_after_failure_rate_threshold_exceeded() {
     call(&mut svc, Call::Ok).await.unwrap();
     assert_window(&handle.metrics(), None, 1, 4, 3);
     assert_eq!(handle.metrics().minimum_calls, 5);
+    assert_eq!(handle.config().effective_minimum_calls(), 5);
+    assert_eq!(handle.config().failure_rate(), 0.5);
     call(&mut svc, Call::Ok).await.unwrap();
     assert_eq!(handle.state(), BreakerState::Open);
     assert_window(&handle.metrics(), Some(0.6), 2, 5, 3);
