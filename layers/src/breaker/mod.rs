@@ -79,7 +79,7 @@
 //! Every state change is a `tracing` event with target `rampart::breaker` and fields `name`, `from`,
 //! `to`, `reason` (`warn` when opening, `info` otherwise), and increments
 //! `rampart_breaker_transitions_total{name,from,to,reason}`. Each rejection increments
-//! `rampart_breaker_rejections_total{name}`. [`BreakerHandle::metrics`] reads everything in process.
+//! `rampart_breaker_rejections_total{name,state}` (`state`: `open`, `half_open` or `forced_open`). [`BreakerHandle::metrics`] reads everything in process.
 //!
 //! # Per key
 //!

@@ -865,9 +865,7 @@ impl Shared {
             if let Some(until) = self.instant_at(until)
                 && now < until
             {
-                return Err(
-                    self.rejected(CircuitOpen::between(now, until), &self.totals.rejected_open)
-                );
+                return Err(self.rejected(CircuitOpen::between(now, until), BreakerState::Open));
             }
         }
         self.try_acquire_locked(|| self.now())
@@ -883,19 +881,27 @@ impl Shared {
         let until = self.published.open_until.load(Ordering::Relaxed);
         if until != NOT_OPEN && now < until {
             let open = CircuitOpen::new(Some(Duration::from_nanos(until - now)), false);
-            return Err(self.rejected(open, &self.totals.rejected_open));
+            return Err(self.rejected(open, BreakerState::Open));
         }
         self.try_acquire_locked(|| now)
     }
 
-    /// Counts a rejection.
+    /// Counts a rejection by a breaker in `state`.
     #[inline]
-    fn rejected(&self, open: CircuitOpen, counter: &AtomicU64) -> CircuitOpen {
+    fn rejected(&self, open: CircuitOpen, state: BreakerState) -> CircuitOpen {
+        let counter = match state {
+            BreakerState::HalfOpen => &self.totals.rejected_half_open,
+            BreakerState::ForcedOpen => &self.totals.rejected_forced_open,
+            _ => &self.totals.rejected_open,
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         if cfg!(feature = "metrics") {
             crate::events::counter(
                 "rampart_breaker_rejections_total",
-                &[("name", self.name.to_string().into())],
+                &[
+                    ("name", self.name.to_string().into()),
+                    ("state", state.as_str().into()),
+                ],
                 1,
             );
         }
@@ -915,14 +921,7 @@ impl Shared {
         if let Some(t) = transition {
             self.report(t);
         }
-        result.map_err(|open| {
-            let counter = match state {
-                BreakerState::HalfOpen => &self.totals.rejected_half_open,
-                BreakerState::ForcedOpen => &self.totals.rejected_forced_open,
-                _ => &self.totals.rejected_open,
-            };
-            self.rejected(open, counter)
-        })
+        result.map_err(|open| self.rejected(open, state))
     }
 
     /// At a given time: for the loom model, which has no clock.

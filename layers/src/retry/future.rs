@@ -194,9 +194,21 @@ impl<B: Backoff + Clone, Res> Tracker<B, Res> {
             schedule.reset();
             Box::new((schedule, policy.request_rng()))
         });
-        let delay = schedule
+        let scheduled = schedule
             .next_delay(self.attempts, rng)
             .ok_or(GaveUp::ScheduleEnded)?;
+        let error = match &self.last {
+            Some(Failure::Error { error, .. }) => Some(&**error),
+            _ => None,
+        };
+        let delay = policy
+            .generated_delay(&RetryEvent {
+                attempt: self.attempts,
+                delay: scheduled,
+                classification: class,
+                error,
+            })
+            .unwrap_or(scheduled);
         let now = Instant::now();
         if let (Some(max_elapsed), Some(started)) = (policy.max_elapsed(), self.started) {
             if now.saturating_duration_since(started).saturating_add(delay) > max_elapsed {

@@ -441,3 +441,44 @@ fn polly_delay_generator() {
         .collect();
     assert_eq!(delays, [secs(1.0), secs(10.0), secs(1.0), secs(10.0)]);
 }
+
+/// Polly's `DelayGenerator` sees the outcome: here a server's "retry after" hint in the error sets the
+/// wait, and an error without one keeps the schedule's (Polly's `null`).
+#[tokio::test(start_paused = true)]
+async fn polly_delay_generator_sees_the_error() {
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .classifier(RetryUnlessReject)
+        .schedule(Constant::new(Duration::from_millis(100)))
+        .delay_generator(|event| {
+            let hint = event.error()?.to_string();
+            let secs = hint.strip_prefix("retry after ")?.parse().ok()?;
+            assert_eq!(
+                event.delay(),
+                Duration::from_millis(100),
+                "the schedule's choice"
+            );
+            Some(Duration::from_secs(secs))
+        })
+        .build()
+        .unwrap();
+    let (mut svc, mut h) = mock::spawn_layer::<Req, &'static str, _>(RetryLayer::new(policy));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = task::spawn(svc.call(WithDeadline::new("hello")));
+    next(&mut h).1.send_error("retry after 3");
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(2_999)).await;
+    assert_pending!(fut.poll());
+    assert!(
+        h.poll_request().is_pending(),
+        "still waiting the hinted 3 s"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_pending!(fut.poll());
+    next(&mut h).1.send_error("retry");
+    assert_pending!(fut.poll());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_pending!(fut.poll());
+    next(&mut h).1.send_response("world");
+    assert_eq!(assert_ready_ok!(fut.poll()), "world");
+}
