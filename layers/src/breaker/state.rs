@@ -1167,17 +1167,19 @@ mod tests {
     /// The lock-free paths (successes counted without the lock, rejections from the published wait)
     /// change nothing the state machine decides: `Shared` and a plain `Core` fed the same calls at the
     /// same times agree on every state, window and wait, for a time window and a count window, through
-    /// openings, probes and closings.
+    /// openings, probes and closings, and in the metrics-only state (which counts successes without
+    /// the lock whatever the rates).
     #[tokio::test(start_paused = true)]
     async fn lock_free_paths_match_the_plain_state_machine() {
         use tokio::time::{Instant, advance};
-        for window in [
+        let windows = [
             SlidingWindow::Time {
                 size: Duration::from_secs(4),
                 buckets: 4,
             },
             SlidingWindow::Count(7),
-        ] {
+        ];
+        for (window, metrics_only) in windows.into_iter().flat_map(|w| [(w, false), (w, true)]) {
             let config = BreakerConfig::builder()
                 .sliding_window(window)
                 .minimum_calls(5)
@@ -1188,6 +1190,10 @@ mod tests {
                 .unwrap();
             let shared = Shared::new(config.clone());
             let mut core = Core::new(config);
+            if metrics_only {
+                shared.lock().metrics_only();
+                core.metrics_only();
+            }
             let origin = Instant::now();
             let mut seed = 0x2545_f491_4f6c_dd1d_u64;
             let mut lock_free = 0;
@@ -1237,10 +1243,15 @@ mod tests {
                 }
             }
             let transitions = shared.totals.transitions.load(Ordering::Relaxed);
-            assert!(
-                transitions >= 6,
-                "{window:?}: only {transitions} transitions"
-            );
+            if metrics_only {
+                assert_eq!(transitions, 0, "{window:?}: metrics-only never decides");
+                assert_eq!(shared.lock().state(), BreakerState::MetricsOnly);
+            } else {
+                assert!(
+                    transitions >= 6,
+                    "{window:?}: only {transitions} transitions"
+                );
+            }
             assert!(
                 lock_free > 100,
                 "{window:?}: {lock_free} successes without the lock"
