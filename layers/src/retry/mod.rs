@@ -22,8 +22,8 @@
 //!
 //! When it gives up, the error is a [`RetryError`]: the last cause, the number of attempts and the reason
 //! ([`GaveUp`]). If the last failure was a *response* the classifier failed (an HTTP 503, say), that response
-//! is returned as it is. Requests must be [`Replay`] (every `Clone` type is: each attempt but the last
-//! sends a clone), [`Idempotence`] and [`Deadlined`]; wrap plain requests in
+//! is returned as it is. Requests must be [`Replay`] (every `Clone` type is: each attempt sends a
+//! clone), [`Idempotence`] and [`Deadlined`]; wrap plain requests in
 //! [`WithDeadline`](crate::deadline::WithDeadline). A request that cannot be sent twice
 //! ([`NotReplayable`], or a `Replay` answering `None`: tower's `clone_request` returning `None`) gets one
 //! attempt, and its failure comes back as it is, with [`GaveUp::NotReplayable`] where it would have

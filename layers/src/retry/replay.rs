@@ -7,8 +7,8 @@ use tokio::time::Instant;
 use crate::classify::Idempotence;
 use crate::deadline::Deadlined;
 
-/// A request the retry layer can send again: every attempt but the last is sent a replay, and the
-/// request itself goes with the attempt after which no replay can be made.
+/// A request the retry layer can send again: each attempt is sent a replay while one can be made;
+/// when none can, the request itself goes, and that attempt is the last.
 ///
 /// Every `Clone` type replays (a clone). A request that cannot be replayed (a streamed body, a
 /// one-shot channel; tower's `Policy::clone_request` returning `None`) answers `None`: the retry layer
