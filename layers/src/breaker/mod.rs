@@ -58,8 +58,10 @@
 //!   `automaticTransitionFromOpenToHalfOpenEnabled`): then a task on the tokio runtime makes the
 //!   transition at the end of the wait (and leaves half-open at the end of `max_wait_in_half_open`).
 //!   Admission is the same either way; only what the handle reads in between differs.
-//! - The half-open limit, without the timer, is applied by the next call or probe outcome at or after
-//!   it: the breaker opens then, and that call is judged by the new open wait.
+//! - When the half-open limit runs out the breaker opens (R4j), not closes: probes that cannot finish
+//!   in that time are no sign of health, and a closed breaker would let the full load onto a backend
+//!   that may still hang. Without the timer, the limit is applied by the next call or probe outcome at
+//!   or after it: the breaker opens then, and that call is judged by the new open wait.
 //! - In half-open, a cancelled call or one that ends in an ignored error gives its permit back, so
 //!   another probe may go; it does not count as a probe.
 //! - Outcomes of calls let through in an earlier state (a call admitted while closed that finishes after
