@@ -85,8 +85,6 @@ use crate::rng::Rng;
 /// `max_delay` (`Duration::MAX` included) means "no cap" and is read as this.
 pub const MAX_DELAY: Duration = Duration::from_nanos(u64::MAX);
 
-pub(crate) const LONGEST: Duration = MAX_DELAY;
-
 /// A backoff schedule: the delay before each retry.
 ///
 /// The retry layer clones the configured schedule for each request and calls
