@@ -4,18 +4,38 @@
 //! `retry::backoff`), and [recreation](crate::recreate) waits out an un-jittered [`Exponential`] between
 //! failed rebuilds. This module needs no Cargo feature, so both can use it without pulling in the other.
 //!
-//! A schedule is anything that implements [`Backoff`]. Three come with the crate:
+//! A schedule is anything that implements [`Backoff`]. Four come with the crate:
 //!
-//! | schedule | delay before retry *n* (un-jittered) |
-//! |---|---|
-//! | [`Exponential`] | `base × multiplier^(n-1)`, capped at `max_delay` |
-//! | [`Fibonacci`] | `base × fib(n)` (1, 1, 2, 3, 5, ...), capped at `max_delay` |
-//! | [`Constant`] | the same delay every time |
+//! | schedule | delay before retry *n* (un-jittered) | as in |
+//! |---|---|---|
+//! | [`Exponential`] | `base × multiplier^(n-1)`, capped at `max_delay` | Polly `Exponential` (×2), R4j `ofExponentialBackoff`, tower `ExponentialBackoff` (×2) |
+//! | [`Linear`] | `base × n`, capped at `max_delay` | Polly `Linear` |
+//! | [`Fibonacci`] | `base × fib(n)` (1, 1, 2, 3, 5, ...), capped at `max_delay` | |
+//! | [`Constant`] | the same delay every time | Polly `Constant`, R4j `ofDefaults` |
 //!
-//! [`Exponential`] and [`Fibonacci`] spread their delays with a [`Jitter`], following the AWS Architecture
-//! Blog's "Exponential Backoff And Jitter": without jitter, clients that failed together retry together.
-//! Randomness comes from a [`Rng`] the retry layer passes in, so a seeded generator makes the delays
-//! repeatable in tests.
+//! and [`DelayGenerator`] lets a function of yours override any schedule's delay (Polly's
+//! `DelayGenerator`).
+//!
+//! # Numbering, caps and zero
+//!
+//! - Retries are numbered from 1: `next_delay(1, ..)` is the wait before the second attempt, which is
+//!   how the retry layer calls it. `next_delay(0, ..)` is read as `next_delay(1, ..)` (there is no
+//!   retry 0; Polly's 0-based attempt 0 is this retry 1).
+//! - `max_delay` caps every delay, after jitter: no schedule ever waits longer. It may be set below
+//!   `base_delay`; the cap still wins, so every un-jittered delay is then `max_delay` (a constant
+//!   schedule at the cap, as Polly's `MaxDelay` does). A cap is never required: `max_delay(Duration::MAX)`
+//!   means none, and every delay saturates at [`MAX_DELAY`] (`u64::MAX` nanoseconds, ~584 years), the
+//!   longest wait a schedule can express.
+//! - A zero `base_delay` is refused by the growing schedules (every delay would be zero, whatever the
+//!   multiplier: a typo, not a schedule); [`Constant`] accepts a zero delay, which means "retry at once"
+//!   (what tower's tests and Polly's `Delay = TimeSpan.Zero` do).
+//!
+//! # Jitter
+//!
+//! Schedules spread their delays with a [`Jitter`], following the AWS Architecture Blog's "Exponential
+//! Backoff And Jitter" (plus Resilience4j's proportional and tower's additive forms): without jitter,
+//! clients that failed together retry together. Randomness comes from a [`Rng`] the retry layer passes
+//! in, so a seeded generator makes the delays repeatable in tests.
 //!
 //! A schedule is stateful (decorrelated jitter depends on the previous delay): the retry layer clones the
 //! configured schedule for every request, so state never leaks from one request to another. Every
@@ -27,7 +47,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use rampart_layers::backoff::{Backoff, Exponential, Jitter};
+//! use rampart_layers::backoff::{Backoff, Exponential, Jitter, Linear};
 //! use rampart_layers::rng::SplitMix64;
 //!
 //! let mut schedule = Exponential::builder()
@@ -40,9 +60,19 @@
 //! let delays: Vec<_> = (1..=5).map(|n| schedule.next_delay(n, &mut rng).unwrap()).collect();
 //! assert_eq!(delays, [100, 200, 400, 800, 1000].map(Duration::from_millis));
 //!
+//! // Resilience4j's randomised interval: uniform within ±25 % of the schedule's delay.
+//! let mut linear = Linear::builder()
+//!     .base_delay(Duration::from_millis(100))
+//!     .jitter(Jitter::proportional(0.25))
+//!     .build()?;
+//! let d = linear.next_delay(2, &mut rng).unwrap();
+//! assert!(d >= Duration::from_millis(150) && d <= Duration::from_millis(250));
+//!
 //! // Bad settings are refused when built, naming the field.
 //! let err = Exponential::builder().multiplier(0.0).build().unwrap_err();
 //! assert_eq!(err.field(), "multiplier");
+//! let err = Linear::builder().jitter(Jitter::proportional(1.5)).build().unwrap_err();
+//! assert_eq!(err.field(), "jitter");
 //! # Ok::<(), rampart_layers::ConfigError>(())
 //! ```
 
@@ -51,8 +81,9 @@ use std::time::Duration;
 use crate::ConfigError;
 use crate::rng::Rng;
 
-/// The longest delay a schedule can produce: `u64::MAX` nanoseconds (about 584 years).
-pub(crate) const LONGEST: Duration = Duration::from_nanos(u64::MAX);
+/// The longest delay a schedule can produce: `u64::MAX` nanoseconds (about 584 years). A longer
+/// `max_delay` (`Duration::MAX` included) means "no cap" and is read as this.
+pub const MAX_DELAY: Duration = Duration::from_nanos(u64::MAX);
 
 /// A backoff schedule: the delay before each retry.
 ///
@@ -60,13 +91,24 @@ pub(crate) const LONGEST: Duration = Duration::from_nanos(u64::MAX);
 /// [`next_delay`](Backoff::next_delay) once per retry, with `retry` counting from 1 (the delay before the
 /// second attempt).
 pub trait Backoff {
-    /// The delay before retry number `retry` (1-based), or `None` when the schedule says to stop retrying.
+    /// The delay before retry number `retry` (1-based; 0 is read as 1), or `None` when the schedule says
+    /// to stop retrying.
     ///
     /// Jittered schedules draw from `rng`.
     fn next_delay(&mut self, retry: u32, rng: &mut dyn Rng) -> Option<Duration>;
 
     /// Forgets any state from earlier calls, as if freshly built.
     fn reset(&mut self) {}
+
+    /// This schedule with its delays overridden by `generate` where it returns `Some`: see
+    /// [`DelayGenerator`].
+    fn with_delay_generator<F>(self, generate: F) -> DelayGenerator<Self, F>
+    where
+        Self: Sized,
+        F: Fn(u32, Duration) -> Option<Duration>,
+    {
+        DelayGenerator::new(self, generate)
+    }
 }
 
 impl<B: Backoff + ?Sized> Backoff for Box<B> {
@@ -78,9 +120,42 @@ impl<B: Backoff + ?Sized> Backoff for Box<B> {
     }
 }
 
+/// A factor of a [`Jitter::Proportional`] or [`Jitter::Additive`] jitter, in millionths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JitterFactor {
+    ppm: u32,
+}
+
+/// A factor no schedule accepts: what an out-of-range constructor argument becomes, so that `build()`
+/// refuses it naming `jitter`.
+const INVALID: JitterFactor = JitterFactor { ppm: u32::MAX };
+
+impl JitterFactor {
+    fn new(factor: f64, max: f64) -> Self {
+        if factor.is_finite() && (0.0..=max).contains(&factor) {
+            JitterFactor {
+                ppm: (factor * 1_000_000.0).round() as u32,
+            }
+        } else {
+            INVALID
+        }
+    }
+
+    /// The factor.
+    pub fn get(self) -> f64 {
+        self.ppm as f64 / 1_000_000.0
+    }
+
+    /// `d × factor`, saturating.
+    fn of(self, d: u64) -> u64 {
+        u64::try_from(d as u128 * self.ppm as u128 / 1_000_000).unwrap_or(u64::MAX)
+    }
+}
+
 /// How a schedule randomises its delays (AWS Architecture Blog, "Exponential Backoff And Jitter").
 ///
-/// In the table, `d` is the un-jittered delay the schedule would use for this retry.
+/// In the table, `d` is the un-jittered delay the schedule would use for this retry. Every result is
+/// then capped at the schedule's `max_delay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Jitter {
@@ -94,9 +169,41 @@ pub enum Jitter {
     /// Uniform in `[base, 3 × previous delay]`, capped at `max_delay`, starting from `previous = base`.
     /// It ignores `d`: each delay grows from the one before rather than from the retry number.
     Decorrelated,
+    /// Uniform in `[d(1 − f), d(1 + f)]`, `f` in `[0, 1]`: Resilience4j's randomised interval
+    /// (`randomizationFactor`). Make one with [`Jitter::proportional`].
+    Proportional(JitterFactor),
+    /// Uniform in `[d, d(1 + f)]`, `f` in `[0, 100]`: tower's `ExponentialBackoff`, which adds up to
+    /// `jitter × d` to each delay. Make one with [`Jitter::additive`].
+    Additive(JitterFactor),
 }
 
 impl Jitter {
+    /// Resilience4j's proportional jitter: uniform within `factor × d` either side of `d`. `factor` must
+    /// be in `[0, 1]`; another value makes the schedule's `build()` fail on `jitter`.
+    pub fn proportional(factor: f64) -> Self {
+        Jitter::Proportional(JitterFactor::new(factor, 1.0))
+    }
+
+    /// tower's additive jitter: `d` plus up to `factor × d`. `factor` must be in `[0, 100]`, as tower
+    /// requires; another value makes the schedule's `build()` fail on `jitter`.
+    pub fn additive(factor: f64) -> Self {
+        Jitter::Additive(JitterFactor::new(factor, 100.0))
+    }
+
+    fn check(self) -> Result<(), ConfigError> {
+        match self {
+            Jitter::Proportional(INVALID) => Err(ConfigError::new(
+                "jitter",
+                "a proportional factor must be in [0, 1]",
+            )),
+            Jitter::Additive(INVALID) => Err(ConfigError::new(
+                "jitter",
+                "an additive factor must be in [0, 100]",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies this jitter to the nominal delay `nominal` (already capped at `max`).
     fn apply(
         self,
@@ -106,18 +213,25 @@ impl Jitter {
         prev: &mut Duration,
         rng: &mut dyn Rng,
     ) -> Duration {
+        let d = nanos(nominal);
         let delay = match self {
             Jitter::None => nominal,
-            Jitter::Full => Duration::from_nanos(rng.in_range(0, nanos(nominal))),
+            Jitter::Full => Duration::from_nanos(rng.in_range(0, d)),
             Jitter::Equal => {
-                let half = nanos(nominal) / 2;
-                Duration::from_nanos(half + rng.in_range(0, nanos(nominal) - half))
+                let half = d / 2;
+                Duration::from_nanos(half + rng.in_range(0, d - half))
             }
             Jitter::Decorrelated => {
                 let high = nanos(*prev).saturating_mul(3).max(nanos(base));
-                Duration::from_nanos(rng.in_range(nanos(base), high)).min(max)
+                Duration::from_nanos(rng.in_range(nanos(base), high))
             }
-        };
+            Jitter::Proportional(f) => {
+                let delta = f.of(d);
+                Duration::from_nanos(rng.in_range(d.saturating_sub(delta), d.saturating_add(delta)))
+            }
+            Jitter::Additive(f) => Duration::from_nanos(rng.in_range(d, d.saturating_add(f.of(d)))),
+        }
+        .min(max);
         *prev = delay;
         delay
     }
@@ -128,28 +242,19 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn check_bounds(base: Duration, max: Duration) -> Result<(), ConfigError> {
+/// Checks what every growing schedule shares. A cap below the base is allowed (it wins), and any cap
+/// above [`MAX_DELAY`] is read as it.
+fn check_growing(base: Duration, jitter: Jitter) -> Result<(), ConfigError> {
     if base.is_zero() {
         return Err(ConfigError::new("base_delay", "must be greater than zero"));
     }
-    if max > LONGEST {
-        return Err(ConfigError::new(
-            "max_delay",
-            "must be at most u64::MAX nanoseconds (about 584 years)",
-        ));
-    }
-    if max < base {
-        return Err(ConfigError::new(
-            "max_delay",
-            "must not be less than base_delay",
-        ));
-    }
-    Ok(())
+    jitter.check()
 }
 
 /// Exponential backoff: `base × multiplier^(n-1)` before retry `n`, capped at `max_delay`, with [`Jitter`].
 ///
-/// Build one with [`Exponential::builder`]. The default is 100 ms doubling up to 10 s with full jitter.
+/// Build one with [`Exponential::builder`]. The default is 100 ms doubling up to 10 s with full jitter;
+/// `max_delay(Duration::MAX)` removes the cap.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exponential {
     base: Duration,
@@ -175,7 +280,7 @@ impl Exponential {
         self.multiplier
     }
 
-    /// The longest delay.
+    /// The longest delay ([`MAX_DELAY`] when uncapped).
     pub fn max_delay(&self) -> Duration {
         self.max
     }
@@ -185,18 +290,20 @@ impl Exponential {
         self.jitter
     }
 
-    /// The un-jittered delay before retry `retry`, capped at the maximum.
+    /// The un-jittered delay before retry `retry` (0 is read as 1), capped at the maximum.
     pub fn nominal_delay(&self, retry: u32) -> Duration {
         let exponent = retry.saturating_sub(1);
         if exponent == 0 {
-            return self.base;
+            return self.base.min(self.max);
         }
         let nanos = self.base.as_nanos() as f64 * self.multiplier.powf(f64::from(exponent));
         if !nanos.is_finite() || nanos >= self.max.as_nanos() as f64 {
             self.max
         } else {
             // `nanos` is below `max`, which fits in u64 nanoseconds; `as` truncates towards zero.
-            Duration::from_nanos(nanos as u64).clamp(self.base, self.max)
+            Duration::from_nanos(nanos as u64)
+                .max(self.base)
+                .min(self.max)
         }
     }
 }
@@ -242,7 +349,7 @@ impl Default for ExponentialBuilder {
 }
 
 impl ExponentialBuilder {
-    /// The delay before the first retry. Must be greater than zero and at most `max_delay`.
+    /// The delay before the first retry. Must be greater than zero.
     pub fn base_delay(mut self, base: Duration) -> Self {
         self.base = base;
         self
@@ -254,7 +361,8 @@ impl ExponentialBuilder {
         self
     }
 
-    /// The longest delay. Must be at least `base_delay`.
+    /// The longest delay (default 10 s). Any value is accepted: below `base_delay` it makes every
+    /// un-jittered delay the cap, and `Duration::MAX` (anything above [`MAX_DELAY`]) means no cap.
     pub fn max_delay(mut self, max: Duration) -> Self {
         self.max = max;
         self
@@ -268,7 +376,7 @@ impl ExponentialBuilder {
 
     /// Checks the settings and builds the schedule.
     pub fn build(self) -> Result<Exponential, ConfigError> {
-        check_bounds(self.base, self.max)?;
+        check_growing(self.base, self.jitter)?;
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
             return Err(ConfigError::new(
                 "multiplier",
@@ -280,11 +388,123 @@ impl ExponentialBuilder {
 
     fn build_unchecked(self) -> Exponential {
         Exponential {
-            base: self.base,
+            base: self.base.min(MAX_DELAY),
             multiplier: self.multiplier,
-            max: self.max,
+            max: self.max.min(MAX_DELAY),
             jitter: self.jitter,
-            prev: self.base,
+            prev: self.base.min(MAX_DELAY),
+        }
+    }
+}
+
+/// Linear backoff: `base × n` before retry `n` (Polly's `Linear`), capped at `max_delay`, with [`Jitter`].
+///
+/// Build one with [`Linear::builder`]. The default is 100 ms steps, uncapped, with full jitter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linear {
+    base: Duration,
+    max: Duration,
+    jitter: Jitter,
+    prev: Duration,
+}
+
+impl Linear {
+    /// A builder starting from the defaults (100 ms steps, no cap, full jitter).
+    pub fn builder() -> LinearBuilder {
+        LinearBuilder::default()
+    }
+
+    /// The step: the delay before the first retry, added again before each later one.
+    pub fn base_delay(&self) -> Duration {
+        self.base
+    }
+
+    /// The longest delay ([`MAX_DELAY`] when uncapped).
+    pub fn max_delay(&self) -> Duration {
+        self.max
+    }
+
+    /// The jitter.
+    pub fn jitter(&self) -> Jitter {
+        self.jitter
+    }
+
+    /// The un-jittered delay before retry `retry` (0 is read as 1), capped at the maximum.
+    pub fn nominal_delay(&self, retry: u32) -> Duration {
+        let delay = self.base.as_nanos() * u128::from(retry.max(1));
+        Duration::from_nanos(u64::try_from(delay).unwrap_or(u64::MAX)).min(self.max)
+    }
+}
+
+impl Default for Linear {
+    fn default() -> Self {
+        LinearBuilder::default().build_unchecked()
+    }
+}
+
+impl Backoff for Linear {
+    fn next_delay(&mut self, retry: u32, rng: &mut dyn Rng) -> Option<Duration> {
+        let nominal = self.nominal_delay(retry);
+        Some(
+            self.jitter
+                .apply(nominal, self.base, self.max, &mut self.prev, rng),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.prev = self.base;
+    }
+}
+
+/// Settings for [`Linear`]; [`build`](LinearBuilder::build) checks them.
+#[derive(Debug, Clone)]
+pub struct LinearBuilder {
+    base: Duration,
+    max: Duration,
+    jitter: Jitter,
+}
+
+impl Default for LinearBuilder {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            max: MAX_DELAY,
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+impl LinearBuilder {
+    /// The step. Must be greater than zero.
+    pub fn base_delay(mut self, base: Duration) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// The longest delay (default: none). Below `base_delay` it makes every un-jittered delay the cap.
+    pub fn max_delay(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// How delays are randomised.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Checks the settings and builds the schedule.
+    pub fn build(self) -> Result<Linear, ConfigError> {
+        check_growing(self.base, self.jitter)?;
+        Ok(self.build_unchecked())
+    }
+
+    fn build_unchecked(self) -> Linear {
+        Linear {
+            base: self.base.min(MAX_DELAY),
+            max: self.max.min(MAX_DELAY),
+            jitter: self.jitter,
+            prev: self.base.min(MAX_DELAY),
         }
     }
 }
@@ -322,7 +542,7 @@ impl Fibonacci {
         self.jitter
     }
 
-    /// The un-jittered delay before retry `retry`, capped at the maximum.
+    /// The un-jittered delay before retry `retry` (0 is read as 1), capped at the maximum.
     pub fn nominal_delay(&self, retry: u32) -> Duration {
         let base = self.base.as_nanos();
         let max = self.max.as_nanos();
@@ -384,7 +604,8 @@ impl FibonacciBuilder {
         self
     }
 
-    /// The longest delay. Must be at least `base_delay`.
+    /// The longest delay (default 10 s). Below `base_delay` it makes every un-jittered delay the cap;
+    /// `Duration::MAX` means no cap.
     pub fn max_delay(mut self, max: Duration) -> Self {
         self.max = max;
         self
@@ -398,41 +619,177 @@ impl FibonacciBuilder {
 
     /// Checks the settings and builds the schedule.
     pub fn build(self) -> Result<Fibonacci, ConfigError> {
-        check_bounds(self.base, self.max)?;
+        check_growing(self.base, self.jitter)?;
         Ok(self.build_unchecked())
     }
 
     fn build_unchecked(self) -> Fibonacci {
         Fibonacci {
-            base: self.base,
-            max: self.max,
+            base: self.base.min(MAX_DELAY),
+            max: self.max.min(MAX_DELAY),
             jitter: self.jitter,
-            prev: self.base,
+            prev: self.base.min(MAX_DELAY),
         }
     }
 }
 
-/// The same delay before every retry, without jitter.
+/// The same delay before every retry, with an optional [`Jitter`] (none by default).
+///
+/// [`Constant::new`] takes any delay, zero included ("retry at once"); there is nothing in it to
+/// refuse. [`Constant::builder`] adds a jitter, and its `build()` checks the jitter's factor. With
+/// jitter, the base of [`Jitter::Decorrelated`] is the delay, and nothing caps it but [`MAX_DELAY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Constant {
     delay: Duration,
+    jitter: Jitter,
+    prev: Duration,
 }
 
 impl Constant {
-    /// Waits `delay` before every retry (zero retries at once).
+    /// Waits `delay` before every retry (zero retries at once; above [`MAX_DELAY`] it is read as it).
     pub const fn new(delay: Duration) -> Self {
-        Self { delay }
+        let delay = if delay.as_secs() > MAX_DELAY.as_secs()
+            || (delay.as_secs() == MAX_DELAY.as_secs()
+                && delay.subsec_nanos() > MAX_DELAY.subsec_nanos())
+        {
+            MAX_DELAY
+        } else {
+            delay
+        };
+        Self {
+            delay,
+            jitter: Jitter::None,
+            prev: delay,
+        }
+    }
+
+    /// A builder: a delay (default zero) and a jitter (default none).
+    pub fn builder() -> ConstantBuilder {
+        ConstantBuilder {
+            delay: Duration::ZERO,
+            jitter: Jitter::None,
+        }
     }
 
     /// The delay.
     pub fn delay(&self) -> Duration {
         self.delay
     }
+
+    /// The jitter.
+    pub fn jitter(&self) -> Jitter {
+        self.jitter
+    }
 }
 
 impl Backoff for Constant {
-    fn next_delay(&mut self, _retry: u32, _rng: &mut dyn Rng) -> Option<Duration> {
-        Some(self.delay)
+    fn next_delay(&mut self, _retry: u32, rng: &mut dyn Rng) -> Option<Duration> {
+        if self.jitter == Jitter::None {
+            return Some(self.delay);
+        }
+        Some(
+            self.jitter
+                .apply(self.delay, self.delay, MAX_DELAY, &mut self.prev, rng),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.prev = self.delay;
+    }
+}
+
+/// Settings for [`Constant`]; [`build`](ConstantBuilder::build) checks them.
+#[derive(Debug, Clone)]
+pub struct ConstantBuilder {
+    delay: Duration,
+    jitter: Jitter,
+}
+
+impl ConstantBuilder {
+    /// The delay before every retry (zero: at once).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// How delays are randomised.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Checks the jitter and builds the schedule.
+    pub fn build(self) -> Result<Constant, ConfigError> {
+        self.jitter.check()?;
+        Ok(Constant {
+            jitter: self.jitter,
+            ..Constant::new(self.delay)
+        })
+    }
+}
+
+/// A schedule whose delays a function may override: Polly's `DelayGenerator`, over any [`Backoff`].
+///
+/// Before each retry the schedule computes its delay as usual (jitter and its state included), then
+/// `generate(retry, scheduled)` is asked: `Some(d)` waits `d` instead (not capped by the schedule's
+/// `max_delay`: the function decides; at most [`MAX_DELAY`]), `None` keeps the scheduled delay (Polly's
+/// `null`). When the schedule itself says stop, the function is not asked. It sees the retry number and
+/// the schedule's choice, not the error: a schedule does not see outcomes.
+///
+/// ```
+/// use std::time::Duration;
+/// use rampart_layers::backoff::{Backoff, Constant};
+/// use rampart_layers::rng::SplitMix64;
+///
+/// // Wait a fixed 5 s before the third attempt, the schedule's delay otherwise.
+/// let mut schedule = Constant::new(Duration::from_millis(100))
+///     .with_delay_generator(|retry, _scheduled| (retry == 2).then(|| Duration::from_secs(5)));
+/// let mut rng = SplitMix64::seeded(0);
+/// assert_eq!(schedule.next_delay(1, &mut rng), Some(Duration::from_millis(100)));
+/// assert_eq!(schedule.next_delay(2, &mut rng), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Clone)]
+pub struct DelayGenerator<B, F> {
+    schedule: B,
+    generate: F,
+}
+
+impl<B, F> DelayGenerator<B, F> {
+    /// `schedule`, with its delays overridden by `generate` where it returns `Some`.
+    pub fn new(schedule: B, generate: F) -> Self {
+        Self { schedule, generate }
+    }
+
+    /// The schedule underneath.
+    pub fn schedule(&self) -> &B {
+        &self.schedule
+    }
+}
+
+impl<B: std::fmt::Debug, F> std::fmt::Debug for DelayGenerator<B, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayGenerator")
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, F> Backoff for DelayGenerator<B, F>
+where
+    B: Backoff,
+    F: Fn(u32, Duration) -> Option<Duration>,
+{
+    fn next_delay(&mut self, retry: u32, rng: &mut dyn Rng) -> Option<Duration> {
+        let scheduled = self.schedule.next_delay(retry, rng)?;
+        Some(
+            (self.generate)(retry.max(1), scheduled)
+                .unwrap_or(scheduled)
+                .min(MAX_DELAY),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.schedule.reset();
     }
 }
 
@@ -585,16 +942,28 @@ mod tests {
             "base_delay"
         );
         assert_eq!(
-            field(
-                Exponential::builder()
-                    .base_delay(Duration::from_secs(2))
-                    .max_delay(Duration::from_secs(1))
-            ),
-            "max_delay"
+            field(Exponential::builder().jitter(Jitter::proportional(-0.1))),
+            "jitter"
         );
         assert_eq!(
-            field(Exponential::builder().max_delay(Duration::MAX)),
-            "max_delay"
+            field(Exponential::builder().jitter(Jitter::additive(101.0))),
+            "jitter"
+        );
+        assert_eq!(
+            Constant::builder()
+                .jitter(Jitter::proportional(f64::NAN))
+                .build()
+                .unwrap_err()
+                .field(),
+            "jitter"
+        );
+        assert_eq!(
+            Linear::builder()
+                .base_delay(Duration::ZERO)
+                .build()
+                .unwrap_err()
+                .field(),
+            "base_delay"
         );
         let err = Fibonacci::builder()
             .base_delay(Duration::ZERO)
@@ -602,6 +971,131 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field(), "base_delay");
         assert!(err.to_string().contains("base_delay"), "{err}");
+    }
+
+    #[test]
+    fn no_cap_is_needed_and_duration_max_is_none() {
+        let mut s = Exponential::builder()
+            .base_delay(Duration::from_secs(1))
+            .max_delay(Duration::MAX)
+            .jitter(Jitter::None)
+            .build()
+            .expect("Duration::MAX means no cap");
+        assert_eq!(s.max_delay(), MAX_DELAY);
+        let mut rng = SplitMix64::seeded(0);
+        assert_eq!(
+            s.next_delay(20, &mut rng),
+            Some(Duration::from_secs(1 << 19))
+        );
+        assert_eq!(s.next_delay(u32::MAX, &mut rng), Some(MAX_DELAY));
+        assert_eq!(Linear::default().max_delay(), MAX_DELAY);
+    }
+
+    #[test]
+    fn a_cap_below_the_base_wins() {
+        let mut rng = SplitMix64::seeded(0);
+        let mut e =
+            exponential_capped(Duration::from_secs(2), Duration::from_secs(1), Jitter::None);
+        let mut f = Fibonacci::builder()
+            .base_delay(Duration::from_secs(2))
+            .max_delay(Duration::from_secs(1))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        for n in [1, 2, 7, u32::MAX] {
+            assert_eq!(e.next_delay(n, &mut rng), Some(Duration::from_secs(1)));
+            assert_eq!(f.next_delay(n, &mut rng), Some(Duration::from_secs(1)));
+        }
+        let mut d = exponential_capped(
+            Duration::from_secs(2),
+            Duration::from_secs(1),
+            Jitter::Decorrelated,
+        );
+        assert!((1..50).all(|n| d.next_delay(n, &mut rng) == Some(Duration::from_secs(1))));
+    }
+
+    fn exponential_capped(base: Duration, max: Duration, jitter: Jitter) -> Exponential {
+        Exponential::builder()
+            .base_delay(base)
+            .max_delay(max)
+            .jitter(jitter)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn retry_zero_is_retry_one() {
+        let mut rng = SplitMix64::seeded(0);
+        let e = Exponential::default();
+        assert_eq!(e.nominal_delay(0), e.nominal_delay(1));
+        let l = Linear::default();
+        assert_eq!(l.nominal_delay(0), l.nominal_delay(1));
+        let f = Fibonacci::default();
+        assert_eq!(f.nominal_delay(0), f.nominal_delay(1));
+        let mut g = Constant::new(Duration::from_millis(1)).with_delay_generator(|retry, _| {
+            assert_eq!(retry, 1, "the generator sees retry 0 as 1");
+            None
+        });
+        assert_eq!(g.next_delay(0, &mut rng), Some(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn linear_adds_the_base_each_retry() {
+        let mut s = Linear::builder()
+            .base_delay(Duration::from_millis(200))
+            .max_delay(Duration::from_millis(700))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let mut rng = SplitMix64::seeded(0);
+        let delays: Vec<u128> = (1..=5)
+            .map(|n| s.next_delay(n, &mut rng).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [200, 400, 600, 700, 700]);
+    }
+
+    #[test]
+    fn constant_may_be_jittered_and_zero() {
+        let mut rng = SplitMix64::seeded(4);
+        let mut zero = Constant::builder().build().unwrap();
+        assert_eq!(zero.next_delay(3, &mut rng), Some(Duration::ZERO));
+        let mut spread = Constant::builder()
+            .delay(Duration::from_millis(100))
+            .jitter(Jitter::proportional(0.5))
+            .build()
+            .unwrap();
+        let delays: Vec<_> = (1..200)
+            .map(|n| spread.next_delay(n, &mut rng).unwrap())
+            .collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_millis(150))
+        );
+        assert!(
+            delays.iter().any(|d| *d < Duration::from_millis(100)),
+            "spreads below"
+        );
+        assert!(
+            delays.iter().any(|d| *d > Duration::from_millis(100)),
+            "and above"
+        );
+        assert_eq!(Constant::new(Duration::MAX).delay(), MAX_DELAY);
+    }
+
+    #[test]
+    fn a_delay_generator_overrides_where_it_answers() {
+        let mut rng = SplitMix64::seeded(0);
+        let schedule = exponential(100, 2.0, 1_000, Jitter::None);
+        let mut g = schedule.with_delay_generator(|retry, scheduled| match retry {
+            2 => Some(Duration::from_secs(30)), // past the schedule's cap: the generator decides
+            3 => Some(scheduled * 3),
+            _ => None,
+        });
+        let delays: Vec<u128> = (1..=4)
+            .map(|n| g.next_delay(n, &mut rng).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [100, 30_000, 1_200, 800]);
     }
 
     #[test]
@@ -637,8 +1131,24 @@ mod tests {
             Just(Jitter::None),
             Just(Jitter::Full),
             Just(Jitter::Equal),
-            Just(Jitter::Decorrelated)
+            Just(Jitter::Decorrelated),
+            (0.0f64..=1.0).prop_map(Jitter::proportional),
+            (0.0f64..=100.0).prop_map(Jitter::additive),
         ]
+    }
+
+    /// The bounds each jitter promises around the nominal delay `d`, before the cap.
+    fn bounds(jitter: Jitter, d: Duration) -> (Duration, Duration) {
+        let d = nanos(d);
+        let (low, high) = match jitter {
+            Jitter::None => (d, d),
+            Jitter::Full => (0, d),
+            Jitter::Equal => (d / 2, d),
+            Jitter::Proportional(f) => (d.saturating_sub(f.of(d)), d.saturating_add(f.of(d))),
+            Jitter::Additive(f) => (d, d.saturating_add(f.of(d))),
+            _ => unreachable!("decorrelated is checked on its own"),
+        };
+        (Duration::from_nanos(low), Duration::from_nanos(high))
     }
 
     fn retry_number() -> impl Strategy<Value = u32> {
@@ -666,14 +1176,12 @@ mod tests {
                 prop_assert!(nominal >= base && nominal <= max);
                 let d = s.next_delay(n, &mut rng).unwrap();
                 prop_assert!(d <= max, "{d:?} > {max:?}");
-                match jitter {
-                    Jitter::None => prop_assert_eq!(d, nominal),
-                    Jitter::Full => prop_assert!(d <= nominal),
-                    Jitter::Equal => prop_assert!(d >= nominal / 2 && d <= nominal),
-                    Jitter::Decorrelated => {
-                        let high = Duration::from_nanos(nanos(prev).saturating_mul(3)).min(max);
-                        prop_assert!(d >= base && d <= high, "{d:?} outside [{base:?}, {high:?}]");
-                    }
+                if jitter == Jitter::Decorrelated {
+                    let high = Duration::from_nanos(nanos(prev).saturating_mul(3)).min(max);
+                    prop_assert!(d >= base && d <= high, "{d:?} outside [{base:?}, {high:?}]");
+                } else {
+                    let (low, high) = bounds(jitter, nominal);
+                    prop_assert!(d >= low.min(max) && d <= high.min(max), "{d:?} outside [{low:?}, {high:?}]");
                 }
                 prev = d;
             }
@@ -697,14 +1205,12 @@ mod tests {
                 prop_assert!(nominal >= base && nominal <= max);
                 let d = s.next_delay(n, &mut rng).unwrap();
                 prop_assert!(d <= max);
-                match jitter {
-                    Jitter::None => prop_assert_eq!(d, nominal),
-                    Jitter::Full => prop_assert!(d <= nominal),
-                    Jitter::Equal => prop_assert!(d >= nominal / 2 && d <= nominal),
-                    Jitter::Decorrelated => {
-                        let high = Duration::from_nanos(nanos(prev).saturating_mul(3)).min(max);
-                        prop_assert!(d >= base && d <= high);
-                    }
+                if jitter == Jitter::Decorrelated {
+                    let high = Duration::from_nanos(nanos(prev).saturating_mul(3)).min(max);
+                    prop_assert!(d >= base && d <= high);
+                } else {
+                    let (low, high) = bounds(jitter, nominal);
+                    prop_assert!(d >= low.min(max) && d <= high.min(max));
                 }
                 prev = d;
             }
@@ -725,6 +1231,35 @@ mod tests {
             prop_assert!(s.nominal_delay(n) <= s.nominal_delay(n + 1));
             for k in 1..40u32 {
                 prop_assert!(s.nominal_delay(k) <= s.nominal_delay(k + 1));
+            }
+        }
+
+        #[test]
+        fn linear_delays_stay_within_jitter_bounds_and_the_cap(
+            base in 1u64..=u64::MAX / 4,
+            max in any::<u64>(),
+            jitter in jitter(),
+            seed in any::<u64>(),
+            retries in proptest::collection::vec(retry_number(), 1..20),
+        ) {
+            let (base, max) = (Duration::from_nanos(base), Duration::from_nanos(max));
+            let mut s = Linear::builder().base_delay(base).max_delay(max).jitter(jitter).build().unwrap();
+            let mut rng = SplitMix64::seeded(seed);
+            let mut prev = base;
+            for n in retries {
+                let nominal = s.nominal_delay(n);
+                prop_assert!(nominal >= base.min(max) && nominal <= max);
+                prop_assert!(s.nominal_delay(n.saturating_add(1)) >= nominal);
+                let d = s.next_delay(n, &mut rng).unwrap();
+                prop_assert!(d <= max);
+                if jitter == Jitter::Decorrelated {
+                    let high = Duration::from_nanos(nanos(prev).saturating_mul(3)).min(max);
+                    prop_assert!(d >= base.min(max) && d <= high.max(base.min(max)));
+                } else {
+                    let (low, high) = bounds(jitter, nominal);
+                    prop_assert!(d >= low.min(max) && d <= high.min(max));
+                }
+                prev = d;
             }
         }
 

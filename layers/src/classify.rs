@@ -30,6 +30,11 @@
 
 use std::fmt;
 
+// Re-exported so that `classify::Idempotence` and friends stay where users found them; the types
+// live in their own module, which imports nothing, so `deadline` can use them without importing
+// `classify` (which names `deadline`'s timeout error).
+pub use crate::idempotence::{Idempotence, Idempotent, NotIdempotent};
+
 /// What a failed (or suspicious) outcome means for whoever decides whether to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Classification {
@@ -72,6 +77,35 @@ impl fmt::Display for Classification {
     }
 }
 
+/// How a circuit breaker counts one outcome: see [`Classify::breaker_count`].
+///
+/// Resilience4j records an exception as a failure when it matches `recordExceptions`, ignores it when
+/// it matches `ignoreExceptions`, and counts any other as a success; Polly counts every outcome its
+/// `ShouldHandle` rejects as a success. The default here ([`From<Classification>`]) fails `Transient`
+/// and `Ambiguous` errors and ignores `Permanent` ones; a classifier that knows some error means the
+/// downstream is healthy (a "not found", a constraint the caller broke, a cancellation by the caller)
+/// may count it as a success instead, so it lowers the failure rate as a response would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BreakerCount {
+    /// A failure of the downstream: counts towards the failure rate.
+    Failure,
+    /// A success, whatever the call returned: counts as a call that did not fail (it may still be slow).
+    Success,
+    /// Not counted: says nothing about the downstream. In half-open, the probe's permit is given back.
+    Ignored,
+}
+
+impl From<Classification> for BreakerCount {
+    fn from(class: Classification) -> Self {
+        if class.is_failure_of_downstream() {
+            BreakerCount::Failure
+        } else {
+            BreakerCount::Ignored
+        }
+    }
+}
+
 /// Decides what an outcome of a service call means.
 ///
 /// `Res` is the service's response type and `E` its error type. Most classifiers only look at errors;
@@ -85,6 +119,39 @@ pub trait Classify<Res, E> {
     fn classify_response(&self, _response: &Res) -> Option<Classification> {
         None
     }
+
+    /// How a circuit breaker counts this error. The default follows [`classify_error`](Self::classify_error)
+    /// ([`BreakerCount::from`]): override it to count an error as a success. Retry never reads it.
+    ///
+    /// ```
+    /// use rampart_layers::classify::{BreakerCount, Classification, Classify};
+    ///
+    /// #[derive(Debug)]
+    /// enum DbError { Refused, NotFound, BadSql }
+    ///
+    /// struct Db;
+    /// impl Classify<(), DbError> for Db {
+    ///     fn classify_error(&self, e: &DbError) -> Classification {
+    ///         match e {
+    ///             DbError::Refused => Classification::Transient,
+    ///             DbError::NotFound | DbError::BadSql => Classification::Permanent,
+    ///         }
+    ///     }
+    ///     fn breaker_count(&self, e: &DbError) -> BreakerCount {
+    ///         match e {
+    ///             // The database answered: it is up.
+    ///             DbError::NotFound => BreakerCount::Success,
+    ///             other => self.classify_error(other).into(),
+    ///         }
+    ///     }
+    /// }
+    /// assert_eq!(Db.breaker_count(&DbError::NotFound), BreakerCount::Success);
+    /// assert_eq!(Db.breaker_count(&DbError::BadSql), BreakerCount::Ignored);
+    /// assert_eq!(Db.breaker_count(&DbError::Refused), BreakerCount::Failure);
+    /// ```
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        self.classify_error(error).into()
+    }
 }
 
 impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for &C {
@@ -93,6 +160,9 @@ impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for &C {
     }
     fn classify_response(&self, response: &Res) -> Option<Classification> {
         (**self).classify_response(response)
+    }
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        (**self).breaker_count(error)
     }
 }
 
@@ -103,10 +173,13 @@ impl<Res, E, C: Classify<Res, E> + ?Sized> Classify<Res, E> for std::sync::Arc<C
     fn classify_response(&self, response: &Res) -> Option<Classification> {
         (**self).classify_response(response)
     }
+    fn breaker_count(&self, error: &E) -> BreakerCount {
+        (**self).breaker_count(error)
+    }
 }
 
 /// How `classifier` judges a call's outcome: `None` for a success.
-#[cfg(any(feature = "breaker", feature = "recreate"))]
+#[cfg(feature = "recreate")]
 pub(crate) fn classify_result<Res, E, C: Classify<Res, E>>(
     classifier: &C,
     result: &Result<Res, E>,
@@ -114,6 +187,22 @@ pub(crate) fn classify_result<Res, E, C: Classify<Res, E>>(
     match result {
         Ok(response) => classifier.classify_response(response),
         Err(error) => Some(classifier.classify_error(error)),
+    }
+}
+
+/// How a circuit breaker counts a call's outcome.
+#[cfg(feature = "breaker")]
+#[inline]
+pub(crate) fn breaker_count_of<Res, E, C: Classify<Res, E>>(
+    classifier: &C,
+    result: &Result<Res, E>,
+) -> BreakerCount {
+    match result {
+        Ok(response) => match classifier.classify_response(response) {
+            None => BreakerCount::Success,
+            Some(class) => class.into(),
+        },
+        Err(error) => classifier.breaker_count(error),
     }
 }
 
@@ -190,47 +279,6 @@ impl<Res> Classify<Res, tower::BoxError> for TimeoutsAreTransient {
     }
 }
 
-/// Whether replaying a request is harmless.
-///
-/// The default method answers `false`: a request is not idempotent unless it says so. Implement this for
-/// your request type (a read-only query, an HTTP `GET`, a write carrying an idempotency key return `true`),
-/// or wrap a request in [`Idempotent`] to mark one request at the call site.
-pub trait Idempotence {
-    /// Whether sending this request twice has the same effect as sending it once.
-    fn is_idempotent(&self) -> bool {
-        false
-    }
-}
-
-/// Marks a request as idempotent (safe to replay after an ambiguous failure).
-///
-/// Services that want the inner request back can use [`Idempotent::into_inner`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Idempotent<R>(pub R);
-
-impl<R> Idempotent<R> {
-    /// The wrapped request.
-    pub fn into_inner(self) -> R {
-        self.0
-    }
-}
-
-impl<R> Idempotence for Idempotent<R> {
-    fn is_idempotent(&self) -> bool {
-        true
-    }
-}
-
-/// Marks a request as *not* idempotent, explicitly. Equivalent to the default, but says so at the call site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct NotIdempotent<R>(pub R);
-
-impl<R> Idempotence for NotIdempotent<R> {}
-
-impl Idempotence for () {}
-impl Idempotence for &'static str {}
-impl Idempotence for String {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,10 +332,23 @@ mod tests {
         );
     }
 
+    // Here rather than in `deadline`, which must not import this module (it is named from here).
+    #[cfg(feature = "deadline")]
     #[test]
-    fn requests_are_not_idempotent_by_default() {
-        assert!(!"INSERT".is_idempotent());
-        assert!(Idempotent("SELECT").is_idempotent());
-        assert!(!NotIdempotent("SELECT").is_idempotent());
+    fn attempt_timeouts_are_transient_and_deadlines_are_not() {
+        let timed_out: tower::BoxError = Box::new(crate::deadline::AttemptTimedOut::new(
+            std::time::Duration::from_secs(1),
+        ));
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &timed_out),
+            Classification::Transient
+        );
+        let exceeded: tower::BoxError = Box::new(crate::deadline::DeadlineExceeded::new(
+            tokio::time::Instant::now(),
+        ));
+        assert_eq!(
+            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &exceeded),
+            Classification::Permanent
+        );
     }
 }

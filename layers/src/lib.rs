@@ -58,6 +58,7 @@ pub mod backoff;
 pub mod classify;
 mod config_error;
 pub mod events;
+mod idempotence;
 pub mod rng;
 
 #[cfg(feature = "breaker")]
@@ -77,7 +78,7 @@ pub mod validate;
 pub use breaker::{BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 #[cfg(feature = "chaos")]
 pub use chaos::{Chaos, ChaosConfig, ChaosHandle, ChaosLayer, InjectedFault};
-pub use classify::{Classification, Classify, Idempotence, Idempotent};
+pub use classify::{BreakerCount, Classification, Classify, Idempotence, Idempotent};
 pub use config_error::ConfigError;
 #[cfg(feature = "deadline")]
 pub use deadline::{
@@ -87,6 +88,6 @@ pub use deadline::{
 #[cfg(feature = "recreate")]
 pub use recreate::{Recreate, RecreateConfig, RecreateHandle, RecreateLayer};
 #[cfg(feature = "retry")]
-pub use retry::{Retry, RetryBudget, RetryError, RetryLayer, RetryPolicy};
+pub use retry::{NotReplayable, Replay, Retry, RetryBudget, RetryError, RetryLayer, RetryPolicy};
 #[cfg(feature = "validate")]
 pub use validate::{Validate, Validation, ValidationLayer, ValidationPolicy};

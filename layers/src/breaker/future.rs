@@ -11,7 +11,7 @@ use super::error::CircuitOpen;
 use super::state::{Permit, Shared};
 use super::sync::{Arc, Ordering};
 use super::window::Outcome;
-use crate::classify::{Classify, classify_result};
+use crate::classify::{BreakerCount, Classify, breaker_count_of};
 
 /// A permitted call's claim on the breaker; gives the permit back if dropped without an outcome
 /// (the caller cancelled the call).
@@ -38,11 +38,19 @@ impl PermitGuard {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let failure = match classify_result(classifier, result) {
-            None => false,
-            Some(c) if c.is_failure_of_downstream() => true,
-            Some(_) => {
-                // A permanent error says nothing about the downstream: give the permit back (in
+        let failure = match breaker_count_of(classifier, result) {
+            BreakerCount::Success => {
+                if result.is_err() {
+                    self.shared
+                        .totals
+                        .counted_as_success
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            BreakerCount::Failure => true,
+            _ => {
+                // An ignored error says nothing about the downstream: give the permit back (in
                 // half-open, another probe may go), as Resilience4j does for ignored exceptions.
                 self.shared.totals.ignored.fetch_add(1, Ordering::Relaxed);
                 self.shared.release(permit);
@@ -106,6 +114,10 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    // Cost. Timing a call is two reads of tokio's clock (here and when the response is ready) and a
+    // comparison of instants: the instant the call would turn slow is computed here, so no instant is
+    // converted into a duration on the way. Both reads are needed: a call is slow by the time from
+    // `call` to its response, and the time window files an outcome by when it finished.
     #[inline]
     pub(crate) fn called(future: F, guard: PermitGuard, classifier: C) -> Self {
         let slow_after = guard.shared.slow_after(Instant::now());

@@ -33,8 +33,14 @@ impl BreakerHandle {
         &self.shared.name
     }
 
+    /// The breaker's settings (read them with [`BreakerConfig`](super::BreakerConfig)'s getters).
+    pub fn config(&self) -> &super::BreakerConfig {
+        &self.shared.config
+    }
+
     /// The current state. An open breaker whose wait is over still reads `Open` until the next call
-    /// moves it to half-open.
+    /// moves it to half-open, unless [`automatic_transition`](super::BreakerConfigBuilder::automatic_transition)
+    /// is set (a timer then moves it at the end of the wait).
     pub fn state(&self) -> BreakerState {
         self.shared.lock().state()
     }
@@ -42,22 +48,39 @@ impl BreakerHandle {
     /// A snapshot of the current window and the lifetime totals.
     pub fn metrics(&self) -> BreakerMetrics {
         let now = self.shared.now();
-        let (state, counts, retry_after) = {
+        let (state, counts, retry_after, minimum_calls) = {
             let mut core = self.shared.lock();
-            (core.state(), core.window_counts(now), core.retry_after(now))
+            (
+                core.state(),
+                core.window_counts(now),
+                core.retry_after(now),
+                core.effective_minimum(),
+            )
         };
         let t = &self.shared.totals;
+        let calls = t.calls.load(Ordering::Relaxed);
+        let failures = t.failures.load(Ordering::Relaxed);
+        let rejected_open = t.rejected_open.load(Ordering::Relaxed);
+        let rejected_half_open = t.rejected_half_open.load(Ordering::Relaxed);
+        let rejected_forced_open = t.rejected_forced_open.load(Ordering::Relaxed);
         BreakerMetrics {
             state,
             window_calls: counts.calls,
             window_failures: counts.failures,
+            window_successes: counts.calls - counts.failures,
             window_slow_calls: counts.slow,
+            minimum_calls,
             retry_after,
-            calls: t.calls.load(Ordering::Relaxed),
-            failures: t.failures.load(Ordering::Relaxed),
+            calls,
+            failures,
+            successes: calls.saturating_sub(failures),
             slow_calls: t.slow_calls.load(Ordering::Relaxed),
             ignored: t.ignored.load(Ordering::Relaxed),
-            rejections: t.rejections.load(Ordering::Relaxed),
+            counted_as_success: t.counted_as_success.load(Ordering::Relaxed),
+            rejections: rejected_open + rejected_half_open + rejected_forced_open,
+            rejected_open,
+            rejected_half_open,
+            rejected_forced_open,
             transitions: t.transitions.load(Ordering::Relaxed),
         }
     }
@@ -73,6 +96,14 @@ impl BreakerHandle {
     /// recorded (a forced close).
     pub fn disable(&self) {
         let t = self.shared.lock().disable();
+        self.shared.report(t);
+    }
+
+    /// Records without deciding until [`reset`](Self::reset) (Resilience4j's `METRICS_ONLY`): every call
+    /// goes through and its outcome is recorded in an empty window, so [`metrics`](Self::metrics) shows
+    /// the rates a closed breaker would act on, but nothing opens it.
+    pub fn metrics_only(&self) {
+        let t = self.shared.lock().metrics_only();
         self.shared.report(t);
     }
 
@@ -93,32 +124,56 @@ pub struct BreakerMetrics {
     pub window_calls: u32,
     /// Failed calls in the current window.
     pub window_failures: u32,
+    /// Calls in the current window that did not fail (slow ones included).
+    pub window_successes: u32,
     /// Slow calls in the current window.
     pub window_slow_calls: u32,
+    /// The number of calls the window must hold before its rates count: `minimum_calls` capped by a
+    /// count window's size, or in half-open the number of probes.
+    pub minimum_calls: u32,
     /// Time until probes may go through, when open.
     pub retry_after: Option<Duration>,
     /// Calls that finished with an outcome the breaker counted, since it was made.
     pub calls: u64,
     /// Of those, failures.
     pub failures: u64,
+    /// Of those, the ones that did not fail (slow ones included).
+    pub successes: u64,
     /// Of those, slow calls.
     pub slow_calls: u64,
-    /// Calls that ended in an error the classifier called permanent (not counted).
+    /// Calls that ended in an error the classifier ignored (not counted).
     pub ignored: u64,
-    /// Calls rejected because the breaker was open.
+    /// Calls that ended in an error the classifier counted as a success (in `successes`).
+    pub counted_as_success: u64,
+    /// Calls rejected, in every state.
     pub rejections: u64,
+    /// Of those, rejected while open (the wait not over).
+    pub rejected_open: u64,
+    /// Of those, rejected while half-open (every probe slot taken).
+    pub rejected_half_open: u64,
+    /// Of those, rejected while forced open.
+    pub rejected_forced_open: u64,
     /// State changes.
     pub transitions: u64,
 }
 
 impl BreakerMetrics {
-    /// The failure rate in the window, in `[0, 1]`, or `None` if the window is empty.
+    /// The failure rate in the window, in `[0, 1]`, or `None` while the window holds fewer than
+    /// [`minimum_calls`](Self::minimum_calls) (Resilience4j's −1, "not yet"): a rate the breaker would
+    /// not act on is not reported as one.
     pub fn failure_rate(&self) -> Option<f64> {
-        (self.window_calls > 0).then(|| self.window_failures as f64 / self.window_calls as f64)
+        self.judged()
+            .then(|| self.window_failures as f64 / self.window_calls as f64)
     }
 
-    /// The slow-call rate in the window, in `[0, 1]`, or `None` if the window is empty.
+    /// The slow-call rate in the window, in `[0, 1]`, or `None` while the window holds fewer than
+    /// [`minimum_calls`](Self::minimum_calls).
     pub fn slow_call_rate(&self) -> Option<f64> {
-        (self.window_calls > 0).then(|| self.window_slow_calls as f64 / self.window_calls as f64)
+        self.judged()
+            .then(|| self.window_slow_calls as f64 / self.window_calls as f64)
+    }
+
+    fn judged(&self) -> bool {
+        self.window_calls > 0 && self.window_calls >= self.minimum_calls
     }
 }

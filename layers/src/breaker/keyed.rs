@@ -119,7 +119,7 @@ impl<K: Hash + Eq + Clone + std::fmt::Debug> BreakerRegistry<K> {
         }
         let mut config = self.inner.config.clone();
         config.name = format!("{}/{:?}", config.name(), key).into();
-        let shared = Arc::new(Shared::new(config));
+        let shared = Shared::new_arc(config);
         map.insert(
             key.clone(),
             Entry {

@@ -30,7 +30,7 @@ impl CircuitBreakerLayer {
     /// A layer with a new breaker configured by `config`.
     pub fn new(config: BreakerConfig) -> Self {
         Self {
-            shared: Arc::new(Shared::new(config)),
+            shared: Shared::new_arc(config),
             classifier: TimeoutsAreTransient,
         }
     }

@@ -26,15 +26,30 @@ fn shared(probes: u32) -> Arc<Shared> {
 }
 
 fn shared_with(window: SlidingWindow, minimum_calls: u32, probes: u32) -> Arc<Shared> {
-    let config = BreakerConfig::builder()
-        .sliding_window(window)
-        .minimum_calls(minimum_calls)
-        .half_open_calls(probes)
+    shared_from(
+        BreakerConfig::builder()
+            .sliding_window(window)
+            .minimum_calls(minimum_calls)
+            .half_open_calls(probes),
+    )
+}
+
+fn shared_from(builder: super::config::BreakerConfigBuilder) -> Arc<Shared> {
+    let config = builder
         .wait_in_open(Duration::from_nanos(WAIT))
         .wait_multiplier(1.0)
         .build()
         .unwrap();
     Arc::new(Shared::new(config))
+}
+
+/// Opens the breaker with two failures at 0 (a count window of 2, at least 2 calls).
+fn trip(s: &Shared) {
+    for _ in 0..2 {
+        let p = s.try_acquire_at(0).unwrap();
+        s.record_at(p, FAIL, 0);
+    }
+    assert_eq!(s.lock().state(), BreakerState::Open);
 }
 
 /// The lifetime number of calls, once the successes counted without the lock are folded in.
@@ -236,5 +251,96 @@ fn breaker_lock_free_rejection_racing_with_a_reset() {
         }
         reset.join().unwrap();
         assert_eq!(s.lock().state(), BreakerState::Closed);
+    });
+}
+
+/// The timer of `automatic_transition` fires at the end of the wait while a call arrives at the same
+/// instant: the breaker moves to half-open once (by whichever comes first), the call is the probe
+/// either way, and a timer that fires late, for a state already left, does nothing.
+#[test]
+fn breaker_timer_racing_with_the_first_call_after_the_wait() {
+    loom::model(|| {
+        let s = shared_from(
+            BreakerConfig::builder()
+                .sliding_window(SlidingWindow::Count(2))
+                .minimum_calls(2)
+                .half_open_calls(1)
+                .automatic_transition(true),
+        );
+        trip(&s);
+        let opened = s.lock().epoch();
+        let s2 = s.clone();
+        let timer = thread::spawn(move || s2.fire_timer_at(opened, WAIT));
+        let probe = s.try_acquire_at(WAIT).expect("the wait is over: a probe");
+        timer.join().unwrap();
+        assert_eq!(s.lock().state(), BreakerState::HalfOpen);
+        s.record_at(probe, OK, WAIT);
+        assert_eq!(s.lock().state(), BreakerState::Closed);
+        s.fire_timer_at(opened, WAIT); // stale
+        assert_eq!(s.lock().state(), BreakerState::Closed);
+        // open, half-open, closed: one each.
+        assert_eq!(s.totals.transitions.load(Ordering::Relaxed), 3);
+    });
+}
+
+/// The half-open limit runs out while a probe finishes: the timer and the late outcome both find
+/// the probes too late, and the breaker opens again exactly once.
+#[test]
+fn breaker_half_open_limit_racing_with_a_late_probe() {
+    const LIMIT: u64 = 500;
+    loom::model(|| {
+        let s = shared_from(
+            BreakerConfig::builder()
+                .sliding_window(SlidingWindow::Count(2))
+                .minimum_calls(2)
+                .half_open_calls(1)
+                .max_wait_in_half_open(Duration::from_nanos(LIMIT))
+                .automatic_transition(true),
+        );
+        trip(&s);
+        let probe = s.try_acquire_at(WAIT).expect("a probe");
+        let half_open = s.lock().epoch();
+        let s2 = s.clone();
+        let timer = thread::spawn(move || s2.fire_timer_at(half_open, WAIT + LIMIT));
+        s.record_at(probe, OK, WAIT + LIMIT);
+        timer.join().unwrap();
+        assert_eq!(s.lock().state(), BreakerState::Open);
+        // open, half-open, open again.
+        assert_eq!(s.totals.transitions.load(Ordering::Relaxed), 3);
+    });
+}
+
+/// Metrics-only admits and counts successes without the lock, like closed: a success racing with a
+/// reset lands in the metrics-only window (cleared by the reset) or is ignored as stale after it,
+/// never in the new closed window; and failures never open it.
+#[test]
+fn breaker_metrics_only_records_without_deciding() {
+    loom::model(|| {
+        let s = shared_with(SlidingWindow::Count(3), 1, 1);
+        s.lock().metrics_only();
+        let p = s.try_acquire_at(0).expect("metrics-only admits");
+        s.record_at(p, FAIL, 0);
+        assert_eq!(s.lock().state(), BreakerState::MetricsOnly);
+        let early = s.try_acquire_at(0).unwrap();
+        let s2 = s.clone();
+        let success = thread::spawn(move || s2.record_at(early, OK, 0));
+        let p = s.try_acquire_at(0).unwrap();
+        s.record_at(p, FAIL, 0);
+        assert_eq!(
+            s.lock().state(),
+            BreakerState::MetricsOnly,
+            "failures never open it"
+        );
+        s.lock().reset();
+        success.join().unwrap();
+        let mut core = s.lock();
+        assert_eq!(core.state(), BreakerState::Closed);
+        assert_eq!(
+            core.window_counts(0).calls,
+            0,
+            "a stale success after the reset"
+        );
+        drop(core);
+        assert_eq!(calls(&s), 3);
     });
 }

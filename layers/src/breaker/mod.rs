@@ -6,79 +6,82 @@
 //! table comparing them with Resilience4j's and Polly's).
 //!
 //! ```text
-//!            failure rate or slow-call rate >= threshold            wait elapsed (on the next call)
+//!            failure rate or slow-call rate >= threshold          wait over (next call, or a timer)
 //!  Closed ───────────────────────────────────────────────► Open ───────────────────────────────► HalfOpen
 //!    ▲            (once the window holds minimum_calls)      ▲                                     │
-//!    │                                                       └──────── probes over a threshold ───┤
+//!    │                                                       ├──────── probes over a threshold ───┤
+//!    │                                                       └──── probes undecided in max wait ──┤
 //!    └──────────────────────────────────────────── probes under both thresholds ─────────────────┘
 //!
-//!  ForcedOpen and Disabled are entered and left only through the BreakerHandle.
+//!  ForcedOpen, Disabled and MetricsOnly are entered and left only through the BreakerHandle.
 //! ```
 //!
-//! - **Closed**: calls flow; each outcome the [classifier](crate::classify) calls `Transient` or
-//!   `Ambiguous` (timeouts included, through [`TimeoutsAreTransient`]) is a failure, each response or
-//!   `Permanent` error is not, and `Permanent` errors are not recorded at all. A call slower than
-//!   `slow_call_duration` is also slow, whether it succeeded or failed. Once the
-//!   [`SlidingWindow`] holds `minimum_calls` outcomes, the breaker opens when the failure rate or the
-//!   slow-call rate is **greater than or equal to** its threshold.
+//! - **Closed**: calls flow; each outcome is counted as the classifier's
+//!   [`breaker_count`](crate::classify::Classify::breaker_count) says: by default an error classified
+//!   `Transient` or `Ambiguous` (timeouts included, through [`TimeoutsAreTransient`]) is a failure, a
+//!   response is a success, and a `Permanent` error is ignored (not recorded at all); a classifier may
+//!   also count an error as a success ([`BreakerCount::Success`](crate::classify::BreakerCount::Success)). A call slower than
+//!   `slow_call_duration` is also slow, whether it succeeded or failed. Once the [`SlidingWindow`] holds
+//!   `minimum_calls` outcomes, the breaker opens when the failure rate or the slow-call rate is
+//!   **greater than or equal to** its threshold.
 //! - **Open**: every call fails at once with [`CircuitOpen`], which says how long until the next probe.
 //!   The wait grows by `wait_multiplier` on each consecutive opening, up to `max_wait_in_open`.
 //! - **HalfOpen**: `half_open_calls` probes go through; the rest are rejected. When all have finished,
 //!   the breaker opens again if either rate reaches its threshold over the probes, and closes otherwise.
+//!   With `max_wait_in_half_open`, it opens again if they have not all finished within that time
+//!   ([`TransitionReason::ProbesTimedOut`]), so a probe that hangs cannot hold it half-open.
+//! - **MetricsOnly** ([`BreakerHandle::metrics_only`]): every call flows, outcomes are recorded in the
+//!   window as while closed, nothing opens the breaker: for watching what a breaker would do before
+//!   letting it act.
 //!
-//! # Choices, each as Resilience4j makes them
+//! # Boundaries
 //!
-//! - Rates are compared with `>=`: with a 50 % threshold, 50 failures in 100 calls open the breaker.
-//! - A *success* can open the breaker: a slow success counts toward the slow-call rate.
-//! - A call is slow when it takes strictly longer than `slow_call_duration`.
-//! - With a count window, `minimum_calls` is capped at the window size.
-//! - An outcome leaves a time window when its bucket is `buckets` buckets old (see [`SlidingWindow::Time`]).
-//! - Open moves to half-open on the first call after the wait, not on a timer.
-//! - In half-open, a cancelled call or one that ends in an ignored (`Permanent`) error gives its permit
-//!   back, so another probe may go; it does not count as a probe.
+//! Every comparison with a limit, in one table. Where Resilience4j and Polly v8 differ, the last column
+//! says which this breaker follows and why.
+//!
+//! | rule | at exactly the limit | Resilience4j | Polly v8 | here |
+//! |---|---|---|---|---|
+//! | failure / slow-call rate against its threshold | opens (`rate >= threshold`) | `>=` | `>=` | both agree |
+//! | calls in the window against `minimum_calls` | rates are judged (`calls >= minimum`) | `>=` | `>=` (`MinimumThroughput`) | both agree; a count window caps the minimum at its size (R4j) |
+//! | a call's duration against `slow_call_duration` | not slow (`duration > limit` is slow) | `>` | (none) | R4j |
+//! | end of the open wait | **a probe is admitted** (`now >= until`) | only strictly after (`isAfter`) | `>=` | **Polly**: a caller that sleeps exactly [`CircuitOpen::retry_after`] (as `tokio::time::sleep_until` wakes, at the instant) is let through instead of being told to wait zero more |
+//! | end of `max_wait_in_half_open` | opens (`now >= until`) | timer at the instant | (none) | the same rule as the open wait |
+//! | probes in half-open | decided when `half_open_calls` have finished | the same | one probe | R4j |
+//! | an outcome in a time window | leaves when its bucket is `buckets` buckets old | the same (1 s buckets) | the same (sampling duration) | all agree (see [`SlidingWindow::Time`]) |
+//! | the growing open wait against `max_wait_in_open` | capped (`wait >= max` gives `max`) | (constant wait) | (constant) | 60 s by default, or `wait_in_open` when that is longer |
+//!
+//! # Choices
+//!
+//! - A *success* can open the breaker: a slow success counts toward the slow-call rate (R4j).
+//! - Open moves to half-open on the first call after the wait, not on a timer, unless
+//!   [`automatic_transition`](BreakerConfigBuilder::automatic_transition) is set (R4j's
+//!   `automaticTransitionFromOpenToHalfOpenEnabled`): then a task on the tokio runtime makes the
+//!   transition at the end of the wait (and leaves half-open at the end of `max_wait_in_half_open`).
+//!   Admission is the same either way; only what the handle reads in between differs.
+//! - When the half-open limit runs out the breaker opens (R4j), not closes: probes that cannot finish
+//!   in that time are no sign of health, and a closed breaker would let the full load onto a backend
+//!   that may still hang. Without the timer, the limit is applied by the next call or probe outcome at
+//!   or after it: the breaker opens then, and that call is judged by the new open wait.
+//! - In half-open, a cancelled call or one that ends in an ignored error gives its permit back, so
+//!   another probe may go; it does not count as a probe.
 //! - Outcomes of calls let through in an earlier state (a call admitted while closed that finishes after
 //!   the breaker opened) are ignored for the state machine; they still show in the handle's totals.
+//! - [`BreakerMetrics::failure_rate`] is `None` while the window holds fewer than `minimum_calls`
+//!   (R4j's −1): a rate the breaker would not act on is not reported as one.
 //!
 //! # Cost
 //!
-//! State is shared by every clone through one `Arc`: a short `std::sync::Mutex` held for a few
-//! comparisons (never across a call), plus atomics that each release of the lock publishes, so that
-//! the common cases take no lock. Per call:
-//!
-//! - **Admission** while closed (or disabled) is one atomic load: the lock publishes, each time it is
-//!   released, the epoch whose permits anyone may take, and a permit taken just before a transition
-//!   is stale and ignored, as one admitted under the lock would be. Half-open takes the lock.
-//! - **Timing** is two reads of tokio's clock (at `call` and when the response is ready) and a
-//!   comparison of instants: the instant the call would turn slow is computed at `call`, so no
-//!   instant is converted into a duration on the way. Both reads are needed: a call is slow by the
-//!   time from `call` to its response, and the time window files an outcome by when it finished.
-//! - **Recording a success** (neither failed nor slow) takes no lock while no success could open the
-//!   breaker: closed, the window already holds `minimum_calls` outcomes and both rates are under their
-//!   thresholds, so one more success only lowers them. It is then one compare-and-swap on a counter
-//!   of pending successes, tagged by the lock's last release, after checking that the permit's epoch
-//!   is current and (time window) that the call finished in the newest bucket. Whoever takes the lock
-//!   next first folds those successes into the window, so they come before whatever it does: a
-//!   transition cannot slip in between (it changes the tag, which fails the compare-and-swap, and the
-//!   success then takes the lock and is judged stale there). The count window works the same way
-//!   (the successes are pushed into the ring when folded, in one go).
-//! - **Recording anything else** takes the lock once: failures and slow calls (each may open the
-//!   breaker), the first outcome of each time bucket (which moves the window on), and every outcome
-//!   while the window holds fewer than `minimum_calls` or a rate is at or over its threshold. A time window
-//!   is handed the start of the current bucket, cached as an interval of instants, instead of the
-//!   finishing time converted to nanoseconds (see `BucketClock` in the source).
-//! - **Rejecting** while open takes no lock: the lock publishes the end of the wait, and a call
-//!   before it is rejected from that and a clock read (a comparison of instants; the wait reported by
-//!   [`CircuitOpen::retry_after`] is computed from them only when asked for). The first call after the
-//!   wait takes the lock to move to half-open. What remains is the `Box` that turns [`CircuitOpen`]
-//!   into a [`BoxError`]: the service's error type is `BoxError`, and only a zero-sized error boxes
-//!   without allocating, so a rejection that carries its `retry_after` allocates once.
+//! Closed, a call takes no lock (one atomic load to admit, a compare-and-swap to count a success that
+//! cannot open the breaker); open, a rejection takes no lock and allocates once (the `Box` of the
+//! [`BoxError`]). Why each path costs what it does is written beside its code in `state.rs`; the
+//! figures are in BENCHMARKS.md.
 //!
 //! # Events and metrics
 //!
 //! Every state change is a `tracing` event with target `rampart::breaker` and fields `name`, `from`,
 //! `to`, `reason` (`warn` when opening, `info` otherwise), and increments
 //! `rampart_breaker_transitions_total{name,from,to,reason}`. Each rejection increments
-//! `rampart_breaker_rejections_total{name}`. [`BreakerHandle::metrics`] reads everything in process.
+//! `rampart_breaker_rejections_total{name,state}` (`state`: `open`, `half_open` or `forced_open`). [`BreakerHandle::metrics`] reads everything in process.
 //!
 //! # Per key
 //!
@@ -199,7 +202,7 @@ impl<S> CircuitBreaker<S> {
 impl<S, C> CircuitBreaker<S, C> {
     /// Wraps `inner` in a new breaker that classifies outcomes with `classifier`.
     pub fn with_classifier(inner: S, config: BreakerConfig, classifier: C) -> Self {
-        Self::from_parts(inner, classifier, Arc::new(Shared::new(config)))
+        Self::from_parts(inner, classifier, Shared::new_arc(config))
     }
 
     pub(crate) fn from_parts(inner: S, classifier: C, shared: Arc<Shared>) -> Self {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::config::{BreakerConfig, SlidingWindow};
 use super::error::CircuitOpen;
-use super::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use super::sync::{Arc, AtomicU64, Mutex, MutexGuard, Ordering};
 use super::window::{Counts, Outcome, Window};
 
 /// The state of a circuit breaker.
@@ -28,6 +28,9 @@ pub enum BreakerState {
     ForcedOpen,
     /// An operator disabled the breaker; every call flows and nothing is recorded.
     Disabled,
+    /// An operator set the breaker to record only (Resilience4j's `METRICS_ONLY`): every call flows and
+    /// its outcome is recorded in the window, which never opens the breaker.
+    MetricsOnly,
 }
 
 impl BreakerState {
@@ -39,6 +42,7 @@ impl BreakerState {
             BreakerState::HalfOpen => "half_open",
             BreakerState::ForcedOpen => "forced_open",
             BreakerState::Disabled => "disabled",
+            BreakerState::MetricsOnly => "metrics_only",
         }
     }
 }
@@ -65,6 +69,10 @@ pub enum TransitionReason {
     ProbesFailed,
     /// The half-open probes were too slow too often.
     ProbesSlow,
+    /// The half-open probes had not decided within `max_wait_in_half_open`.
+    ProbesTimedOut,
+    /// An operator set the breaker to record only.
+    MetricsOnly,
     /// An operator forced the breaker open.
     ForcedOpen,
     /// An operator disabled the breaker.
@@ -83,6 +91,8 @@ impl TransitionReason {
             TransitionReason::ProbesSucceeded => "probes_succeeded",
             TransitionReason::ProbesFailed => "probes_failed",
             TransitionReason::ProbesSlow => "probes_slow",
+            TransitionReason::ProbesTimedOut => "probes_timed_out",
+            TransitionReason::MetricsOnly => "metrics_only",
             TransitionReason::ForcedOpen => "forced_open",
             TransitionReason::Disabled => "disabled",
             TransitionReason::Reset => "reset",
@@ -102,15 +112,30 @@ pub(crate) struct Transition {
     pub(crate) from: BreakerState,
     pub(crate) to: BreakerState,
     pub(crate) reason: TransitionReason,
+    /// The epoch the transition started.
+    pub(crate) epoch: u64,
+    /// With `automatic_transition`: when (nanoseconds since the origin) a timer should look at the
+    /// new state again (the end of the open wait, or of the half-open limit).
+    pub(crate) wake_at: Option<u64>,
 }
+
+/// `until` of a half-open state without `max_wait_in_half_open`.
+const NEVER: u64 = u64::MAX;
 
 #[derive(Debug)]
 enum Phase {
     Closed,
-    Open { until: u64 },
-    HalfOpen { free: u32, counts: Counts },
+    Open {
+        until: u64,
+    },
+    HalfOpen {
+        free: u32,
+        counts: Counts,
+        until: u64,
+    },
     ForcedOpen,
     Disabled,
+    MetricsOnly,
 }
 
 impl Phase {
@@ -121,6 +146,7 @@ impl Phase {
             Phase::HalfOpen { .. } => BreakerState::HalfOpen,
             Phase::ForcedOpen => BreakerState::ForcedOpen,
             Phase::Disabled => BreakerState::Disabled,
+            Phase::MetricsOnly => BreakerState::MetricsOnly,
         }
     }
 }
@@ -213,11 +239,17 @@ impl Core {
         self.phase.state()
     }
 
+    /// The current state period, for the models that fire timers by hand.
+    #[cfg(loom)]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The epoch whose permits anyone may take without the lock (closed or disabled: every call is
     /// let through), or [`LOCKED`].
     fn admitting(&self) -> u64 {
         match self.phase {
-            Phase::Closed | Phase::Disabled => self.epoch,
+            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => self.epoch,
             _ => LOCKED,
         }
     }
@@ -228,8 +260,11 @@ impl Core {
     /// still holds `minimum_calls`: the check [`on_outcome`](Core::on_outcome_with) makes after it would
     /// answer "stay closed". Such successes may then be counted without the lock (see [`Published`]).
     fn successes_cannot_open(&self) -> bool {
-        if !matches!(self.phase, Phase::Closed) {
-            return false;
+        match self.phase {
+            Phase::Closed => {}
+            // Records, never decides.
+            Phase::MetricsOnly => return true,
+            _ => return false,
         }
         let c = self.window.totals();
         c.calls >= self.minimum_calls
@@ -242,7 +277,7 @@ impl Core {
     ///
     /// [`successes_cannot_open`]: Core::successes_cannot_open
     fn add_successes(&mut self, n: u32) {
-        debug_assert!(matches!(self.phase, Phase::Closed));
+        debug_assert!(matches!(self.phase, Phase::Closed | Phase::MetricsOnly));
         self.window.add_successes(n);
     }
 
@@ -258,10 +293,46 @@ impl Core {
         let from = self.phase.state();
         self.epoch += 1;
         self.phase = to;
+        let wake_at = match self.phase {
+            _ if !self.config.automatic_transition => None,
+            Phase::Open { until } => Some(until),
+            Phase::HalfOpen { until, .. } if until != NEVER => Some(until),
+            _ => None,
+        };
         Transition {
             from,
             to: self.phase.state(),
             reason,
+            epoch: self.epoch,
+            wake_at,
+        }
+    }
+
+    fn half_open(&mut self, now: u64) -> Transition {
+        let until = self
+            .config
+            .max_wait_in_half_open
+            .map_or(NEVER, |max| now.saturating_add(nanos(max)).min(NEVER - 1));
+        let probes = Phase::HalfOpen {
+            free: self.half_open_calls,
+            counts: Counts::default(),
+            until,
+        };
+        self.go(probes, TransitionReason::WaitElapsed)
+    }
+
+    /// What a timer set for `epoch` does at `now`: leave open for half-open, or half-open for open,
+    /// if the state is still the one it was set for and its time is up (the same rule as a call's).
+    pub(crate) fn on_timer(&mut self, epoch: u64, now: u64) -> Option<Transition> {
+        if epoch != self.epoch {
+            return None;
+        }
+        match self.phase {
+            Phase::Open { until } if now >= until => Some(self.half_open(now)),
+            Phase::HalfOpen { until, .. } if now >= until => {
+                Some(self.open(now, TransitionReason::ProbesTimedOut))
+            }
+            _ => None,
         }
     }
 
@@ -277,9 +348,14 @@ impl Core {
         self.go(Phase::Closed, reason)
     }
 
-    /// Whether [`try_acquire`](Core::try_acquire) reads its `now` (only while open).
+    /// Whether [`try_acquire`](Core::try_acquire) reads its `now` (only while open, or half-open with a
+    /// limit).
     pub(crate) fn waits_for_time(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. })
+        match self.phase {
+            Phase::Open { .. } => true,
+            Phase::HalfOpen { until, .. } => until != NEVER,
+            _ => false,
+        }
     }
 
     /// Asks to let one call through at `now`.
@@ -289,6 +365,12 @@ impl Core {
         now: u64,
     ) -> (Result<Permit, CircuitOpen>, Option<Transition>) {
         let mut transition = None;
+        if let Phase::HalfOpen { until, .. } = self.phase
+            && now >= until
+        {
+            // The probes had their time: open again, and judge this call by the new wait.
+            transition = Some(self.open(now, TransitionReason::ProbesTimedOut));
+        }
         if let Phase::Open { until } = self.phase {
             if now < until {
                 return (
@@ -296,20 +378,16 @@ impl Core {
                         Some(Duration::from_nanos(until - now)),
                         false,
                     )),
-                    None,
+                    transition,
                 );
             }
-            // The transition happens on the first call after the wait, as in Resilience4j without
-            // `automaticTransitionFromOpenToHalfOpenEnabled`: no timer task per breaker.
-            let probes = Phase::HalfOpen {
-                free: self.half_open_calls,
-                counts: Counts::default(),
-            };
-            transition = Some(self.go(probes, TransitionReason::WaitElapsed));
+            // Without `automatic_transition`, on the first call at or after the end of the wait (`>=`,
+            // Polly's rule; see the module docs): no timer task per breaker.
+            transition = Some(self.half_open(now));
         }
         let epoch = self.epoch;
         let admitted = match &mut self.phase {
-            Phase::Closed | Phase::Disabled => Ok(Permit { epoch }),
+            Phase::Closed | Phase::Disabled | Phase::MetricsOnly => Ok(Permit { epoch }),
             Phase::HalfOpen { free, .. } if *free > 0 => {
                 *free -= 1;
                 Ok(Permit { epoch })
@@ -344,6 +422,9 @@ impl Core {
         if permit.epoch != self.epoch {
             return None;
         }
+        // Read at most once, and only where a decision needs the exact time.
+        let (mut read, mut at) = (Some(exact), None::<u64>);
+        let mut exact = move || *at.get_or_insert_with(|| read.take().map_or(0, |f| f()));
         match &mut self.phase {
             Phase::Closed => {
                 let counts = self.window.record(window_now, outcome);
@@ -357,6 +438,15 @@ impl Core {
                 } else {
                     None
                 }
+            }
+            Phase::MetricsOnly => {
+                self.window.record(window_now, outcome);
+                None
+            }
+            Phase::HalfOpen { until, .. } if *until != NEVER && exact() >= *until => {
+                // Finished after the probes' time was up, before any call or timer saw it: the
+                // probes did not decide in time, whatever this one says.
+                Some(self.open(exact(), TransitionReason::ProbesTimedOut))
             }
             Phase::HalfOpen { counts, .. } => {
                 counts.add(outcome);
@@ -399,6 +489,21 @@ impl Core {
         self.close(TransitionReason::Reset)
     }
 
+    pub(crate) fn metrics_only(&mut self) -> Transition {
+        self.openings = 0;
+        self.window.clear();
+        self.go(Phase::MetricsOnly, TransitionReason::MetricsOnly)
+    }
+
+    /// The number of calls the rates of the current state are judged on (`minimum_calls` capped by a
+    /// count window; in half-open, the probes).
+    pub(crate) fn effective_minimum(&self) -> u32 {
+        match self.phase {
+            Phase::HalfOpen { .. } => self.half_open_calls,
+            _ => self.minimum_calls,
+        }
+    }
+
     pub(crate) fn window_counts(&mut self, now: u64) -> Counts {
         match &self.phase {
             Phase::HalfOpen { counts, .. } => *counts,
@@ -421,8 +526,21 @@ pub(crate) struct Totals {
     pub(crate) failures: AtomicU64,
     pub(crate) slow_calls: AtomicU64,
     pub(crate) ignored: AtomicU64,
-    pub(crate) rejections: AtomicU64,
+    pub(crate) counted_as_success: AtomicU64,
+    /// Rejections, by the state that rejected (Resilience4j keeps "not permitted" per state).
+    pub(crate) rejected_open: AtomicU64,
+    pub(crate) rejected_half_open: AtomicU64,
+    pub(crate) rejected_forced_open: AtomicU64,
     pub(crate) transitions: AtomicU64,
+}
+
+#[cfg(all(test, not(loom)))]
+impl Totals {
+    pub(crate) fn rejections(&self) -> u64 {
+        self.rejected_open.load(Ordering::Relaxed)
+            + self.rejected_half_open.load(Ordering::Relaxed)
+            + self.rejected_forced_open.load(Ordering::Relaxed)
+    }
 }
 
 /// [`Published::admit`] when a permit needs the lock (open, half-open, forced open).
@@ -513,6 +631,11 @@ impl Drop for CoreGuard<'_> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) name: std::sync::Arc<str>,
+    /// The settings, for reading through the handle (the core keeps its own copy under the lock).
+    pub(crate) config: BreakerConfig,
+    /// This breaker, for the timer tasks of `automatic_transition` (they must not keep it alive).
+    #[cfg(not(loom))]
+    me: std::sync::Weak<Shared>,
     published: Published,
     origin: tokio::time::Instant,
     slow_call: Duration,
@@ -521,9 +644,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a new breaker.
+    #[cfg(not(loom))]
+    pub(crate) fn new_arc(config: BreakerConfig) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::with_me(config, me.clone()))
+    }
+
+    /// The shared state of a new breaker (loom has no timers).
+    #[cfg(loom)]
+    pub(crate) fn new_arc(config: BreakerConfig) -> Arc<Self> {
+        Arc::new(Self::with_me(config))
+    }
+
+    /// Without timers (`automatic_transition` needs [`new_arc`](Self::new_arc)): for tests.
+    #[cfg(any(test, loom))]
     pub(crate) fn new(config: BreakerConfig) -> Self {
+        #[cfg(not(loom))]
+        return Self::with_me(config, std::sync::Weak::new());
+        #[cfg(loom)]
+        Self::with_me(config)
+    }
+
+    fn with_me(config: BreakerConfig, #[cfg(not(loom))] me: std::sync::Weak<Shared>) -> Self {
         Self {
             name: config.name.clone(),
+            config: config.clone(),
+            #[cfg(not(loom))]
+            me,
             published: Published {
                 admit: AtomicU64::new(0), // closed, epoch 0
                 open_until: AtomicU64::new(NOT_OPEN),
@@ -600,6 +747,14 @@ impl Shared {
         self.record_locked(permit, outcome, finished);
     }
 
+    // Cost. A success (neither failed nor slow) takes no lock while no success could open the
+    // breaker: closed, the window already holds `minimum_calls` outcomes and both rates are under their
+    // thresholds, so one more success only lowers them. It is then one compare-and-swap on a counter
+    // of pending successes, tagged by the lock's last release, after checking that the permit's epoch
+    // is current and (time window) that the call finished in the newest bucket. Whoever takes the lock
+    // next first folds those successes into the window, so they come before whatever it does: a
+    // transition cannot slip in between (it changes the tag, which fails the compare-and-swap, and the
+    // success then takes the lock and is judged stale there). The count window works the same way.
     /// Counts a success (neither failed nor slow) without the lock, if it may be: see [`Published`].
     /// `in_newest_bucket` tells whether the call finished before the given end of the time window's
     /// newest bucket (it is not asked for a count window). `false`: take the lock.
@@ -641,6 +796,11 @@ impl Shared {
         }
     }
 
+    // Cost. Everything else takes the lock once: failures and slow calls (each may open the breaker),
+    // the first outcome of each time bucket (which moves the window on), and every outcome while the
+    // window holds fewer than `minimum_calls` or a rate is at or over its threshold. A time window is
+    // handed the start of the current bucket, cached as an interval of instants (`BucketClock`),
+    // instead of the finishing time converted to nanoseconds.
     #[inline(never)]
     fn record_locked(&self, permit: Permit, outcome: Outcome, finished: tokio::time::Instant) {
         self.count(outcome);
@@ -681,6 +841,15 @@ impl Shared {
         }
     }
 
+    // Cost. Admission while closed (or disabled) is one atomic load: the lock publishes, each time it
+    // is released, the epoch whose permits anyone may take, and a permit taken just before a
+    // transition is stale and ignored, as one admitted under the lock would be. Half-open takes the
+    // lock. Rejecting while open takes no lock either: the lock publishes the end of the wait, and a
+    // call before it is rejected from that and a clock read (a comparison of instants; the wait that
+    // `CircuitOpen::retry_after` reports is computed from them only when asked for). The first call
+    // after the wait takes the lock to move to half-open. What remains is the `Box` that turns
+    // `CircuitOpen` into a `BoxError`: only a zero-sized error boxes without allocating, so a rejection
+    // that carries its `retry_after` allocates once.
     /// Asks to let one call through now.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
@@ -696,7 +865,7 @@ impl Shared {
             if let Some(until) = self.instant_at(until)
                 && now < until
             {
-                return Err(self.rejected(CircuitOpen::between(now, until)));
+                return Err(self.rejected(CircuitOpen::between(now, until), BreakerState::Open));
             }
         }
         self.try_acquire_locked(|| self.now())
@@ -712,19 +881,27 @@ impl Shared {
         let until = self.published.open_until.load(Ordering::Relaxed);
         if until != NOT_OPEN && now < until {
             let open = CircuitOpen::new(Some(Duration::from_nanos(until - now)), false);
-            return Err(self.rejected(open));
+            return Err(self.rejected(open, BreakerState::Open));
         }
         self.try_acquire_locked(|| now)
     }
 
-    /// Counts a rejection.
+    /// Counts a rejection by a breaker in `state`.
     #[inline]
-    fn rejected(&self, open: CircuitOpen) -> CircuitOpen {
-        self.totals.rejections.fetch_add(1, Ordering::Relaxed);
+    fn rejected(&self, open: CircuitOpen, state: BreakerState) -> CircuitOpen {
+        let counter = match state {
+            BreakerState::HalfOpen => &self.totals.rejected_half_open,
+            BreakerState::ForcedOpen => &self.totals.rejected_forced_open,
+            _ => &self.totals.rejected_open,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if cfg!(feature = "metrics") {
             crate::events::counter(
                 "rampart_breaker_rejections_total",
-                &[("name", self.name.to_string().into())],
+                &[
+                    ("name", self.name.to_string().into()),
+                    ("state", state.as_str().into()),
+                ],
                 1,
             );
         }
@@ -733,17 +910,18 @@ impl Shared {
 
     #[inline(never)]
     fn try_acquire_locked(&self, now: impl FnOnce() -> u64) -> Result<Permit, CircuitOpen> {
-        let (result, transition) = {
+        let (result, transition, state) = {
             let mut core = self.lock();
-            // Only the wait of the open state depends on the time: the other states (closed, above
-            // all) answer without reading the clock.
+            // Only the waits of the open and half-open states depend on the time: the other states
+            // (closed, above all) answer without reading the clock.
             let now = if core.waits_for_time() { now() } else { 0 };
-            core.try_acquire(now)
+            let (result, transition) = core.try_acquire(now);
+            (result, transition, core.state())
         };
         if let Some(t) = transition {
             self.report(t);
         }
-        result.map_err(|open| self.rejected(open))
+        result.map_err(|open| self.rejected(open, state))
     }
 
     /// At a given time: for the loom model, which has no clock.
@@ -763,8 +941,39 @@ impl Shared {
         self.lock().release(permit);
     }
 
+    /// What a timer set at a transition does when it fires at `now`.
+    pub(crate) fn fire_timer_at(&self, epoch: u64, now: u64) {
+        let transition = self.lock().on_timer(epoch, now);
+        if let Some(t) = transition {
+            self.report(t);
+        }
+    }
+
+    /// Sets a timer that looks at the state again at `at` (nanoseconds since the origin), on the
+    /// current tokio runtime; none outside one (the next call then does it).
+    #[cfg(not(loom))]
+    fn schedule(&self, epoch: u64, at: u64) {
+        let (Ok(runtime), Some(when)) =
+            (tokio::runtime::Handle::try_current(), self.instant_at(at))
+        else {
+            return;
+        };
+        let me = self.me.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(when).await;
+            if let Some(shared) = me.upgrade() {
+                let now = shared.now();
+                shared.fire_timer_at(epoch, now);
+            }
+        });
+    }
+
     pub(crate) fn report(&self, t: Transition) {
         self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(loom))]
+        if let Some(at) = t.wake_at {
+            self.schedule(t.epoch, at);
+        }
         #[cfg(not(loom))]
         {
             if t.to == BreakerState::Open || t.to == BreakerState::ForcedOpen {
@@ -958,17 +1167,19 @@ mod tests {
     /// The lock-free paths (successes counted without the lock, rejections from the published wait)
     /// change nothing the state machine decides: `Shared` and a plain `Core` fed the same calls at the
     /// same times agree on every state, window and wait, for a time window and a count window, through
-    /// openings, probes and closings.
+    /// openings, probes and closings, and in the metrics-only state (which counts successes without
+    /// the lock whatever the rates).
     #[tokio::test(start_paused = true)]
     async fn lock_free_paths_match_the_plain_state_machine() {
         use tokio::time::{Instant, advance};
-        for window in [
+        let windows = [
             SlidingWindow::Time {
                 size: Duration::from_secs(4),
                 buckets: 4,
             },
             SlidingWindow::Count(7),
-        ] {
+        ];
+        for (window, metrics_only) in windows.into_iter().flat_map(|w| [(w, false), (w, true)]) {
             let config = BreakerConfig::builder()
                 .sliding_window(window)
                 .minimum_calls(5)
@@ -979,6 +1190,10 @@ mod tests {
                 .unwrap();
             let shared = Shared::new(config.clone());
             let mut core = Core::new(config);
+            if metrics_only {
+                shared.lock().metrics_only();
+                core.metrics_only();
+            }
             let origin = Instant::now();
             let mut seed = 0x2545_f491_4f6c_dd1d_u64;
             let mut lock_free = 0;
@@ -1028,10 +1243,15 @@ mod tests {
                 }
             }
             let transitions = shared.totals.transitions.load(Ordering::Relaxed);
-            assert!(
-                transitions >= 6,
-                "{window:?}: only {transitions} transitions"
-            );
+            if metrics_only {
+                assert_eq!(transitions, 0, "{window:?}: metrics-only never decides");
+                assert_eq!(shared.lock().state(), BreakerState::MetricsOnly);
+            } else {
+                assert!(
+                    transitions >= 6,
+                    "{window:?}: only {transitions} transitions"
+                );
+            }
             assert!(
                 lock_free > 100,
                 "{window:?}: {lock_free} successes without the lock"
@@ -1072,7 +1292,7 @@ mod tests {
             shared.lock().retry_after(now),
             Some(Duration::from_millis(500))
         );
-        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.totals.rejections(), 1);
         advance(Duration::from_millis(499)).await;
         assert_eq!(
             shared.try_acquire().unwrap_err().retry_after(),
@@ -1081,7 +1301,7 @@ mod tests {
         advance(Duration::from_millis(1)).await;
         let _probe = shared.try_acquire().expect("the wait is over: a probe");
         assert_eq!(shared.lock().state(), BreakerState::HalfOpen);
-        assert_eq!(shared.totals.rejections.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.totals.rejections(), 2);
     }
 
     /// Successes go without the lock only once the window holds `minimum_calls` with both rates under

@@ -14,6 +14,11 @@ use tower::BoxError;
 use super::error::{AttemptTimedOut, DeadlineExceeded};
 use crate::events;
 
+// Why lazily: both layers fix their deadline at `call` (one clock read) but make the `Sleep` only when
+// the response is not ready on its first poll. Making a `Sleep` takes a handle on the runtime (a
+// thread-local look-up and a reference count) and dropping it gives it back: most of what tower's
+// `Timeout` costs per call. One consequence: outside a tokio runtime, the panic that
+// `tokio::time::sleep` raises comes at the first `Pending` poll instead of at `call`.
 pin_project! {
     /// A timer started only if the response is not ready at once: a response that is ready when first
     /// polled (a cache, a fast path, a refusal) never touches tokio's timer (a handle on the runtime, an

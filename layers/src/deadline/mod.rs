@@ -31,15 +31,6 @@
 //! `tokio::time::Sleep` as tower's; errors are boxed ([`BoxError`]) as tower's are, so test them with
 //! `err.is::<AttemptTimedOut>()`.
 //!
-//! # Cost
-//!
-//! Both layers fix their deadline at `call` (one clock read) but make the `Sleep` only when the response
-//! is not ready on its first poll. Making a `Sleep` takes a handle on the runtime (a thread-local look-up
-//! and a reference count) and dropping it gives it back: most of what tower's `Timeout` costs per call.
-//! Firing is unchanged, since the deadline was fixed at `call` and tokio registers a `Sleep` with its
-//! timer only on its first poll anyway. One consequence: outside a tokio runtime, the panic that
-//! `tokio::time::sleep` raises comes at the first `Pending` poll instead of at `call`.
-//!
 //! # Events
 //!
 //! Target `rampart::deadline` (debug) when either limit fires; with the `metrics` feature, counters
@@ -93,7 +84,7 @@ pub use self::{
     error::{AttemptTimedOut, DeadlineExceeded},
     layer::{AttemptTimeoutLayer, DeadlineLayer},
 };
-use crate::classify::{Idempotence, Idempotent, NotIdempotent};
+use crate::idempotence::{Idempotence, Idempotent, NotIdempotent};
 
 /// A request that carries its overall deadline, so every layer and the service it reaches can see it.
 ///
@@ -435,7 +426,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{Classification, Classify, TimeoutsAreTransient};
 
     #[tokio::test(start_paused = true)]
     async fn with_deadline_reports_remaining_time() {
@@ -456,19 +446,5 @@ mod tests {
         let mut req = Idempotent(WithDeadline::new("q"));
         req.set_deadline(at);
         assert_eq!(req.deadline(), Some(at));
-    }
-
-    #[test]
-    fn attempt_timeouts_are_transient_and_deadlines_are_not() {
-        let timed_out: BoxError = Box::new(AttemptTimedOut::new(Duration::from_secs(1)));
-        assert_eq!(
-            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &timed_out),
-            Classification::Transient
-        );
-        let exceeded: BoxError = Box::new(DeadlineExceeded::new(Instant::now()));
-        assert_eq!(
-            Classify::<(), _>::classify_error(&TimeoutsAreTransient, &exceeded),
-            Classification::Permanent
-        );
     }
 }

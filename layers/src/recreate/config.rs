@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::ConfigError;
-use crate::backoff::{Exponential, Jitter, LONGEST};
+use crate::backoff::{Exponential, Jitter, MAX_DELAY};
 
 /// Settings of [`Recreate`](super::Recreate), validated by [`RecreateConfigBuilder::build`].
 #[derive(Debug, Clone, PartialEq)]
@@ -103,11 +103,11 @@ impl RecreateConfigBuilder {
                 "must be a finite number >= 1.0",
             ));
         }
-        // Checked above under this builder's names; the schedule cannot wait longer than `LONGEST`
+        // Checked above under this builder's names; the schedule cannot wait longer than `MAX_DELAY`
         // (584 years, "never" either way), so longer settings are clamped rather than refused.
         let schedule = Exponential::builder()
-            .base_delay(self.initial_backoff.min(LONGEST))
-            .max_delay(self.max_backoff.min(LONGEST))
+            .base_delay(self.initial_backoff.min(MAX_DELAY))
+            .max_delay(self.max_backoff.min(MAX_DELAY))
             .multiplier(self.multiplier)
             .jitter(Jitter::None)
             .build()?;

@@ -10,25 +10,39 @@
 //! - A **deposit** is one relaxed `fetch_add` on a counter of all requests ever made. Every
 //!   [`TICK`]th deposit also *observes* the budget (below), so that a busy client that never retries
 //!   still leaves a trace of when its requests were made.
-//! - The window is cut into [`SLOTS`] slots. Each slot remembers the counter's value at the first
-//!   observation made in it, and the retries withdrawn in it. An observation (every withdrawal, every
-//!   `TICK`th deposit) reads the clock under a mutex and starts the current slot if it has not been.
-//! - A **withdrawal** observes, then counts the requests made since the first observation of the oldest
-//!   slot still in the window, and the retries withdrawn in the slots still in the window:
+//! - Time is cut into slots of a tenth of the window, numbered from the budget's creation. Each slot
+//!   remembers the counter's value at the first observation made in it, and the retries withdrawn in
+//!   it. An observation (every withdrawal, every `TICK`th deposit) reads the clock under a mutex and
+//!   starts the current slot if it has not been.
+//! - A **withdrawal** at time `t`, in slot `e`, observes, then compares
 //!
 //!   `reserve + requests × deposit_amount − retries × withdraw_amount ≥ withdraw_amount`
 //!
 //!   with tower's amounts (ratio 0.2: a request is worth 1, a retry costs 5; the reserve is
-//!   `min_retries_per_second × window` retries).
+//!   `min_retries_per_second × window` retries), where *requests* are those made since the first
+//!   observation in slots `e − 9 ..= e` (all made after `t − window`), and *retries* those withdrawn in
+//!   slots `e − 10 ..= e` (every retry since `t − window`, and some a little older).
 //!
-//! Why this is sound: every request counted was made after an observation that fell inside the window,
-//! so the budget never counts a request older than the window (it never allows *more* retries than the
-//! ratio of recent requests plus the floor). It may miss requests made in the window before its first
-//! observation there; as an observation happens at least every `TICK` requests, it misses fewer than
-//! `TICK` of them (at ratio 0.2, fewer than 13 retries), and only while no retry has been withdrawn
-//! recently. A client that sends fewer than `TICK` requests per window lives on the floor, which is
-//! what the floor is for. Withdrawals are counted exactly. Time is tokio's ([`tokio::time::Instant`]),
-//! so a paused test clock drives the budget as it drives tower's.
+//! # How far it is from exact
+//!
+//! The exact rule counts the requests and retries of `(t − window, t]`. Against it, with the same
+//! history, this budget is:
+//!
+//! - **never looser**: every request it counts is in the window, and every retry in the window is
+//!   counted; so it never allows a withdrawal the exact rule refuses;
+//! - **stricter by at most** the requests of `(t − window, start of slot e − 9)` (the oldest tenth of the
+//!   window at most), plus at most [`TICK`] requests made in the window before its first observation
+//!   there (64 requests: at ratio 0.2, 12 retries), plus the retries of the tenth of the window
+//!   before it.
+//!
+//! `tests/conformance/budget.rs` checks both sides against an exact, timestamped model over random
+//! histories. A figure against tower's `TpsBudget` itself does not exist: its window is not the
+//! window. It rotates a slot per tenth of the window *since its last rotation*, and a rotation after
+//! a little more than a tenth clears two slots, so it forgets requests after as little as half the
+//! window under steady traffic (the same file shows a request forgotten at 0.6 × window), and keeps
+//! them up to a tenth longer than the window when rotations fall just right. A client that sends
+//! fewer than `TICK` requests per window lives on the floor, which is what the floor is for. Time is
+//! tokio's ([`tokio::time::Instant`]), so a paused test clock drives the budget as it drives tower's.
 
 use std::{
     fmt,
@@ -43,8 +57,13 @@ use tokio::time::Instant;
 
 use crate::ConfigError;
 
-/// Slots the window is cut into (as many as tower's `TpsBudget`).
-const SLOTS: usize = 10;
+/// Slots the window is cut into (as many as tower's `TpsBudget`): requests count for the current slot
+/// and the `WINDOW_SLOTS - 1` before it.
+const WINDOW_SLOTS: u64 = 10;
+
+/// Slots kept: one more than the window, because retries count for one slot longer than requests
+/// (every retry of the last `window` is counted).
+const SLOTS: usize = WINDOW_SLOTS as usize + 1;
 
 /// Every `TICK`th deposit observes the budget: the most requests the window can miss at its old edge.
 const TICK: u64 = 64;
@@ -59,7 +78,7 @@ const TICK: u64 = 64;
 /// Over the last `window`, retries may be at most `retry_ratio` of the requests made, plus
 /// `min_retries_per_second × window`: the semantics of tower's `TpsBudget` (Finagle's design), with a
 /// deposit that costs one atomic increment instead of a clock read and a lock (see
-/// [the retry module](super#the-retry-budget) for the design and why it never allows more than that).
+/// [the retry module](super#the-retry-budget) for how far it is from the exact rule: never looser).
 /// The builder validates
 /// the settings, so a bad one is an error at build time. Clones share one budget through an `Arc`.
 ///
@@ -129,6 +148,16 @@ impl RetryBudget {
     pub fn try_withdraw(&self) -> bool {
         self.inner.try_withdraw()
     }
+
+    /// How many retries the budget would allow now, for metrics: [`try_withdraw`](Self::try_withdraw)
+    /// succeeds exactly while this is at least 1. Reading it withdraws nothing and changes nothing
+    /// (it takes the lock for a moment, as a withdrawal does).
+    pub fn balance(&self) -> u64 {
+        let slots = self.inner.lock();
+        let (epoch, deposits) = self.inner.now();
+        let units = self.inner.available(&slots, epoch, deposits);
+        u64::try_from(units / self.inner.withdraw_amount.max(1) as u128).unwrap_or(u64::MAX)
+    }
 }
 
 impl Inner {
@@ -159,7 +188,7 @@ impl Inner {
             deposits: AtomicU64::new(0),
             slots: Mutex::new(slots),
             origin: Instant::now(),
-            slot_nanos: (window.as_nanos() / SLOTS as u128).max(1) as u64,
+            slot_nanos: (window.as_nanos() / WINDOW_SLOTS as u128).max(1) as u64,
             deposit_amount,
             withdraw_amount,
             reserve,
@@ -169,15 +198,49 @@ impl Inner {
 
     /// Locks the slots and starts the current one if no observation has been made in it yet; returns
     /// the current epoch and the deposit counter as observed.
-    fn lock_and_observe(&self) -> (std::sync::MutexGuard<'_, [Slot; SLOTS]>, u64, u64) {
-        let mut slots = self
-            .slots
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Slot; SLOTS]> {
+        self.slots
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Read under the lock, so the epochs the slots see never go backwards.
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current epoch and the deposit counter; read under the lock, so the epochs the slots see
+    /// never go backwards.
+    fn now(&self) -> (u64, u64) {
         let elapsed = Instant::now().saturating_duration_since(self.origin);
         let epoch = (elapsed.as_nanos() / self.slot_nanos as u128) as u64;
-        let deposits = self.deposits.load(Ordering::Relaxed);
+        (epoch, self.deposits.load(Ordering::Relaxed))
+    }
+
+    /// What is left in the window at `epoch`, in tower's units (a retry costs `withdraw_amount`):
+    /// the reserve plus the requests counted since the first observation of the oldest slot still in
+    /// the window, less the retries withdrawn in those slots; zero if they overdraw it. A slot not
+    /// yet observed at `epoch` would start at `deposits`, which changes no minimum: reading this
+    /// without starting it gives what a withdrawal sees.
+    fn available(&self, slots: &[Slot; SLOTS], epoch: u64, deposits: u64) -> u128 {
+        // Requests: slots whose start is inside the window. Retries: those and the slot before, which
+        // holds the retries of the window's first (partial) tenth.
+        let oldest_request = epoch.saturating_sub(WINDOW_SLOTS - 1);
+        let oldest_retry = epoch.saturating_sub(WINDOW_SLOTS);
+        let mut base = deposits;
+        let mut withdrawals = 0u64;
+        for slot in slots
+            .iter()
+            .filter(|s| (oldest_retry..=epoch).contains(&s.epoch))
+        {
+            if slot.epoch >= oldest_request {
+                base = base.min(slot.first);
+            }
+            withdrawals += slot.withdrawals;
+        }
+        let earned =
+            (self.reserve as u128) + (deposits - base) as u128 * self.deposit_amount as u128;
+        earned.saturating_sub(withdrawals as u128 * self.withdraw_amount as u128)
+    }
+
+    fn lock_and_observe(&self) -> (std::sync::MutexGuard<'_, [Slot; SLOTS]>, u64, u64) {
+        let mut slots = self.lock();
+        let (epoch, deposits) = self.now();
         let slot = &mut slots[(epoch % SLOTS as u64) as usize];
         if slot.epoch != epoch {
             *slot = Slot {
@@ -197,17 +260,7 @@ impl Inner {
 
     fn try_withdraw(&self) -> bool {
         let (mut slots, epoch, deposits) = self.lock_and_observe();
-        let oldest = epoch.saturating_sub(SLOTS as u64 - 1);
-        let mut base = deposits;
-        let mut withdrawals = 0u64;
-        for slot in slots.iter().filter(|s| (oldest..=epoch).contains(&s.epoch)) {
-            base = base.min(slot.first);
-            withdrawals += slot.withdrawals;
-        }
-        let balance =
-            (self.reserve as u128) + (deposits - base) as u128 * self.deposit_amount as u128;
-        let spent = (withdrawals as u128 + 1) * self.withdraw_amount as u128;
-        if balance < spent {
+        if self.available(&slots, epoch, deposits) < self.withdraw_amount as u128 {
             return false;
         }
         slots[(epoch % SLOTS as u64) as usize].withdrawals += 1;
@@ -388,15 +441,18 @@ mod tests {
             2,
             "the first five retries still count"
         );
-        // At 10 s the first slot (its 10 requests and 5 retries) has left the window.
+        // At 10 s the first slot's 10 requests have left the window; its 5 retries count one slot
+        // longer (every retry of the last 10 s is counted).
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(withdraw_all(&budget), 0, "4 requests, 2 retries: spent");
+        assert_eq!(withdraw_all(&budget), 0, "4 requests, 7 retries: spent");
         for _ in 0..2 {
             budget.deposit();
         }
-        assert_eq!(withdraw_all(&budget), 1);
-        // At 20 s nothing is left in the window, neither requests nor retries.
-        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(withdraw_all(&budget), 0, "6 requests, 7 retries");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(withdraw_all(&budget), 1, "at 11 s: 6 requests, 2 retries");
+        // At 22 s nothing is left in the window, neither requests nor retries.
+        tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(withdraw_all(&budget), 0);
         budget.deposit();
         budget.deposit();
@@ -411,7 +467,13 @@ mod tests {
             budget.deposit();
         }
         assert_eq!(withdraw_all(&budget), 0, "a zero ratio earns nothing");
-        tokio::time::advance(Duration::from_millis(1_999)).await;
+        tokio::time::advance(Duration::from_millis(2_000)).await;
+        assert_eq!(
+            withdraw_all(&budget),
+            0,
+            "the retries of [0, 0.2 s) count until 2.2 s"
+        );
+        tokio::time::advance(Duration::from_millis(199)).await;
         assert_eq!(withdraw_all(&budget), 0);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(withdraw_all(&budget), 6);

@@ -26,6 +26,9 @@ pub enum GaveUp {
     BudgetExhausted,
     /// The inner service failed while getting ready.
     ServiceNotReady,
+    /// The failure was retryable, but the request cannot be sent again (see
+    /// [`Replay`](super::Replay)).
+    NotReplayable,
 }
 
 impl GaveUp {
@@ -40,6 +43,7 @@ impl GaveUp {
             GaveUp::Deadline => "deadline",
             GaveUp::BudgetExhausted => "budget_exhausted",
             GaveUp::ServiceNotReady => "service_not_ready",
+            GaveUp::NotReplayable => "not_replayable",
         }
     }
 }
@@ -55,6 +59,7 @@ impl fmt::Display for GaveUp {
             GaveUp::Deadline => "deadline would pass before the next attempt",
             GaveUp::BudgetExhausted => "retry budget exhausted",
             GaveUp::ServiceNotReady => "service failed to become ready",
+            GaveUp::NotReplayable => "request cannot be sent again",
         })
     }
 }

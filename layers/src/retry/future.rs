@@ -16,6 +16,7 @@ use tower::{BoxError, Service};
 use super::{
     error::{GaveUp, RetryError},
     policy::{RetryEvent, RetryPolicy},
+    replay::Replay,
 };
 use crate::{
     backoff::Backoff,
@@ -36,7 +37,8 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         service: S,
-        request: Req,
+        // `None` once the request itself was sent: it could not be replayed.
+        request: Option<Req>,
         policy: Arc<RetryPolicy<C, B>>,
         tracker: Tracker<B, S::Response>,
     }
@@ -97,7 +99,7 @@ where
         idempotent: bool,
     ) -> Self
     where
-        Req: Clone,
+        Req: Replay,
     {
         let deadline = request.deadline();
         let now = (deadline.is_some() || policy.max_elapsed().is_some()).then(Instant::now);
@@ -109,6 +111,7 @@ where
             attempts: 0,
             last: None,
         };
+        let mut request = Some(request);
         let state = if now.is_some_and(|now| tracker.expired(now)) {
             // `Ready` gives up at once, without calling the service.
             State::Ready
@@ -116,7 +119,7 @@ where
             tracker.attempts = 1;
             events::counter("rampart_retry_attempts_total", &[], 1);
             State::Calling {
-                future: service.call(request.clone()),
+                future: service.call(next_request(&mut request)),
             }
         };
         Self {
@@ -126,6 +129,19 @@ where
             policy,
             tracker,
         }
+    }
+}
+
+/// The request to send now: a replay if one can be made (the request is kept for a later attempt),
+/// else the request itself.
+#[inline]
+fn next_request<Req: Replay>(kept: &mut Option<Req>) -> Req {
+    let request = kept
+        .as_ref()
+        .expect("a request is kept while attempts remain");
+    match request.replay() {
+        Some(copy) => copy,
+        None => kept.take().expect("checked above"),
     }
 }
 
@@ -158,6 +174,7 @@ impl<B: Backoff + Clone, Res> Tracker<B, Res> {
         &mut self,
         policy: &RetryPolicy<C, B>,
         class: Classification,
+        replayable: bool,
     ) -> Result<Duration, GaveUp> {
         if !class.is_retryable(self.idempotent) {
             return Err(if class == Classification::Ambiguous {
@@ -165,6 +182,9 @@ impl<B: Backoff + Clone, Res> Tracker<B, Res> {
             } else {
                 GaveUp::Permanent
             });
+        }
+        if !replayable {
+            return Err(GaveUp::NotReplayable);
         }
         if self.attempts >= policy.max_attempts() {
             return Err(GaveUp::AttemptsExhausted);
@@ -174,9 +194,21 @@ impl<B: Backoff + Clone, Res> Tracker<B, Res> {
             schedule.reset();
             Box::new((schedule, policy.request_rng()))
         });
-        let delay = schedule
+        let scheduled = schedule
             .next_delay(self.attempts, rng)
             .ok_or(GaveUp::ScheduleEnded)?;
+        let error = match &self.last {
+            Some(Failure::Error { error, .. }) => Some(&**error),
+            _ => None,
+        };
+        let delay = policy
+            .generated_delay(&RetryEvent {
+                attempt: self.attempts,
+                delay: scheduled,
+                classification: class,
+                error,
+            })
+            .unwrap_or(scheduled);
         let now = Instant::now();
         if let (Some(max_elapsed), Some(started)) = (policy.max_elapsed(), self.started) {
             if now.saturating_duration_since(started).saturating_add(delay) > max_elapsed {
@@ -205,7 +237,7 @@ fn report_gave_up<Res>(reason: GaveUp, attempts: u32, last: Option<&Failure<Res>
         None => ("none", &"deadline passed before the first attempt"),
     };
     match reason {
-        GaveUp::Permanent | GaveUp::NotIdempotent => {
+        GaveUp::Permanent | GaveUp::NotIdempotent | GaveUp::NotReplayable => {
             tracing::debug!(target: "rampart::retry", attempt = attempts, class, reason = reason.as_str(), error = %error, "not retrying");
         }
         GaveUp::BudgetExhausted => {
@@ -227,7 +259,7 @@ impl<S, Req, C, B> Future for ResponseFuture<S, Req, C, B>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    Req: Clone,
+    Req: Replay,
     C: Classify<S::Response, S::Error>,
     B: Backoff + Clone,
 {
@@ -258,7 +290,8 @@ where
                         }
                     };
                     tracker.last = Some(failure);
-                    let delay = match tracker.next_delay(this.policy, class) {
+                    let delay = match tracker.next_delay(this.policy, class, this.request.is_some())
+                    {
                         Ok(delay) => delay,
                         Err(reason) => {
                             report_gave_up(reason, tracker.attempts, tracker.last.as_ref());
@@ -328,7 +361,7 @@ where
                     events::counter("rampart_retry_attempts_total", &[], 1);
                     // The failed response of the previous attempt is dropped only now that another starts.
                     tracker.last = None;
-                    let future = this.service.call(this.request.clone());
+                    let future = this.service.call(next_request(this.request));
                     this.state.set(State::Calling { future });
                 }
             }

@@ -22,8 +22,12 @@
 //!
 //! When it gives up, the error is a [`RetryError`]: the last cause, the number of attempts and the reason
 //! ([`GaveUp`]). If the last failure was a *response* the classifier failed (an HTTP 503, say), that response
-//! is returned as it is. Requests must be `Clone` (each attempt sends a clone), [`Idempotence`] and
-//! [`Deadlined`]; wrap plain requests in [`WithDeadline`](crate::deadline::WithDeadline).
+//! is returned as it is. Requests must be [`Replay`] (every `Clone` type is: each attempt sends a
+//! clone), [`Idempotence`] and [`Deadlined`]; wrap plain requests in
+//! [`WithDeadline`](crate::deadline::WithDeadline). A request that cannot be sent twice
+//! ([`NotReplayable`], or a `Replay` answering `None`: tower's `clone_request` returning `None`) gets one
+//! attempt, and its failure comes back as it is, with [`GaveUp::NotReplayable`] where it would have
+//! been retried.
 //!
 //! # Why not `tower::retry::Retry`
 //!
@@ -41,15 +45,12 @@
 //!
 //! [`RetryBudget`] keeps the semantics of tower's `TpsBudget` (Finagle's): over the last `window`,
 //! retries may be at most `retry_ratio` of the requests made, plus `min_retries_per_second × window`.
-//! Its cost is not the same: `TpsBudget` reads the clock and takes a lock on every request to rotate its
-//! time slots, about 125 instructions, on the path of every call. Here a request is one relaxed atomic
-//! increment; the time keeping happens when a retry is withdrawn (a failure path) and on every 64th
-//! request, which reads the clock and marks the slot of the window it falls in. A withdrawal counts the
-//! requests made since the first mark inside the window. That count never includes a request older than
-//! the window, so the budget never allows more retries than the ratio and the floor; it may miss the
-//! requests made in the window before its first mark there, fewer than 64 (the budget is then
-//! stricter, never looser), and withdrawals are counted exactly. Time is `tokio::time::Instant`, so a
-//! paused test clock drives it.
+//! A request costs one relaxed atomic increment (`TpsBudget` reads the clock and takes a lock); the
+//! time keeping happens when a retry is withdrawn and on every 64th request. Against the exact rule
+//! (the requests and retries of the last `window`, with their times) it is never looser, and
+//! stricter by at most the requests of the window's oldest tenth plus 64, and the retries of the tenth
+//! before the window; a property test checks both sides. [`RetryBudget::balance`] reads what is left,
+//! for metrics. Time is `tokio::time::Instant`, so a paused test clock drives it.
 //!
 //! # Events
 //!
@@ -105,6 +106,7 @@ mod error;
 pub mod future;
 mod layer;
 mod policy;
+mod replay;
 
 use std::{
     sync::Arc,
@@ -118,6 +120,7 @@ pub use self::{
     error::{GaveUp, RetryError},
     layer::RetryLayer,
     policy::{RetryEvent, RetryPolicy, RetryPolicyBuilder},
+    replay::{NotReplayable, Replay},
 };
 use crate::backoff::Backoff;
 use crate::{
@@ -175,7 +178,7 @@ impl<S, Req, C, B> Service<Req> for Retry<S, C, B>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    Req: Clone + Idempotence + Deadlined,
+    Req: Replay + Idempotence + Deadlined,
     C: Classify<S::Response, S::Error>,
     B: Backoff + Clone,
 {

@@ -16,6 +16,7 @@ use crate::{
 };
 
 type OnRetry = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+type DelayFn = Arc<dyn Fn(&RetryEvent<'_>) -> Option<Duration> + Send + Sync>;
 
 /// What the retry layer may do for one request: see the [module docs](super).
 ///
@@ -31,6 +32,7 @@ pub struct RetryPolicy<C = TimeoutsAreTransient, B = Exponential> {
     classifier: C,
     budget: Option<RetryBudget>,
     on_retry: Option<OnRetry>,
+    delay_generator: Option<DelayFn>,
     rng: Arc<Mutex<dyn Rng + Send>>,
 }
 
@@ -45,6 +47,7 @@ impl RetryPolicy {
             classifier: TimeoutsAreTransient,
             budget: None,
             on_retry: None,
+            delay_generator: None,
             rng: None,
         }
     }
@@ -79,6 +82,7 @@ impl<C, B> RetryPolicy<C, B> {
             classifier,
             budget: self.budget,
             on_retry: self.on_retry,
+            delay_generator: self.delay_generator,
             rng: self.rng,
         }
     }
@@ -106,6 +110,13 @@ impl<C, B> RetryPolicy<C, B> {
     /// The retry budget, if any.
     pub fn budget(&self) -> Option<&RetryBudget> {
         self.budget.as_ref()
+    }
+
+    /// The delay the generator chooses for this retry (the schedule's is `event.delay()`), if any.
+    pub(crate) fn generated_delay(&self, event: &RetryEvent<'_>) -> Option<Duration> {
+        self.delay_generator
+            .as_ref()
+            .and_then(|generate| generate(event))
     }
 
     pub(crate) fn notify(&self, event: &RetryEvent<'_>) {
@@ -146,6 +157,7 @@ pub struct RetryPolicyBuilder<C = TimeoutsAreTransient, B = Exponential> {
     classifier: C,
     budget: Option<RetryBudget>,
     on_retry: Option<OnRetry>,
+    delay_generator: Option<DelayFn>,
     rng: Option<Arc<Mutex<dyn Rng + Send>>>,
 }
 
@@ -183,6 +195,7 @@ impl<C, B> RetryPolicyBuilder<C, B> {
             classifier: self.classifier,
             budget: self.budget,
             on_retry: self.on_retry,
+            delay_generator: self.delay_generator,
             rng: self.rng,
         }
     }
@@ -196,6 +209,7 @@ impl<C, B> RetryPolicyBuilder<C, B> {
             classifier,
             budget: self.budget,
             on_retry: self.on_retry,
+            delay_generator: self.delay_generator,
             rng: self.rng,
         }
     }
@@ -212,6 +226,20 @@ impl<C, B> RetryPolicyBuilder<C, B> {
         F: Fn(&RetryEvent<'_>) + Send + Sync + 'static,
     {
         self.on_retry = Some(Arc::new(on_retry));
+        self
+    }
+
+    /// Chooses the wait before a retry from what failed (Polly's `DelayGenerator`): called after the
+    /// schedule, with the schedule's delay as [`RetryEvent::delay`]; `Some(d)` waits `d` instead, `None`
+    /// keeps the schedule's. Use it to honour a server's "retry after" hint. The chosen wait is still
+    /// bounded by `max_elapsed`, the deadline and the budget, as a scheduled one is; the schedule's
+    /// `max_delay` does not cap it. [`DelayGenerator`](crate::backoff::DelayGenerator) does the same over
+    /// a schedule alone, without the error.
+    pub fn delay_generator<F>(mut self, generate: F) -> Self
+    where
+        F: Fn(&RetryEvent<'_>) -> Option<Duration> + Send + Sync + 'static,
+    {
+        self.delay_generator = Some(Arc::new(generate));
         self
     }
 
@@ -241,6 +269,7 @@ impl<C, B> RetryPolicyBuilder<C, B> {
             classifier: self.classifier,
             budget: self.budget,
             on_retry: self.on_retry,
+            delay_generator: self.delay_generator,
             rng: self
                 .rng
                 .unwrap_or_else(|| Arc::new(Mutex::new(SplitMix64::from_entropy()))),
@@ -263,7 +292,8 @@ impl<'a> RetryEvent<'a> {
         self.attempt
     }
 
-    /// How long the layer waits before the next attempt.
+    /// How long the layer waits before the next attempt (to a
+    /// [`delay_generator`](RetryPolicyBuilder::delay_generator): what the schedule chose).
     pub fn delay(&self) -> Duration {
         self.delay
     }

@@ -77,8 +77,8 @@ use self::future::ResponseFuture;
 /// Checks that a resource is fit for use.
 ///
 /// The future must own what it needs (it cannot borrow `resource`): clone a handle out of the resource,
-/// or start the probe request and return its future. The `rampart` crate implements it for Postgres with
-/// a connection check.
+/// or start the probe request and return its future. (The `rampart` crate does not implement it: its pool
+/// validates connections in deadpool's recycle hook through [`ValidationPolicy`].)
 pub trait Validate<R> {
     /// Why a resource is unfit.
     type Error;
