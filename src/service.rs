@@ -169,7 +169,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         return crate::pooler::run(&pool, in_flight, &query).await;
     }
     // Preparing sends only a Parse: if the link fails here the statement never ran.
-    let statement = match in_flight.conn().client().prepare_cached(query.sql()).await {
+    let statement = match in_flight.conn().prepare(query.sql()).await {
         Ok(s) => s,
         Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
     };

@@ -8,6 +8,9 @@ use deadpool_postgres::ClientWrapper;
 use rampart_layers::rng::SplitMix64;
 use rampart_layers::validate::Checked;
 use tokio::time::Instant;
+use tokio_postgres::{GenericClient, Statement};
+
+use crate::cache::SqlCache;
 
 use super::config::PoolConfig;
 use super::stats::{Counters, bump};
@@ -15,6 +18,10 @@ use super::stats::{Counters, bump};
 /// One pooled connection: deadpool-postgres's client (with its statement cache) and what rampart tracks.
 pub(crate) struct PgConn {
     client: ClientWrapper,
+    /// Statements prepared on this connection, bounded (see [`crate::cache`]): deadpool-postgres's own
+    /// cache keeps every text ever prepared, so SQL built with inlined values grows a backend without
+    /// limit.
+    statements: SqlCache<Statement>,
     last_ok: Option<Instant>,
     pub(super) expires_at: Option<Instant>,
     statement_timeout_ms: u64,
@@ -31,14 +38,20 @@ impl fmt::Debug for PgConn {
 }
 
 impl PgConn {
-    /// The tokio-postgres client (through deadpool-postgres's wrapper, with `prepare_cached`).
+    /// The tokio-postgres client.
     pub(crate) fn client(&self) -> &ClientWrapper {
         &self.client
     }
 
-    /// The client, mutably (to start a transaction).
-    pub(crate) fn client_mut(&mut self) -> &mut ClientWrapper {
-        &mut self.client
+    /// The client, mutably (to start a transaction), and the statement cache beside it.
+    pub(crate) fn split(&mut self) -> (&mut ClientWrapper, &SqlCache<Statement>) {
+        (&mut self.client, &self.statements)
+    }
+
+    /// `sql` prepared on this connection, from its bounded cache or by preparing it (a `Parse`: if the
+    /// link fails here the statement never ran).
+    pub(crate) async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        prepare_cached(&*self.client, &self.statements, sql).await
     }
 
     /// Records a successful use: the validation bypass window starts again.
@@ -54,6 +67,20 @@ impl PgConn {
     pub(crate) fn set_statement_timeout_ms(&mut self, ms: u64) {
         self.statement_timeout_ms = ms;
     }
+}
+
+/// `sql` prepared on `client` (a connection, or a transaction on it) through `cache`, the connection's.
+pub(crate) async fn prepare_cached<C: GenericClient>(
+    client: &C,
+    cache: &SqlCache<Statement>,
+    sql: &str,
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement);
+    }
+    let statement = client.prepare(sql).await?;
+    cache.insert(sql.into(), statement.clone());
+    Ok(statement)
 }
 
 /// The deadpool manager: deadpool-postgres's, plus validation, lifetime and counters.
@@ -90,6 +117,7 @@ impl managed::Manager for Manager {
                 tracing::info!(target: "rampart::pool", server = %self.server, "connection created");
                 Ok(PgConn {
                     client,
+                    statements: SqlCache::default(),
                     last_ok: Some(Instant::now()),
                     expires_at: self.expiry(),
                     statement_timeout_ms: 0,

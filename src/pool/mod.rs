@@ -23,6 +23,7 @@ use rampart_layers::rng::SplitMix64;
 
 pub use self::config::{PoolConfig, PoolConfigBuilder};
 pub(crate) use self::in_flight::InFlight;
+pub(crate) use self::manager::prepare_cached;
 pub use self::stats::PoolStats;
 
 use self::manager::Manager;

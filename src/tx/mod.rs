@@ -278,11 +278,8 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         let prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
             .then(|| set_local_timeout(self.attempt_timeout));
         let (outcome, gone) = {
-            let mut builder = guard
-                .conn()
-                .client_mut()
-                .build_transaction()
-                .read_only(self.read_only);
+            let (client, statements) = guard.conn().split();
+            let mut builder = client.build_transaction().read_only(self.read_only);
             if let Some(level) = self.isolation {
                 builder = builder.isolation_level(level);
             }
@@ -295,6 +292,7 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
                     let tx = Tx {
                         inner,
                         server: &server,
+                        statements,
                         unnamed: pooled.then(|| self.pool.param_types()),
                         prelude: Mutex::new(prelude),
                         gone: AtomicBool::new(false),

@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio_postgres::Row;
+use tokio_postgres::{Row, Statement};
 use tokio_postgres::types::ToSql;
 
+use crate::cache::SqlCache;
 use crate::error::Error;
+use crate::pool::prepare_cached;
 use crate::exec::{ParamTypes, typed};
 use crate::outcome::{Link, Stage, failure};
 use crate::sync::lock;
@@ -18,6 +20,8 @@ use crate::sync::lock;
 pub struct Tx<'a> {
     pub(super) inner: deadpool_postgres::Transaction<'a>,
     pub(super) server: &'a str,
+    /// The connection's statement cache.
+    pub(super) statements: &'a SqlCache<Statement>,
     /// Behind a transaction pooler: the pool's parameter types, for unnamed statements.
     pub(super) unnamed: Option<&'a ParamTypes>,
     /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
@@ -74,7 +78,7 @@ impl Tx<'_> {
                     self.inner.query_typed(sql, &params).await
                 }
                 None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
+                    let statement = prepare_cached(&*self.inner, self.statements, sql).await?;
                     self.inner.query(&statement, params).await
                 }
             }
@@ -92,7 +96,7 @@ impl Tx<'_> {
                     self.inner.query_typed_one(sql, &params).await
                 }
                 None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
+                    let statement = prepare_cached(&*self.inner, self.statements, sql).await?;
                     self.inner.query_one(&statement, params).await
                 }
             }
@@ -110,7 +114,7 @@ impl Tx<'_> {
                     self.inner.execute_typed(sql, &params).await
                 }
                 None => {
-                    let statement = self.inner.prepare_cached(sql).await?;
+                    let statement = prepare_cached(&*self.inner, self.statements, sql).await?;
                     self.inner.execute(&statement, params).await
                 }
             }

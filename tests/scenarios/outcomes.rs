@@ -266,3 +266,32 @@ async fn extreme_settings_are_refused_or_honoured_never_a_panic() {
         .await
         .expect("a query granted forever works");
 }
+
+/// Statements built with inlined values, each a new text: the pooled connection keeps a bounded number
+/// prepared, on the client and on the server.
+#[tokio::test]
+async fn a_pooled_connection_keeps_a_bounded_number_of_prepared_statements() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = stack(&cluster.url())
+        .pool(PoolConfig::builder().max_size(1).build().unwrap())
+        .build()
+        .unwrap();
+    for n in 0..2_500 {
+        db.run(Query::read(format!("SELECT {n}"))).await.unwrap();
+    }
+    let prepared = db
+        .run(Query::read("SELECT count(*) FROM pg_prepared_statements"))
+        .await
+        .unwrap();
+    let prepared: i64 = prepared.first().unwrap().get(0);
+    assert!(
+        prepared <= 1_025,
+        "at most 1,024 statements kept (and this one): {prepared} on the backend"
+    );
+    assert_eq!(db.pool().stats().created, 1, "all on the one connection");
+    report(
+        "O7",
+        &format!("2,500 distinct statements on one pooled connection: {prepared} prepared on its backend"),
+        "-",
+    );
+}
