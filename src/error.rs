@@ -41,8 +41,6 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The circuit breaker is open: the database is failing and calls are refused without trying.
     CircuitOpen,
-    /// The retry budget or attempt limit ran out; the cause is the last attempt's error.
-    RetriesExhausted,
     /// The request itself is wrong and was never sent: a parameter that cannot be encoded as the type
     /// the statement expects, or a parameter count that does not match the statement's.
     InvalidRequest,
@@ -62,7 +60,6 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::CircuitOpen => "circuit_open",
-            ErrorKind::RetriesExhausted => "retries_exhausted",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Other => "other",
         }
@@ -130,6 +127,14 @@ impl Error {
         self
     }
 
+    /// Adds what the layer that gave up knows to the message (why a breaker is open, what a deadline
+    /// cut short).
+    pub(crate) fn explained(mut self, more: impl fmt::Display) -> Self {
+        use fmt::Write;
+        let _ = write!(self.message, "{more}");
+        self
+    }
+
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
         self.attempts = Some(attempts);
         self
@@ -162,7 +167,9 @@ impl Error {
         self.retry_in
     }
 
-    /// How many attempts were made, when a retry layer gave up.
+    /// How many attempts were made, when there was more than one or a deadline ended them. A request
+    /// whose retries ran out (attempts, budget, time) keeps the kind of its last attempt's error (a lost
+    /// connection stays [`ErrorKind::ConnectionLost`]); this says how many tries it took.
     pub fn attempts(&self) -> Option<u32> {
         self.attempts
     }

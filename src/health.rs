@@ -76,6 +76,14 @@ impl Outcomes {
         self.last_error_at.store(self.now_mark(), Ordering::Relaxed);
     }
 
+    /// The last failure of the database recorded, as shown in a report: its kind and SQLSTATE.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        lock(&self.last_error).as_ref().map(|e| match &e.code {
+            Some(code) => format!("{} (SQLSTATE {code})", e.kind),
+            None => e.kind.to_owned(),
+        })
+    }
+
     /// Records the outcome of one request.
     pub(crate) fn record<T>(&self, result: &Result<T, Error>) {
         match result {

@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rampart_layers::classify::Idempotence;
@@ -45,12 +46,9 @@ pub struct Query {
     /// The time the caller granted with [`Query::timeout`].
     granted: Option<Duration>,
     exclusive: bool,
-    /// Whether the current attempt's statement may be on the server without an answer yet, shared by
-    /// the clones of one request: set by the service as it sends the statement, cleared by a ready-made
-    /// stack when an attempt ends with an answer, read there when an attempt timeout or the deadline
-    /// cuts it. Only a stack's requests that are not idempotent carry it (for the others the answer to
-    /// "was it sent?" changes nothing).
-    sent: Option<Arc<AtomicBool>>,
+    /// What a ready-made stack learns of this request's attempts, shared by its clones (see
+    /// [`Tracking`]); `None` outside a stack.
+    tracking: Option<Arc<Tracking>>,
 }
 
 impl fmt::Debug for Query {
@@ -78,7 +76,7 @@ impl Query {
             deadline: None,
             granted: None,
             exclusive: false,
-            sent: None,
+            tracking: None,
         }
     }
 
@@ -157,20 +155,20 @@ impl Query {
         self.granted
     }
 
-    /// Starts tracking whether the statement was sent (see the field).
-    pub(crate) fn track_sending(&mut self) -> Arc<AtomicBool> {
-        self.sent.get_or_insert_default().clone()
+    /// Starts tracking the request's attempts (see [`Tracking`]).
+    pub(crate) fn track(&mut self) -> Arc<Tracking> {
+        self.tracking.get_or_insert_default().clone()
     }
 
-    /// The tracking flag, if this request carries one.
-    pub(crate) fn sending(&self) -> Option<&Arc<AtomicBool>> {
-        self.sent.as_ref()
+    /// The tracking, if this request carries it.
+    pub(crate) fn tracking(&self) -> Option<&Arc<Tracking>> {
+        self.tracking.as_ref()
     }
 
     /// The statement is about to be written to the server: from now on it may run.
     pub(crate) fn mark_sent(&self) {
-        if let Some(sent) = &self.sent {
-            sent.store(true, Ordering::Release);
+        if let Some(t) = &self.tracking {
+            t.sent.store(true, Ordering::Release);
         }
     }
 
@@ -217,6 +215,50 @@ impl Deadlined for Query {
 
     fn granted(&self) -> Option<Duration> {
         self.granted
+    }
+}
+
+/// What a ready-made stack learns of one request's attempts, shared by the clones the retry layer sends.
+#[derive(Debug, Default)]
+pub(crate) struct Tracking {
+    /// The current attempt's statement may be on the server without an answer yet: set by the service as
+    /// it sends the statement, cleared when an attempt ends with an answer, read when an attempt timeout
+    /// or the deadline cuts it.
+    sent: AtomicBool,
+    /// Attempts started.
+    attempts: AtomicU32,
+    /// The last failed attempt's error, as shown (for a deadline error, which ends the request while the
+    /// retry layer holds that error).
+    last_failure: Mutex<Option<String>>,
+}
+
+impl Tracking {
+    /// A new attempt starts: nothing of it is sent yet.
+    pub(crate) fn attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.sent.store(false, Ordering::Release);
+    }
+
+    /// The attempt ended with an answer: nothing of it is left running.
+    pub(crate) fn answered(&self) {
+        self.sent.store(false, Ordering::Release);
+    }
+
+    /// The attempt failed with `error`.
+    pub(crate) fn failed(&self, error: &dyn std::fmt::Display) {
+        *crate::sync::lock(&self.last_failure) = Some(error.to_string());
+    }
+
+    pub(crate) fn was_sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        crate::sync::lock(&self.last_failure).clone()
     }
 }
 

@@ -278,6 +278,7 @@ impl StackBuilder {
     /// called within a Tokio runtime. Every bad setting is a [`ConfigError`] naming it.
     pub fn build(self) -> Result<Db, ConfigError> {
         let pg = self.pg?;
+        let server: Arc<str> = pg.redacted_url().into();
         if self.deadline.is_zero() {
             return Err(ConfigError::new("deadline", "must be greater than zero"));
         }
@@ -349,8 +350,14 @@ impl StackBuilder {
         // an open breaker) count for health as much as those of the service, and it survives a rebuilt
         // pool.
         let outcomes = Arc::new(Outcomes::default());
+        let context = Arc::new(settle::Known {
+            outcomes: outcomes.clone(),
+            breaker: breaker.clone(),
+            server,
+            deadline: self.deadline,
+        });
         let inner = ServiceBuilder::new()
-            .layer_fn(|inner| Settle::new(inner, outcomes.clone()))
+            .layer_fn(|inner| Settle::new(inner, context.clone()))
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .layer_fn(Attempt::new)

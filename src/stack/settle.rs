@@ -1,43 +1,49 @@
 //! The two small layers of a ready-made stack that know what a request is: at the top, the outcome is
-//! settled (the layers' errors converted once, the outcome recorded for health); below the retry layer,
-//! each attempt cut by the attempt timeout is classified by whether its statement had been sent.
+//! settled (the layers' errors converted once and explained, the outcome recorded for health); below the
+//! retry layer, each attempt is counted and one cut by the attempt timeout is classified by whether its
+//! statement had been sent.
 //!
 //! An attempt timeout or a deadline that fires after the statement was written may leave it running,
 //! and committing: the cancel request goes out in the background and can arrive after the commit. Such a
 //! cut is `Ambiguous` for a request that is not idempotent (never replayed, reported as outcome unknown);
 //! one that fires before anything was sent (waiting for a connection, connecting, preparing) is
-//! `Transient`. The service marks the moment of sending on the request ([`Query::mark_sent`]); these
+//! `Transient`. The service marks the moment of sending on the request (`Query::mark_sent`); these
 //! layers read it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use rampart_layers::breaker::BreakerHandle;
 use rampart_layers::deadline::AttemptTimedOut;
 use tower::{BoxError, Service};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::health::Outcomes;
-use crate::query::{Query, Response};
+use crate::query::{Query, Response, Tracking};
 
-fn was_sent(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
+/// What the top of a stack knows besides the request.
+pub(super) struct Known {
+    pub(super) outcomes: Arc<Outcomes>,
+    pub(super) breaker: Option<BreakerHandle>,
+    pub(super) server: Arc<str>,
+    pub(super) deadline: Duration,
 }
 
-/// The top of a stack: starts tracking whether a non-idempotent request's statement was sent, converts
-/// what the layers return into an [`Error`] once, and records the outcome.
+/// The top of a stack: tracks the request's attempts, converts what the layers return into an [`Error`]
+/// once (explaining an open breaker and a deadline), and records the outcome.
 #[derive(Clone)]
 pub(super) struct Settle<S> {
     inner: S,
-    outcomes: Arc<Outcomes>,
+    context: Arc<Known>,
 }
 
 impl<S> Settle<S> {
-    pub(super) fn new(inner: S, outcomes: Arc<Outcomes>) -> Self {
-        Self { inner, outcomes }
+    pub(super) fn new(inner: S, context: Arc<Known>) -> Self {
+        Self { inner, context }
     }
 }
 
@@ -56,12 +62,32 @@ where
     }
 
     fn call(&mut self, mut query: Query) -> Self::Future {
-        let sent = (!query.is_idempotent()).then(|| query.track_sending());
+        let tracking = query.track();
+        let request = Request {
+            idempotent: query.is_idempotent(),
+            limit: query.granted().unwrap_or(self.context.deadline),
+            tracking,
+        };
         SettleFuture {
             inner: self.inner.call(query),
-            sent,
-            outcomes: self.outcomes.clone(),
+            request,
+            context: self.context.clone(),
         }
+    }
+}
+
+/// What the top keeps of a request while it runs.
+pub(super) struct Request {
+    idempotent: bool,
+    limit: Duration,
+    tracking: Arc<Tracking>,
+}
+
+impl Request {
+    /// Whether a cut now leaves the outcome unknown: the statement may be running, and replaying or
+    /// guessing matters (a request that is idempotent is the same either way).
+    fn unknown_if_cut(&self) -> bool {
+        !self.idempotent && self.tracking.was_sent()
     }
 }
 
@@ -70,8 +96,8 @@ pin_project! {
     pub(super) struct SettleFuture<F> {
         #[pin]
         inner: F,
-        sent: Option<Arc<AtomicBool>>,
-        outcomes: Arc<Outcomes>,
+        request: Request,
+        context: Arc<Known>,
     }
 }
 
@@ -83,16 +109,56 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result =
-            ready!(this.inner.poll(cx)).map_err(|e| Error::from_layers(e, was_sent(this.sent)));
-        this.outcomes.record(&result);
+        let result = ready!(this.inner.poll(cx)).map_err(|e| {
+            let error = Error::from_layers(e, this.request.unknown_if_cut());
+            explain(error, this.request, this.context)
+        });
+        this.context.outcomes.record(&result);
         Poll::Ready(result)
     }
 }
 
-/// Below the retry layer: one attempt. It starts with nothing sent; an attempt that ends with an answer
-/// (a response or the service's own error) leaves nothing running; one cut by the attempt timeout is
-/// classified by whether its statement had been sent.
+/// Says what the layer that gave up knows: why the breaker is open, what the deadline cut short.
+fn explain(error: Error, request: &Request, context: &Known) -> Error {
+    match error.kind() {
+        ErrorKind::CircuitOpen => {
+            let mut error = error;
+            if let Some(breaker) = &context.breaker {
+                let m = breaker.metrics();
+                error = error.explained(format_args!(
+                    " ({} of the last {} calls to {} failed",
+                    m.window_failures, m.window_calls, context.server
+                ));
+                error = match context.outcomes.last_failure() {
+                    Some(last) => error.explained(format_args!("; the last: {last})")),
+                    None => error.explained(")"),
+                };
+            }
+            error
+        }
+        ErrorKind::DeadlineExceeded => {
+            let attempts = request.tracking.attempts();
+            let error = error.explained(format_args!(
+                " (the {:?} deadline, {attempts} attempt(s) on {}",
+                request.limit, context.server
+            ));
+            let error = match request.tracking.last_failure() {
+                Some(last) => error.explained(format_args!("; the last failed with: {last})")),
+                None => error.explained(")"),
+            };
+            if attempts > 0 {
+                error.with_attempts(attempts)
+            } else {
+                error
+            }
+        }
+        _ => error,
+    }
+}
+
+/// Below the retry layer: one attempt. It is counted and starts with nothing sent; an attempt that ends
+/// with an answer (a response or the service's own error) leaves nothing running; one cut by the attempt
+/// timeout is classified by whether its statement had been sent.
 #[derive(Clone)]
 pub(super) struct Attempt<S> {
     inner: S,
@@ -117,13 +183,14 @@ where
     }
 
     fn call(&mut self, query: Query) -> Self::Future {
-        let sent = query.sending().cloned();
-        if let Some(flag) = &sent {
-            flag.store(false, Ordering::Release);
+        let tracking = query.tracking().cloned();
+        if let Some(t) = &tracking {
+            t.attempt();
         }
         AttemptFuture {
+            idempotent: query.is_idempotent(),
             inner: self.inner.call(query),
-            sent,
+            tracking,
         }
     }
 }
@@ -133,7 +200,8 @@ pin_project! {
     pub(super) struct AttemptFuture<F> {
         #[pin]
         inner: F,
-        sent: Option<Arc<AtomicBool>>,
+        idempotent: bool,
+        tracking: Option<Arc<Tracking>>,
     }
 }
 
@@ -146,14 +214,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
+        let Some(tracking) = this.tracking else {
+            return Poll::Ready(result);
+        };
         Poll::Ready(match result {
             Err(e) if e.is::<AttemptTimedOut>() => {
-                Err(Box::new(Error::from_layers(e, was_sent(this.sent))) as BoxError)
+                let unknown = !*this.idempotent && tracking.was_sent();
+                let error = Error::from_layers(e, unknown);
+                tracking.failed(&error);
+                Err(Box::new(error) as BoxError)
             }
             other => {
                 // Answered: nothing of this attempt is left running on the server.
-                if let Some(flag) = this.sent {
-                    flag.store(false, Ordering::Release);
+                tracking.answered();
+                if let Err(e) = &other {
+                    tracking.failed(e);
                 }
                 other
             }

@@ -5,14 +5,14 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio_postgres::{Row, Statement};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use crate::cache::SqlCache;
 use crate::error::Error;
-use crate::pool::prepare_cached;
 use crate::exec::{ParamTypes, typed};
 use crate::outcome::{Link, Stage, failure};
+use crate::pool::prepare_cached;
 use crate::sync::lock;
 
 /// A transaction in progress, handed to the closure of [`Transactor::run`](crate::Transactor::run). Its methods return

@@ -291,7 +291,67 @@ async fn a_pooled_connection_keeps_a_bounded_number_of_prepared_statements() {
     assert_eq!(db.pool().stats().created, 1, "all on the one connection");
     report(
         "O7",
-        &format!("2,500 distinct statements on one pooled connection: {prepared} prepared on its backend"),
+        &format!(
+            "2,500 distinct statements on one pooled connection: {prepared} prepared on its backend"
+        ),
         "-",
     );
+}
+
+/// Errors say what happened: an open breaker says why it opened, a deadline says its limit, the attempts
+/// made, the server and the last cause.
+#[tokio::test]
+async fn errors_of_the_layers_say_what_happened() {
+    let cluster = Cluster::new().await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let db = stack(&proxy.url(&cluster))
+        .attempt_timeout(Duration::from_millis(200))
+        .deadline(Duration::from_millis(900))
+        .breaker(None)
+        .build()
+        .unwrap();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    proxy.set_fault(Fault::BlackHole);
+    let err = db.run(Query::read("SELECT 1")).await.unwrap_err();
+    proxy.set_fault(Fault::PassThrough);
+    let shown = err.to_string();
+    if err.kind() == ErrorKind::DeadlineExceeded {
+        assert!(err.attempts().is_some_and(|a| a >= 1), "{err:?}");
+        assert!(shown.contains("900ms deadline"), "{shown}");
+        assert!(
+            shown.contains("attempt timed out after 200ms"),
+            "the last cause: {shown}"
+        );
+    } else {
+        // The retry layer gave up before sleeping into the deadline: the last cause, and the count.
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+        assert!(err.attempts().is_some_and(|a| a > 1), "{err:?}");
+    }
+    assert!(shown.contains("127.0.0.1"), "names the server: {shown}");
+
+    // The breaker: opened by refused connects, it says how many calls failed and the last cause.
+    let proxy_url = proxy.url(&cluster);
+    let breaker = rampart::layers::breaker::BreakerConfig::builder()
+        .sliding_window(rampart::layers::breaker::SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .wait_in_open(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let db = stack(&proxy_url)
+        .max_attempts(1)
+        .breaker(Some(breaker))
+        .build()
+        .unwrap();
+    proxy.set_fault(Fault::Refuse);
+    let open = loop {
+        let err = db.run(Query::read("SELECT 1")).await.unwrap_err();
+        if err.kind() == ErrorKind::CircuitOpen {
+            break err;
+        }
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    };
+    let shown = open.to_string();
+    assert!(shown.contains("4 of the last 4 calls"), "{shown}");
+    assert!(shown.contains("the last: connect"), "{shown}");
+    assert!(open.retry_in().is_some(), "{open:?}");
 }
