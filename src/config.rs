@@ -305,6 +305,16 @@ fn split_keywords(conn: &str) -> Result<(String, Keywords), ConfigError> {
 fn split_url_keywords(url: &str, prefix: usize) -> Result<(String, Keywords), ConfigError> {
     let mut found = Keywords::default();
     let rest = &url[prefix..];
+    // An unescaped `@` in the password: the user info would end at the first one (as libpq and
+    // tokio-postgres read it) and the rest of the password would pass for the host, shown in every error,
+    // log line and health document. Refused, with nothing of the user info shown.
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    if authority.matches('@').count() > 1 {
+        return Err(ConfigError::new(
+            "url",
+            "its user info holds an unescaped '@' (percent-encode it as %40 in the password)",
+        ));
+    }
     let after_user = rest.find('@').map_or(0, |at| at + 1);
     let Some(query_at) = rest[after_user..]
         .find('?')
@@ -1175,5 +1185,18 @@ mod tests {
         );
         let err = PgConfig::from_url(&url).unwrap_err();
         assert_eq!(err.field(), "sslkey", "{err}");
+    }
+
+    #[test]
+    fn an_unescaped_at_sign_in_the_password_is_refused_without_showing_it() {
+        let err = PgConfig::from_url("postgres://app:hunter@2@db.example.com/app").unwrap_err();
+        assert_eq!(err.field(), "url");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("hunter") && !shown.contains("2@db"), "{shown}");
+        }
+        let ok = PgConfig::from_url("postgres://app:hunter%402@db.example.com/app").unwrap();
+        assert!(ok.redacted_url().starts_with("postgres://app:***@db.example.com"), "{}", ok.redacted_url());
+        // An `@` in the query is not in the user info.
+        PgConfig::from_url("postgres://app@db.example.com/app?application_name=a@b").unwrap();
     }
 }
