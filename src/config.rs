@@ -1192,10 +1192,18 @@ mod tests {
         let err = PgConfig::from_url("postgres://app:hunter@2@db.example.com/app").unwrap_err();
         assert_eq!(err.field(), "url");
         for shown in [err.to_string(), format!("{err:?}")] {
-            assert!(!shown.contains("hunter") && !shown.contains("2@db"), "{shown}");
+            assert!(
+                !shown.contains("hunter") && !shown.contains("2@db"),
+                "{shown}"
+            );
         }
         let ok = PgConfig::from_url("postgres://app:hunter%402@db.example.com/app").unwrap();
-        assert!(ok.redacted_url().starts_with("postgres://app:***@db.example.com"), "{}", ok.redacted_url());
+        assert!(
+            ok.redacted_url()
+                .starts_with("postgres://app:***@db.example.com"),
+            "{}",
+            ok.redacted_url()
+        );
         // An `@` in the query is not in the user info.
         PgConfig::from_url("postgres://app@db.example.com/app?application_name=a@b").unwrap();
     }

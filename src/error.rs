@@ -135,6 +135,17 @@ impl Error {
         self
     }
 
+    /// An earlier attempt of the request may have been applied: whatever the last attempt met, the
+    /// outcome is unknown.
+    pub(crate) fn after_an_unknown_outcome(mut self) -> Self {
+        if self.classification != Classification::Ambiguous {
+            self.classification = Classification::Ambiguous;
+            self.message
+                .push_str(" (an earlier attempt may have been applied)");
+        }
+        self
+    }
+
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Self {
         self.attempts = Some(attempts);
         self

@@ -41,6 +41,8 @@ pub struct Query {
     /// `None` until the first parameter is bound: a statement without parameters allocates no list.
     params: Option<Arc<Vec<Param>>>,
     idempotent: bool,
+    /// Made with [`Query::read`]: it changes nothing, so whether an attempt ran says nothing about data.
+    read: bool,
     idempotency_key: Option<Arc<str>>,
     deadline: Option<Instant>,
     /// The time the caller granted with [`Query::timeout`].
@@ -72,6 +74,7 @@ impl Query {
             sql: sql.into(),
             params: None,
             idempotent: false,
+            read: false,
             idempotency_key: None,
             deadline: None,
             granted: None,
@@ -82,7 +85,9 @@ impl Query {
 
     /// A statement that changes nothing (a `SELECT`): replaying it is harmless, so it is idempotent.
     pub fn read(sql: impl Into<Arc<str>>) -> Self {
-        Self::new(sql).idempotent()
+        let mut query = Self::new(sql).idempotent();
+        query.read = true;
+        query
     }
 
     /// A statement that changes data and is not idempotent: never replayed after an unknown outcome.
@@ -153,6 +158,11 @@ impl Query {
     /// The time granted with [`Query::timeout`], if any.
     pub fn granted(&self) -> Option<Duration> {
         self.granted
+    }
+
+    /// Whether it was made with [`Query::read`]: it changes nothing.
+    pub(crate) fn is_read(&self) -> bool {
+        self.read
     }
 
     /// Starts tracking the request's attempts (see [`Tracking`]).
@@ -227,6 +237,9 @@ pub(crate) struct Tracking {
     sent: AtomicBool,
     /// Attempts started.
     attempts: AtomicU32,
+    /// Some attempt of this request that changes data ended with its outcome unknown: it may have been
+    /// applied, whatever later attempts report.
+    unknown: AtomicBool,
     /// The last failed attempt's error, as shown (for a deadline error, which ends the request while the
     /// retry layer holds that error).
     last_failure: Mutex<Option<String>>,
@@ -247,6 +260,15 @@ impl Tracking {
     /// The attempt failed with `error`.
     pub(crate) fn failed(&self, error: &dyn std::fmt::Display) {
         *crate::sync::lock(&self.last_failure) = Some(error.to_string());
+    }
+
+    /// An attempt ended with its outcome unknown.
+    pub(crate) fn outcome_unknown(&self) {
+        self.unknown.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn was_ever_unknown(&self) -> bool {
+        self.unknown.load(Ordering::Acquire)
     }
 
     pub(crate) fn was_sent(&self) -> bool {

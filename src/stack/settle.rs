@@ -64,7 +64,7 @@ where
     fn call(&mut self, mut query: Query) -> Self::Future {
         let tracking = query.track();
         let request = Request {
-            idempotent: query.is_idempotent(),
+            read: query.is_read(),
             limit: query.granted().unwrap_or(self.context.deadline),
             tracking,
         };
@@ -78,16 +78,17 @@ where
 
 /// What the top keeps of a request while it runs.
 pub(super) struct Request {
-    idempotent: bool,
+    read: bool,
     limit: Duration,
     tracking: Arc<Tracking>,
 }
 
 impl Request {
-    /// Whether a cut now leaves the outcome unknown: the statement may be running, and replaying or
-    /// guessing matters (a request that is idempotent is the same either way).
+    /// Whether a cut now leaves the outcome unknown: the statement may be running, and it changes data
+    /// (a read is the same either way). An idempotent write is still retried: the retry layer replays
+    /// `Ambiguous` failures of idempotent requests.
     fn unknown_if_cut(&self) -> bool {
-        !self.idempotent && self.tracking.was_sent()
+        !self.read && self.tracking.was_sent()
     }
 }
 
@@ -111,7 +112,14 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx)).map_err(|e| {
             let error = Error::from_layers(e, this.request.unknown_if_cut());
-            explain(error, this.request, this.context)
+            let error = explain(error, this.request, this.context);
+            // A keyed write whose first attempt was lost mid-flight and whose retry was refused: it may
+            // have been applied by the first, so it is not "not applied".
+            if !this.request.read && this.request.tracking.was_ever_unknown() {
+                error.after_an_unknown_outcome()
+            } else {
+                error
+            }
         });
         this.context.outcomes.record(&result);
         Poll::Ready(result)
@@ -188,7 +196,7 @@ where
             t.attempt();
         }
         AttemptFuture {
-            idempotent: query.is_idempotent(),
+            read: query.is_read(),
             inner: self.inner.call(query),
             tracking,
         }
@@ -200,7 +208,7 @@ pin_project! {
     pub(super) struct AttemptFuture<F> {
         #[pin]
         inner: F,
-        idempotent: bool,
+        read: bool,
         tracking: Option<Arc<Tracking>>,
     }
 }
@@ -219,9 +227,11 @@ where
         };
         Poll::Ready(match result {
             Err(e) if e.is::<AttemptTimedOut>() => {
-                let unknown = !*this.idempotent && tracking.was_sent();
-                let error = Error::from_layers(e, unknown);
+                let error = Error::from_layers(e, !*this.read && tracking.was_sent());
                 tracking.failed(&error);
+                if error.is_outcome_unknown() {
+                    tracking.outcome_unknown();
+                }
                 Err(Box::new(error) as BoxError)
             }
             other => {
@@ -229,6 +239,12 @@ where
                 tracking.answered();
                 if let Err(e) = &other {
                     tracking.failed(e);
+                    let unknown = e
+                        .downcast_ref::<Error>()
+                        .is_some_and(Error::is_outcome_unknown);
+                    if unknown && !*this.read {
+                        tracking.outcome_unknown();
+                    }
                 }
                 other
             }

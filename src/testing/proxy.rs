@@ -59,6 +59,8 @@ enum Fate {
     Reset,
     /// Close the server side; tell the client nothing until it writes, then reset it.
     SilentKill,
+    /// Close both sides in order (a FIN each way), as a server or a middlebox that hangs up politely.
+    Close,
 }
 
 struct LinkEntry {
@@ -178,6 +180,11 @@ impl FaultProxy {
     /// Resets every open link now, on both sides (the client sees `ECONNRESET`). Returns how many.
     pub fn reset_all(&self) -> usize {
         self.shared.doom(Fate::Reset, |_| true)
+    }
+
+    /// Closes every open link on both sides with a FIN (an orderly close, no reset). Returns how many.
+    pub fn close_all(&self) -> usize {
+        self.shared.doom(Fate::Close, |_| true)
     }
 
     /// Closes the server side of every open link and tells the client nothing: the client learns only
@@ -334,6 +341,11 @@ async fn run_link(mut client: TcpStream, shared: Arc<Shared>) {
         Fate::Reset => {
             reset(client);
             reset(server);
+        }
+        Fate::Close => {
+            let (mut client, mut server) = (client, server);
+            let _ = client.shutdown().await;
+            let _ = server.shutdown().await;
         }
         Fate::SilentKill => {
             // The server sees its client go away; the client hears nothing until it sends something.

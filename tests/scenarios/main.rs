@@ -15,5 +15,6 @@ mod s05_s09;
 mod s10_s14;
 mod s15_s19;
 
+mod matrix;
 mod mux;
 mod outcomes;
