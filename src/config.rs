@@ -287,6 +287,44 @@ fn keyword_index(key: &str) -> Option<usize> {
     OWN_KEYWORDS.iter().position(|(k, _)| *k == key)
 }
 
+/// What the server would refuse at every connect, or what would fail the same way every time: refused
+/// here, named, instead of being retried as if the network were at fault.
+fn check_startup(pg: &tokio_postgres::Config) -> Result<(), ConfigError> {
+    let ports = pg.get_ports();
+    if ports.contains(&0) {
+        return Err(ConfigError::new("port", "must not be 0"));
+    }
+    let hosts = pg.get_hosts().len();
+    if ports.len() > 1 && ports.len() != hosts {
+        return Err(ConfigError::new(
+            "port",
+            format!("names {} ports for {hosts} hosts: give one, or one per host", ports.len()),
+        ));
+    }
+    // Postgres truncates names past 63 bytes and refuses a startup packet past 10,000: a name longer
+    // than an identifier can be is a mistake, not a transient failure.
+    let fields = [
+        ("user", pg.get_user()),
+        ("dbname", pg.get_dbname()),
+        ("application_name", pg.get_application_name()),
+        ("options", pg.get_options()),
+    ];
+    for (field, value) in fields {
+        let Some(value) = value else { continue };
+        if value.contains('\0') {
+            return Err(ConfigError::new(field, "must not contain a NUL byte"));
+        }
+        let most = if field == "options" { 4_096 } else { 63 };
+        if value.len() > most {
+            return Err(ConfigError::new(
+                field,
+                format!("is {} bytes long; Postgres takes at most {most}", value.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Takes rampart's own keywords out of a connection string, URL or key=value, and returns the rest for
 /// tokio-postgres. It parses the string into its parameters: a keyword inside another value (a password,
 /// an `application_name`) is part of that value and is left alone.
@@ -503,6 +541,7 @@ impl PgConfig {
         if pg.get_user().is_none() {
             return Err(ConfigError::new("url", "names no user"));
         }
+        check_startup(&pg)?;
         let mode = sslmode
             .as_deref()
             .map(|v| {
@@ -1206,5 +1245,21 @@ mod tests {
         );
         // An `@` in the query is not in the user info.
         PgConfig::from_url("postgres://app@db.example.com/app?application_name=a@b").unwrap();
+    }
+
+    #[test]
+    fn settings_the_server_would_refuse_every_time_are_config_errors() {
+        for (url, field) in [
+            ("postgres://u@h:0/db", "port"),
+            ("host=h1,h2,h3 port=5432,5433 user=u dbname=db", "port"),
+            ("postgres://u@h/db?application_name=a%00b", "application_name"),
+        ] {
+            let got = PgConfig::from_url(url).map(|c| format!("{:?}", c.pg_config().get_ports()));
+            assert_eq!(got.as_ref().map_err(|e| e.field()), Err(field), "{url}: {got:?}");
+        }
+        let long = format!("postgres://u@h/{}", "d".repeat(1_000_000));
+        assert_eq!(PgConfig::from_url(&long).map(drop).unwrap_err().field(), "dbname");
+        PgConfig::from_url("postgres://u@h1:5432,h2:5433/db").expect("a port per host");
+        PgConfig::from_url("postgres://u@h1,h2/db").expect("one port for all");
     }
 }
