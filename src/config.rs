@@ -1,97 +1,6 @@
-//! Connection settings: from a `postgres://` URL or a builder, with the defaults tokio-postgres does not give.
+//! Connection settings: from a URL or a builder, with the defaults tokio-postgres does not give.
 //!
-//! tokio-postgres connects with no connect timeout, no TCP keepalives and the kernel's default
-//! `tcp_user_timeout` (about 15 minutes of retransmissions on Linux). On a hosted database that means a dead
-//! network path hangs a connect or a write for minutes. [`PgConfig`] fills those in, with two presets:
-//!
-//! | setting | [`server`](PgConfig::server) (always-on hosts, the default) | [`serverless`](PgConfig::serverless) (Neon-like hosts) | why |
-//! |---|---|---|---|
-//! | connect timeout | 5 s | 15 s | a cold serverless compute takes seconds to wake; an always-on server answers in milliseconds or not at all |
-//! | TCP keepalive idle / interval / count | 30 s / 10 s / 3 | 60 s / 15 s / 4 | an idle link whose peer vanished is found in about a minute (server) or two (serverless), instead of the kernel's two hours |
-//! | `tcp_user_timeout` | 15 s | 30 s | unacknowledged writes fail in seconds, not 15 minutes of retransmission |
-//! | TLS | as the URL's `sslmode` says (default `prefer`, as libpq) | `verify-full` unless the URL says otherwise | hosted Postgres requires TLS, and an unverified link is open to anyone on the path |
-//! | keepalive pinger | off (may be turned on) | off, always | an application-level ping would keep a suspended compute awake, and billed |
-//! | `application_name` | `rampart` | `rampart` | so operators can find the connections in `pg_stat_activity` |
-//!
-//! A third preset, [`pooler`](PgConfig::pooler), is for a pooler in transaction mode (PgBouncer and the
-//! hosted poolers built on it): the `server` settings, plus [`PoolerMode::Transaction`], which keeps no
-//! state in the server session between transactions (see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction)). It is a setting of its
-//! own ([`PgConfig::pooling`]) so that it combines with `serverless` for a serverless host's pooler.
-//!
-//! Keepalives only help an *idle* link: Linux sends no probes while data is unacknowledged, and nothing
-//! at the TCP level helps against a peer that acknowledges and never answers. That is why the ready-made
-//! stacks also put a deadline and a per-attempt timeout on every request.
-//!
-//! # TLS
-//!
-//! TLS is rustls (with ring), and the keywords are libpq's, with libpq's meaning, in the URL's query
-//! (`postgres://...?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem`), in a key=value string
-//! (`host=db sslmode=verify-full`), in the `PGSSL*` environment variables where the string says nothing,
-//! and in the builder methods:
-//!
-//! | keyword (variable) | values | meaning |
-//! |---|---|---|
-//! | `sslmode` (`PGSSLMODE`) | `disable` | plain text |
-//! | | `allow` | plain text; TLS only if the server rejects the plain connection |
-//! | | `prefer` (the `server` default) | TLS if the server offers it; plain text if it does not, or if the TLS handshake or verification fails, or if the server rejects the TLS connection |
-//! | | `require` | TLS, **not verified**, unless a root certificate is given: then the chain is verified as `verify-ca` does |
-//! | | `verify-ca` | TLS, the chain verified against the roots; any host name |
-//! | | `verify-full` (the `serverless` default) | TLS, the chain verified and the certificate must name the host |
-//! | `sslrootcert` (`PGSSLROOTCERT`) | a PEM file | the roots to verify against (an RDS region bundle, a provider's CA) |
-//! | | `system` | the platform's trust store; implies `verify-full`, and a weaker `sslmode` is refused (as libpq 16) |
-//! | `sslcert`, `sslkey` (`PGSSLCERT`, `PGSSLKEY`) | PEM files | a client certificate (and its chain) and its key (PKCS#8, PKCS#1 or SEC1, unencrypted; mode 0600 or less, or 0640 if root owns it, as libpq requires) |
-//! | `sslnegotiation` (`PGSSLNEGOTIATION`) | `postgres`, `direct` | `direct` starts TLS at once with ALPN `postgresql` (PostgreSQL 17 and later), saving a round trip; it needs `require` or stronger |
-//! | `channel_binding` (`PGCHANNELBINDING`) | `disable`, `prefer` (default), `require` | SCRAM channel binding (`tls-server-end-point`); `require` refuses a server that does not bind (md5, trust, plain text) |
-//!
-//! Where rampart differs from libpq: it reads no files from `~/.postgresql` (name them with the keywords
-//! or the variables); `verify-ca`/`verify-full` without `sslrootcert` verify against the public
-//! (Mozilla/webpki) roots, which is what Neon's and other public-CA hosts need, where libpq would look for
-//! `~/.postgresql/root.crt`; and a file it is told to use must be there (libpq quietly goes on without an
-//! `sslcert` that does not exist, and without an `sslrootcert` that does not exist unless the mode is
-//! `verify-ca` or `verify-full`, which leaves a typo unverified). [`PgConfig::tls_root_store`] and [`PgConfig::tls_client_config`] take rustls
-//! values for anything the keywords cannot say.
-//!
-//! Settings that cannot work are a [`ConfigError`] naming the keyword, when the URL is parsed or when the
-//! pool is built: an unknown value, `channel_binding=require` with `sslmode=disable`, `sslnegotiation=direct`
-//! with `allow` or `prefer`, a certificate file that cannot be read or holds no PEM certificate, a key that
-//! does not match its certificate. A TLS failure when connecting (an unknown issuer, a certificate that
-//! does not name the host or has expired, a server without TLS under `require`) is a
-//! [`Permanent`](rampart_layers::Classification::Permanent) [`ErrorKind::Connect`](crate::ErrorKind::Connect)
-//! error naming the cause and the server: it is never retried and never counts against the breaker.
-//!
-//! Providers: Neon signs with a public CA, so the `serverless` preset's `verify-full` works as it is. For
-//! RDS download the region's bundle and pass `sslrootcert=/path/to/eu-west-1-bundle.pem` (and
-//! `sslmode=verify-full`); for Supabase, its CA certificate from the dashboard the same way.
-//!
-//! ```
-//! use rampart::{PgConfig, TlsMode};
-//!
-//! // libpq's `require` with a root certificate verifies the chain; without one it only encrypts.
-//! let neon = PgConfig::serverless("postgres://app@ep-cool-1.eu-central-1.aws.neon.tech/app")?;
-//! assert_eq!(neon.tls_mode(), TlsMode::VerifyFull);
-//! let local = PgConfig::server("host=127.0.0.1 user=app sslmode=require")?;
-//! assert_eq!(local.tls_mode(), TlsMode::Require);
-//! // `sslmode=` inside another value changes nothing.
-//! let odd = PgConfig::serverless("postgres://app@h/app?application_name=sslmode%3Ddisable")?;
-//! assert_eq!(odd.tls_mode(), TlsMode::VerifyFull);
-//! # Ok::<(), rampart::ConfigError>(())
-//! ```
-//!
-//! # Secrets
-//!
-//! The password appears in no `Debug` or `Display` output: [`PgConfig::redacted_url`] prints the URL with
-//! the password replaced by `***`, and every error that names the server uses it.
-//!
-//! ```
-//! use std::time::Duration;
-//! use rampart::PgConfig;
-//!
-//! let config = PgConfig::serverless("postgres://app:hunter2@db.example.com/app")?
-//!     .connect_timeout(Duration::from_secs(20));
-//! assert_eq!(config.redacted_url(), "postgres://app:***@db.example.com:5432/app?sslmode=verify-full");
-//! assert!(!format!("{config:?}").contains("hunter2"));
-//! # Ok::<(), rampart::ConfigError>(())
-//! ```
+//! What users read is on [`PgConfig`] (the module is private: the flat list in `lib.rs` is the one public path).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -104,7 +13,7 @@ use tokio_postgres::config::{Host, SslMode, SslNegotiation};
 use crate::ConfigError;
 
 /// How the connection is encrypted and what is verified: libpq's `sslmode`, from the URL, `PGSSLMODE`
-/// or [`PgConfig::tls`] (see the [module docs](self#tls)).
+/// or [`PgConfig::tls`] (see the [`PgConfig`] docs, "TLS").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TlsMode {
@@ -221,6 +130,83 @@ pub enum Preset {
 ///
 /// In [`Transaction`](PoolerMode::Transaction) mode rampart keeps no state in the server session
 /// between transactions; see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction) for what changes and what it costs.
+///
+/// When one server's connections are not enough for a fleet of application instances, a pooler in
+/// transaction mode shares a few server sessions among many client connections: a client holds a server
+/// session only for the length of a transaction (or of one statement outside a transaction), and its next
+/// transaction may run on another. What lives in a *session* then stops working, silently:
+///
+/// | session state | what goes wrong in transaction mode | what rampart does with [`PoolerMode::Transaction`] |
+/// |---|---|---|
+/// | `SET statement_timeout` outside a transaction | set on one server session, the statement runs on another, and the setting leaks to whichever client gets that session next | `BEGIN; SET LOCAL statement_timeout = ...; <statement>; COMMIT`, pipelined: the setting lives and dies with the statement's own transaction |
+/// | named prepared statements (`prepare_cached`, tokio-postgres's `prepare`) | prepared on one server session, executed on another: `26000 prepared statement "s3" does not exist`, or `42P05 ... already exists` when another process's names collide | statements are sent **unnamed** (tokio-postgres's `query_typed`): parse, bind and execute in one message, nothing left behind |
+/// | SQL `PREPARE`, advisory locks, `LISTEN`, temporary tables, `SET` | the same | not used by rampart; don't use them through a transaction pooler (use transaction-scoped forms: `SET LOCAL`, `pg_advisory_xact_lock`) |
+///
+/// Named protocol-level prepared statements are unsafe through **PgBouncer before 1.21** (Debian 12 ships
+/// 1.18) and through 1.21 or later unless `max_prepared_statements` is set above 0; the session `SET` is
+/// unsafe through every version. [`PoolerMode::Transaction`] is safe with all of them.
+///
+/// Unnamed statements need the parameters' types up front. rampart learns them once per SQL text and pool
+/// (a `Parse`/`Describe` of a named statement *inside* a transaction, closed before the transaction ends,
+/// so the statement never outlives the server session it was made on) and sends every later request as a
+/// single `Parse`/`Bind`/`Execute`.
+///
+/// # What the pool's checks mean behind a pooler
+///
+/// The socket is to the pooler, not to Postgres, so:
+///
+/// - **Validation** at checkout (an empty query) proves the pooler answers and could give the client a
+///   server session *now*; it does not prove the next transaction gets the same one, and it need not: no
+///   state is kept in it. A Postgres restart behind the pooler does not close the client's connections to
+///   the pooler, so validation does not fail and rampart's connections stay; the pooler replaces its
+///   server connections (tested in `tests/pgbouncer`).
+/// - The **keepalive pinger** keeps the link to the pooler alive through NATs and load balancers; each
+///   ping borrows a server session for one empty query (and so wakes a suspended serverless compute:
+///   leave it off there, as the serverless preset does).
+/// - **Max lifetime** and **idle eviction** age rampart's connections to the pooler, which is useful to
+///   spread clients over several pooler instances behind a load balancer; server sessions are aged by the
+///   pooler (PgBouncer's `server_lifetime`, `server_idle_timeout`). Keep rampart's idle timeout below the
+///   pooler's `client_idle_timeout` if that is set.
+/// - A cancel request (a deadline passed, the caller gave up) goes to the pooler, which forwards it to the
+///   server session the client is using.
+/// - `DISCARD ALL` is never needed: rampart leaves no session state behind.
+///
+/// # The cost
+///
+/// A request with a deadline (every request through the ready-made stack) runs as `BEGIN; SET LOCAL` +
+/// statement + `COMMIT`, pipelined: still one round trip, but three more commands for the server, and
+/// an unnamed statement is parsed and planned every time. Measured sequentially on loopback (one caller,
+/// `SELECT $1::int`, a loaded 2-core machine, so rough): about 80-110 µs a request straight to Postgres
+/// in session mode, 150-250 µs in transaction mode; without a deadline the two are within noise of each
+/// other (one unnamed statement against one cached one). Over a real network the round trip dominates
+/// and the difference shrinks to the server's work.
+///
+/// # Limits
+///
+/// - A statement that cannot run inside a transaction block (`VACUUM`, `CREATE INDEX CONCURRENTLY`,
+///   `CREATE DATABASE`) fails with `25001` when it has a deadline; run it on a direct connection.
+/// - tokio-postgres looks up *custom* types (enums, composites, extension types such as `citext`) in
+///   results through a named statement it caches per connection, which fails through a pooler that does
+///   not track prepared statements: cast such columns to a built-in type (`mood::text`), or use PgBouncer
+///   1.21+ with `max_prepared_statements`.
+/// - rampart leaves no session state behind, but cannot stop other clients of the same pooler from doing
+///   so; a pushed-down deadline overrides a leaked `statement_timeout` for its own transaction.
+///
+/// # The pooler's own errors
+///
+/// PgBouncer reports its own failures as SQLSTATE `08P01` with a message; [`PgClassifier`](crate::PgClassifier) tells them
+/// apart (`server conn crashed?` is an unknown outcome, `no such database` is permanent, the rest are
+/// transient).
+///
+/// ```no_run
+/// use rampart::{Query, Stack};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// // PgBouncer in transaction mode on port 6432, or Neon's `-pooler` host, or Supabase's port 6543.
+/// let db = Stack::pooler("postgres://app@pgbouncer.internal:6432/app").build()?;
+/// let n = db.run(Query::read("SELECT $1::int + 1").bind(41i32)).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum PoolerMode {
@@ -236,7 +222,100 @@ pub enum PoolerMode {
     Transaction,
 }
 
-/// Connection settings for one Postgres server; see the [module docs](self).
+/// Connection settings for one Postgres server; see below.
+///
+/// tokio-postgres connects with no connect timeout, no TCP keepalives and the kernel's default
+/// `tcp_user_timeout` (about 15 minutes of retransmissions on Linux). On a hosted database that means a dead
+/// network path hangs a connect or a write for minutes. [`PgConfig`] fills those in, with two presets:
+///
+/// | setting | [`server`](PgConfig::server) (always-on hosts, the default) | [`serverless`](PgConfig::serverless) (Neon-like hosts) | why |
+/// |---|---|---|---|
+/// | connect timeout | 5 s | 15 s | a cold serverless compute takes seconds to wake; an always-on server answers in milliseconds or not at all |
+/// | TCP keepalive idle / interval / count | 30 s / 10 s / 3 | 60 s / 15 s / 4 | an idle link whose peer vanished is found in about a minute (server) or two (serverless), instead of the kernel's two hours |
+/// | `tcp_user_timeout` | 15 s | 30 s | unacknowledged writes fail in seconds, not 15 minutes of retransmission |
+/// | TLS | as the URL's `sslmode` says (default `prefer`, as libpq) | `verify-full` unless the URL says otherwise | hosted Postgres requires TLS, and an unverified link is open to anyone on the path |
+/// | keepalive pinger | off (may be turned on) | off, always | an application-level ping would keep a suspended compute awake, and billed |
+/// | `application_name` | `rampart` | `rampart` | so operators can find the connections in `pg_stat_activity` |
+///
+/// A third preset, [`pooler`](PgConfig::pooler), is for a pooler in transaction mode (PgBouncer and the
+/// hosted poolers built on it): the `server` settings, plus [`PoolerMode::Transaction`], which keeps no
+/// state in the server session between transactions (see [`PoolerMode::Transaction`](crate::PoolerMode::Transaction)). It is a setting of its
+/// own ([`PgConfig::pooling`]) so that it combines with `serverless` for a serverless host's pooler.
+///
+/// Keepalives only help an *idle* link: Linux sends no probes while data is unacknowledged, and nothing
+/// at the TCP level helps against a peer that acknowledges and never answers. That is why the ready-made
+/// stacks also put a deadline and a per-attempt timeout on every request.
+///
+/// # TLS
+///
+/// TLS is rustls (with ring), and the keywords are libpq's, with libpq's meaning, in the URL's query
+/// (`postgres://...?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem`), in a key=value string
+/// (`host=db sslmode=verify-full`), in the `PGSSL*` environment variables where the string says nothing,
+/// and in the builder methods:
+///
+/// | keyword (variable) | values | meaning |
+/// |---|---|---|
+/// | `sslmode` (`PGSSLMODE`) | `disable` | plain text |
+/// | | `allow` | plain text; TLS only if the server rejects the plain connection |
+/// | | `prefer` (the `server` default) | TLS if the server offers it; plain text if it does not, or if the TLS handshake or verification fails, or if the server rejects the TLS connection |
+/// | | `require` | TLS, **not verified**, unless a root certificate is given: then the chain is verified as `verify-ca` does |
+/// | | `verify-ca` | TLS, the chain verified against the roots; any host name |
+/// | | `verify-full` (the `serverless` default) | TLS, the chain verified and the certificate must name the host |
+/// | `sslrootcert` (`PGSSLROOTCERT`) | a PEM file | the roots to verify against (an RDS region bundle, a provider's CA) |
+/// | | `system` | the platform's trust store; implies `verify-full`, and a weaker `sslmode` is refused (as libpq 16) |
+/// | `sslcert`, `sslkey` (`PGSSLCERT`, `PGSSLKEY`) | PEM files | a client certificate (and its chain) and its key (PKCS#8, PKCS#1 or SEC1, unencrypted; mode 0600 or less, or 0640 if root owns it, as libpq requires) |
+/// | `sslnegotiation` (`PGSSLNEGOTIATION`) | `postgres`, `direct` | `direct` starts TLS at once with ALPN `postgresql` (PostgreSQL 17 and later), saving a round trip; it needs `require` or stronger |
+/// | `channel_binding` (`PGCHANNELBINDING`) | `disable`, `prefer` (default), `require` | SCRAM channel binding (`tls-server-end-point`); `require` refuses a server that does not bind (md5, trust, plain text) |
+///
+/// Where rampart differs from libpq: it reads no files from `~/.postgresql` (name them with the keywords
+/// or the variables); `verify-ca`/`verify-full` without `sslrootcert` verify against the public
+/// (Mozilla/webpki) roots, which is what Neon's and other public-CA hosts need, where libpq would look for
+/// `~/.postgresql/root.crt`; and a file it is told to use must be there (libpq quietly goes on without an
+/// `sslcert` that does not exist, and without an `sslrootcert` that does not exist unless the mode is
+/// `verify-ca` or `verify-full`, which leaves a typo unverified). [`PgConfig::tls_root_store`] and [`PgConfig::tls_client_config`] take rustls
+/// values for anything the keywords cannot say.
+///
+/// Settings that cannot work are a [`ConfigError`] naming the keyword, when the URL is parsed or when the
+/// pool is built: an unknown value, `channel_binding=require` with `sslmode=disable`, `sslnegotiation=direct`
+/// with `allow` or `prefer`, a certificate file that cannot be read or holds no PEM certificate, a key that
+/// does not match its certificate. A TLS failure when connecting (an unknown issuer, a certificate that
+/// does not name the host or has expired, a server without TLS under `require`) is a
+/// [`Permanent`](rampart_layers::Classification::Permanent) [`ErrorKind::Connect`](crate::ErrorKind::Connect)
+/// error naming the cause and the server: it is never retried and never counts against the breaker.
+///
+/// Providers: Neon signs with a public CA, so the `serverless` preset's `verify-full` works as it is. For
+/// RDS download the region's bundle and pass `sslrootcert=/path/to/eu-west-1-bundle.pem` (and
+/// `sslmode=verify-full`); for Supabase, its CA certificate from the dashboard the same way.
+///
+/// ```
+/// use rampart::{PgConfig, TlsMode};
+///
+/// // libpq's `require` with a root certificate verifies the chain; without one it only encrypts.
+/// let neon = PgConfig::serverless("postgres://app@ep-cool-1.eu-central-1.aws.neon.tech/app")?;
+/// assert_eq!(neon.tls_mode(), TlsMode::VerifyFull);
+/// let local = PgConfig::server("host=127.0.0.1 user=app sslmode=require")?;
+/// assert_eq!(local.tls_mode(), TlsMode::Require);
+/// // `sslmode=` inside another value changes nothing.
+/// let odd = PgConfig::serverless("postgres://app@h/app?application_name=sslmode%3Ddisable")?;
+/// assert_eq!(odd.tls_mode(), TlsMode::VerifyFull);
+/// # Ok::<(), rampart::ConfigError>(())
+/// ```
+///
+/// # Secrets
+///
+/// The password appears in no `Debug` or `Display` output: [`PgConfig::redacted_url`] prints the URL with
+/// the password replaced by `***`, and every error that names the server uses it.
+///
+/// ```
+/// use std::time::Duration;
+/// use rampart::PgConfig;
+///
+/// let config = PgConfig::serverless("postgres://app:hunter2@db.example.com/app")?
+///     .connect_timeout(Duration::from_secs(20));
+/// assert_eq!(config.redacted_url(), "postgres://app:***@db.example.com:5432/app?sslmode=verify-full");
+/// assert!(!format!("{config:?}").contains("hunter2"));
+/// # Ok::<(), rampart::ConfigError>(())
+/// ```
 #[derive(Clone)]
 pub struct PgConfig {
     pg: tokio_postgres::Config,
@@ -298,7 +377,10 @@ fn check_startup(pg: &tokio_postgres::Config) -> Result<(), ConfigError> {
     if ports.len() > 1 && ports.len() != hosts {
         return Err(ConfigError::new(
             "port",
-            format!("names {} ports for {hosts} hosts: give one, or one per host", ports.len()),
+            format!(
+                "names {} ports for {hosts} hosts: give one, or one per host",
+                ports.len()
+            ),
         ));
     }
     // Postgres truncates names past 63 bytes and refuses a startup packet past 10,000: a name longer
@@ -318,7 +400,10 @@ fn check_startup(pg: &tokio_postgres::Config) -> Result<(), ConfigError> {
         if value.len() > most {
             return Err(ConfigError::new(
                 field,
-                format!("is {} bytes long; Postgres takes at most {most}", value.len()),
+                format!(
+                    "is {} bytes long; Postgres takes at most {most}",
+                    value.len()
+                ),
             ));
         }
     }
@@ -477,7 +562,7 @@ impl PgConfig {
         Self::server(url)
     }
 
-    /// Settings for an always-on server (see the table in the [module docs](self)).
+    /// Settings for an always-on server (see the table in the [`PgConfig`] docs).
     pub fn server(url: &str) -> Result<Self, ConfigError> {
         Self::parse(url, Preset::Server, &process_env)
     }
@@ -1252,13 +1337,23 @@ mod tests {
         for (url, field) in [
             ("postgres://u@h:0/db", "port"),
             ("host=h1,h2,h3 port=5432,5433 user=u dbname=db", "port"),
-            ("postgres://u@h/db?application_name=a%00b", "application_name"),
+            (
+                "postgres://u@h/db?application_name=a%00b",
+                "application_name",
+            ),
         ] {
             let got = PgConfig::from_url(url).map(|c| format!("{:?}", c.pg_config().get_ports()));
-            assert_eq!(got.as_ref().map_err(|e| e.field()), Err(field), "{url}: {got:?}");
+            assert_eq!(
+                got.as_ref().map_err(|e| e.field()),
+                Err(field),
+                "{url}: {got:?}"
+            );
         }
         let long = format!("postgres://u@h/{}", "d".repeat(1_000_000));
-        assert_eq!(PgConfig::from_url(&long).map(drop).unwrap_err().field(), "dbname");
+        assert_eq!(
+            PgConfig::from_url(&long).map(drop).unwrap_err().field(),
+            "dbname"
+        );
         PgConfig::from_url("postgres://u@h1:5432,h2:5433/db").expect("a port per host");
         PgConfig::from_url("postgres://u@h1,h2/db").expect("one port for all");
     }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::shared::Tracker;
+use super::shared::OutcomeSink;
 use crate::classify::{Classification, Classify, classify_result};
 
 pin_project! {
@@ -19,7 +19,7 @@ pin_project! {
         inner: F,
         classifier: C,
         generation: u64,
-        tracker: Option<Arc<dyn Tracker>>,
+        sink: Option<Arc<dyn OutcomeSink>>,
     }
 }
 
@@ -32,12 +32,17 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn new(inner: F, classifier: C, generation: u64, tracker: Arc<dyn Tracker>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        classifier: C,
+        generation: u64,
+        sink: Arc<dyn OutcomeSink>,
+    ) -> Self {
         Self {
             inner,
             classifier,
             generation,
-            tracker: Some(tracker),
+            sink: Some(sink),
         }
     }
 }
@@ -53,10 +58,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let Some(tracker) = this.tracker.take() {
+        if let Some(sink) = this.sink.take() {
             let failure = classify_result(this.classifier, &result)
                 .is_some_and(Classification::is_failure_of_downstream);
-            tracker.on_outcome(*this.generation, failure);
+            sink.on_outcome(*this.generation, failure);
         }
         Poll::Ready(result.map_err(Into::into))
     }

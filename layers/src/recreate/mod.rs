@@ -82,7 +82,7 @@ pub use self::config::{RecreateConfig, RecreateConfigBuilder};
 pub use self::layer::RecreateLayer;
 
 use self::future::ResponseFuture;
-use self::shared::{Shared, Tracker};
+use self::shared::{OutcomeSink, Shared};
 use crate::classify::{Classify, TimeoutsAreTransient};
 
 /// A service rebuilt through a factory when it is broken; see the [module docs](self).
@@ -164,7 +164,7 @@ where
                     .classify_error(&e)
                     .is_failure_of_downstream();
                 self.current = None;
-                (self.shared.clone() as Arc<dyn Tracker>).on_outcome(generation, failure);
+                (self.shared.clone() as Arc<dyn OutcomeSink>).on_outcome(generation, failure);
                 Poll::Ready(Err(e.into()))
             }
             other => other.map_err(Into::into),

@@ -9,7 +9,7 @@ use tower::{BoxError, Service};
 use super::config::RecreateConfig;
 
 /// What a response future reports back, without knowing the service and factory types.
-pub(crate) trait Tracker: Send + Sync {
+pub(crate) trait OutcomeSink: Send + Sync {
     fn on_outcome(self: Arc<Self>, generation: u64, failure: bool);
 }
 
@@ -124,7 +124,7 @@ where
     }
 }
 
-impl<S, M> Tracker for Shared<S, M>
+impl<S, M> OutcomeSink for Shared<S, M>
 where
     S: Clone + Send + 'static,
     M: Service<(), Response = S> + Send + 'static,

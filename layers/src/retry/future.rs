@@ -40,7 +40,7 @@ pin_project! {
         // `None` once the request itself was sent: it could not be replayed.
         request: Option<Req>,
         policy: Arc<RetryPolicy<C, B>>,
-        tracker: Tracker<B, S::Response>,
+        tracker: Bookkeeping<B, S::Response>,
     }
 }
 
@@ -63,7 +63,7 @@ pin_project! {
 /// at the start only when a deadline or `max_elapsed` needs it: the success path, by far the commonest,
 /// pays for none of them (a lock on the shared generator, a copy of the schedule, a clock read), and its
 /// future stays small.
-struct Tracker<B, Res> {
+struct Bookkeeping<B, Res> {
     backoff: Option<Box<(B, SplitMix64)>>,
     idempotent: bool,
     deadline: Option<Instant>,
@@ -103,7 +103,7 @@ where
     {
         let deadline = request.deadline();
         let now = (deadline.is_some() || policy.max_elapsed().is_some()).then(Instant::now);
-        let mut tracker = Tracker {
+        let mut tracker = Bookkeeping {
             backoff: None,
             idempotent,
             deadline,
@@ -145,7 +145,7 @@ fn next_request<Req: Replay>(kept: &mut Option<Req>) -> Req {
     }
 }
 
-impl<B, Res> Tracker<B, Res> {
+impl<B, Res> Bookkeeping<B, Res> {
     fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|deadline| now >= deadline)
     }
@@ -167,7 +167,7 @@ impl<B, Res> Tracker<B, Res> {
     }
 }
 
-impl<B: Backoff + Clone, Res> Tracker<B, Res> {
+impl<B: Backoff + Clone, Res> Bookkeeping<B, Res> {
     /// The wait before the next attempt, or why there is none. Withdraws from the budget only when the
     /// answer is to retry.
     fn next_delay<C>(
