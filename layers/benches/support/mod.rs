@@ -332,6 +332,16 @@ pub fn tr_stack() -> impl Service<Req, Response = u32> + Clone {
         .service(Noop)
 }
 
+/// tower-resilience's retry, breaker and time limiter with their own defaults (the breaker's window: the
+/// last 100 calls), as a user who configures nothing gets them.
+pub fn tr_stack_defaults() -> impl Service<Req, Response = u32> + Clone {
+    ServiceBuilder::new()
+        .layer(TrRetryLayer::<Req, u32, _>::builder().build())
+        .layer(TrBreakerLayer::builder().build().unwrap())
+        .layer(TrTimeLimiterLayer::builder().build())
+        .service(Noop)
+}
+
 /// Every case by name, for both harnesses: `$run!(name, constructor)` is invoked once per case.
 #[macro_export]
 macro_rules! for_each_case {
@@ -381,8 +391,12 @@ macro_rules! for_each_case {
             support::rampart_stack_boxed()
         );
         $run!(
-            "stack/tower-resilience retry+breaker+time limiter",
+            "stack/tower-resilience retry+breaker+time limiter (breaker on a 10 s time window)",
             support::tr_stack()
+        );
+        $run!(
+            "stack/tower-resilience retry+breaker+time limiter (its defaults)",
+            support::tr_stack_defaults()
         );
     };
 }
