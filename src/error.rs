@@ -46,6 +46,10 @@ pub enum ErrorKind {
     /// The request itself is wrong and was never sent: a parameter that cannot be encoded as the type
     /// the statement expects, or a parameter count that does not match the statement's.
     InvalidRequest,
+    /// A row could not be read as the type asked for: a column of another type, or a missing column.
+    Decode,
+    /// The statement returned zero or several rows where exactly one (or at most one) was expected.
+    RowCount,
     /// Anything else.
     Other,
 }
@@ -64,6 +68,8 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::RetriesExhausted => "retries_exhausted",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Decode => "decode",
+            ErrorKind::RowCount => "row_count",
             ErrorKind::Other => "other",
         }
     }

@@ -49,6 +49,7 @@
 //! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
 //! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
 //! | `error.rs` | the one error type; layers' errors converted once |
+//! | `row.rs` | how a row becomes a typed value, and what a row that does not fit is |
 //! | `query.rs`, `config.rs`, `tls.rs`, `cache.rs`, `sync.rs` | requests, settings, connectors, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
@@ -64,6 +65,7 @@ mod outcome;
 mod pool;
 mod pooler;
 mod query;
+mod row;
 mod service;
 mod session;
 mod stack;
@@ -90,7 +92,8 @@ pub use error::{ConfigError, Error, ErrorKind};
 pub use health::{BreakerReport, HealthReport, RecentError, Status};
 pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
 pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};
-pub use query::{Param, Query, Response};
+pub use query::{IntoParam, Param, Query, Response};
+pub use row::{DecodeError, FromRow};
 pub use service::PgService;
-pub use stack::{Db, Stack, StackBuilder};
+pub use stack::{Db, DbFuture, Stack, StackBuilder};
 pub use tx::{IsolationLevel, Params, Transactor, Tx, TxFuture};

@@ -1,0 +1,349 @@
+//! What a user reaches for, against a real server: typed rows, borrowed binds, the idempotent insert
+//! that answers the same both times, and the query span's OpenTelemetry attributes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rampart::layers::Classification;
+use rampart::postgres::Row;
+use rampart::testing::Cluster;
+use rampart::{Db, DecodeError, ErrorKind, FromRow, Query, Stack};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+async fn db() -> (Cluster, Db) {
+    let cluster = Cluster::new().await.unwrap();
+    let db = Stack::server(&cluster.url()).build().unwrap();
+    (cluster, db)
+}
+
+#[derive(Debug, PartialEq)]
+struct User {
+    id: i64,
+    email: String,
+}
+
+impl FromRow for User {
+    fn from_row(row: &Row) -> Result<Self, DecodeError> {
+        Ok(User {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+        })
+    }
+}
+
+#[tokio::test]
+async fn rows_map_to_types_and_a_row_that_does_not_fit_is_a_typed_permanent_error() {
+    let (_cluster, db) = db().await;
+    let two = "SELECT * FROM (VALUES (1::int8, 'ada@example.com'), (2, 'bob@example.com')) AS u(id, email) WHERE id <= $1";
+
+    let answer = db.run(Query::read(two).bind(1i64)).await.unwrap();
+    let user: User = answer.one().unwrap();
+    assert_eq!(
+        user,
+        User {
+            id: 1,
+            email: "ada@example.com".into()
+        }
+    );
+    let (id, email): (i64, String) = answer.one().unwrap();
+    assert_eq!((id, email.as_str()), (1, "ada@example.com"));
+    assert_eq!(answer.opt::<User>().unwrap().map(|u| u.id), Some(1));
+
+    let none = db.run(Query::read(two).bind(0i64)).await.unwrap();
+    assert_eq!(none.opt::<User>().unwrap(), None);
+    assert!(none.all::<User>().unwrap().is_empty());
+    let err = none.one::<User>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RowCount, "{err}");
+    assert_eq!(err.kind().as_str(), "row_count");
+    assert_eq!(err.classification(), Classification::Permanent);
+    assert!(!err.is_outcome_unknown());
+
+    let both = db.run(Query::read(two).bind(2i64)).await.unwrap();
+    let users: Vec<User> = both.all().unwrap();
+    assert_eq!(users.iter().map(|u| u.id).collect::<Vec<_>>(), [1, 2]);
+    for err in [
+        both.one::<User>().unwrap_err(),
+        both.opt::<User>().unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::RowCount, "{err}");
+        assert!(err.to_string().contains("2 rows"), "{err}");
+    }
+
+    // A column of another type, a missing column: errors, never a panic.
+    let err = answer.one::<(i32, String)>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert_eq!(err.kind().as_str(), "decode");
+    assert_eq!(err.classification(), Classification::Permanent);
+    let renamed = db
+        .run(Query::read("SELECT 1::int8 AS id, 'x' AS mail"))
+        .await
+        .unwrap();
+    let err = renamed.one::<User>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(err.to_string().contains("email"), "names the column: {err}");
+    let err = renamed.one::<(i64, String, bool)>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "a column too many asked for");
+
+    // Scalars: one row, one column.
+    let n: i64 = db
+        .run(Query::read("SELECT count(*) FROM generate_series(1, 5)"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_eq!(n, 5);
+    let err = answer.scalar::<i64>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "two columns: {err}");
+    let err = none.scalar::<i64>().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RowCount);
+    let null: Option<String> = db
+        .run(Query::read("SELECT NULL::text"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_eq!(null, None);
+    let err = db
+        .run(Query::read("SELECT NULL::text"))
+        .await
+        .unwrap()
+        .scalar::<String>()
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Decode,
+        "a NULL is not a String: {err}"
+    );
+
+    let eight: (i16, i32, i64, f64, bool, String, Vec<u8>, Option<i32>) = db
+        .run(Query::read(
+            "SELECT 1::int2, 2::int4, 3::int8, 4.5::float8, true, 'six', '\\x07'::bytea, NULL::int4",
+        ))
+        .await
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!(eight, (1, 2, 3, 4.5, true, "six".into(), vec![7], None));
+}
+
+/// Built from borrowed data only: the query must own copies, as the data is gone when it runs.
+fn lookup(email: &str, blob: &[u8], ids: &[i64], note: Option<&str>) -> Query {
+    Query::read("SELECT $1::text, $2::bytea, $3::int8[], $4::text")
+        .bind(email)
+        .bind(blob)
+        .bind(ids)
+        .bind(note)
+}
+
+#[tokio::test]
+async fn borrowed_values_bind_and_outlive_their_borrow() {
+    let (_cluster, db) = db().await;
+    let query = {
+        let email = String::from("ada@example.com");
+        let blob = vec![0u8, 1, 255];
+        let ids = vec![3i64, 5];
+        let note = String::from("hi");
+        lookup(&email, &blob, &ids, Some(&note))
+    };
+    let (email, blob, ids, note): (String, Vec<u8>, Vec<i64>, Option<String>) =
+        db.run(query).await.unwrap().one().unwrap();
+    assert_eq!(email, "ada@example.com");
+    assert_eq!(blob, [0, 1, 255]);
+    assert_eq!(ids, [3, 5]);
+    assert_eq!(note.as_deref(), Some("hi"));
+
+    // Owned values as before, `Cow`, references to scalars, and any other ToSql type by value.
+    let name = std::borrow::Cow::Borrowed("cow");
+    let n = 41i32;
+    let (a, b, c): (String, i32, String) = db
+        .run(
+            Query::read("SELECT $1::text, $2::int4 + 1, $3::text")
+                .bind(name)
+                .bind(&n)
+                .bind_value(String::from("by value")),
+        )
+        .await
+        .unwrap()
+        .one()
+        .unwrap();
+    assert_eq!((a.as_str(), b, c.as_str()), ("cow", 42, "by value"));
+}
+
+const SIGNUPS: &str = "CREATE TABLE signups (
+    id bigserial PRIMARY KEY,
+    email text NOT NULL,
+    request_id text NOT NULL UNIQUE
+)";
+
+/// The README's sign-up: answers with the row's id on the first run and on every replay.
+fn signup(email: &str, request_id: &str) -> Query {
+    Query::write(
+        "INSERT INTO signups (email, request_id) VALUES ($1, $2) \
+         ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id \
+         WHERE signups.email = EXCLUDED.email \
+         RETURNING id",
+    )
+    .bind(email)
+    .bind(request_id)
+    .idempotency_key(request_id)
+}
+
+#[tokio::test]
+async fn the_idempotent_insert_returns_its_row_on_a_replay_too() {
+    let (_cluster, db) = db().await;
+    db.run(Query::write(SIGNUPS)).await.unwrap();
+
+    let first: i64 = db
+        .run(signup("ada@example.com", "req-1"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    let replay: i64 = db
+        .run(signup("ada@example.com", "req-1"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_eq!(first, replay, "the replay answers with the first row's id");
+    let other: i64 = db
+        .run(signup("bob@example.com", "req-2"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_ne!(other, first);
+    let rows: i64 = db
+        .run(Query::read(
+            "SELECT count(*) FROM signups WHERE request_id = 'req-1'",
+        ))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_eq!(rows, 1, "one row for the key");
+
+    // The key reused for another email returns nothing: the caller's mistake, told apart.
+    let reused = db.run(signup("eve@example.com", "req-1")).await.unwrap();
+    assert_eq!(reused.opt::<(i64,)>().unwrap(), None);
+
+    // What the README used to show: `DO NOTHING` answers a replay with no row at all.
+    let replay = db
+        .run(
+            Query::write(
+                "INSERT INTO signups (email, request_id) VALUES ($1, $2) \
+                 ON CONFLICT (request_id) DO NOTHING RETURNING id",
+            )
+            .bind("ada@example.com")
+            .bind("req-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.scalar::<i64>().unwrap_err().kind(),
+        ErrorKind::RowCount
+    );
+}
+
+/// The fields of every `rampart.query` span, as recorded.
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<HashMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+/// Index of a span's fields in [`Spans`], kept in the span's extensions.
+struct Slot(usize);
+
+impl<S> Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != "rampart.query" {
+            return;
+        }
+        let mut fields = HashMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let mut spans = self.0.lock().unwrap();
+        spans.push(fields);
+        ctx.span(id)
+            .unwrap()
+            .extensions_mut()
+            .insert(Slot(spans.len() - 1));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let span = ctx.span(id).unwrap();
+        if let Some(Slot(i)) = span.extensions().get::<Slot>() {
+            values.record(&mut Fields(&mut self.0.lock().unwrap()[*i]));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_query_span_carries_the_opentelemetry_database_attributes() {
+    let (cluster, db) = db().await;
+    let spans = Spans::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+
+    db.run(Query::read("select $1::text").bind("secret-value"))
+        .await
+        .unwrap();
+    db.run(Query::read("SELECT * FROM missing_table"))
+        .await
+        .unwrap_err();
+    db.clone()
+        .record_statements(true)
+        .run(Query::read("SELECT 1"))
+        .await
+        .unwrap();
+
+    let spans = spans.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    let (ok, failed, recorded) = (&spans[0], &spans[1], &spans[2]);
+    let field = |span: &HashMap<String, String>, name: &str| span.get(name).cloned();
+    assert_eq!(field(ok, "db.system.name").as_deref(), Some("postgresql"));
+    assert_eq!(field(ok, "db.operation.name").as_deref(), Some("SELECT"));
+    assert_eq!(field(ok, "db.namespace").as_deref(), Some("postgres"));
+    assert_eq!(field(ok, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(field(ok, "server.port"), Some(cluster.port().to_string()));
+    assert_eq!(field(ok, "otel.kind").as_deref(), Some("client"));
+    assert_eq!(field(ok, "error.type"), None, "no error on success");
+    assert_eq!(
+        field(ok, "db.query.text"),
+        None,
+        "no statement text unless asked for"
+    );
+    for span in &spans {
+        assert!(
+            span.values().all(|v| !v.contains("secret-value")),
+            "no parameter ever: {span:?}"
+        );
+    }
+
+    assert_eq!(field(failed, "error.type").as_deref(), Some("db"));
+    assert_eq!(
+        field(failed, "db.response.status_code").as_deref(),
+        Some("42P01")
+    );
+    assert_eq!(field(failed, "otel.status_code").as_deref(), Some("ERROR"));
+    assert_eq!(field(failed, "db.query.text"), None);
+
+    assert_eq!(
+        field(recorded, "db.query.text").as_deref(),
+        Some("SELECT 1")
+    );
+}
