@@ -80,6 +80,7 @@ impl ErrorKind {
 /// It keeps the underlying cause ([`source`](std::error::Error::source)), the SQLSTATE of a server error,
 /// and how the failure is [classified](Error::classification). `Display` never includes a password.
 /// [`Error::is_outcome_unknown`] tells the caller that a write may or may not have been applied.
+/// The [crate docs](crate#errors-to-http-statuses) suggest an HTTP status for each kind.
 pub struct Error {
     kind: ErrorKind,
     classification: Classification,

@@ -13,8 +13,11 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = rampart::Stack::serverless(&std::env::var("DATABASE_URL")?).build()?;
-//! let rows = db.run(rampart::Query::read("SELECT id, email FROM users WHERE id = $1").bind(7i64)).await?;
-//! # let _ = rows; Ok(()) }
+//! let (id, email): (i64, String) = db
+//!     .run(rampart::Query::read("SELECT id, email FROM users WHERE id = $1").bind(7i64))
+//!     .await?
+//!     .one()?;
+//! # let _ = (id, email); Ok(()) }
 //! ```
 //!
 //! That stack is deadline → retry (exponential backoff, full jitter, a retry budget) → circuit breaker →
@@ -30,6 +33,30 @@
 //! - **No query hangs**: a deadline and a per-attempt timeout are on by default; a request that is given up
 //!   on is cancelled on the server and its connection discarded.
 //! - **No password leaks** into `Debug`, `Display`, logs, errors or health reports ([`PgConfig::redacted_url`]).
+//!
+//! # Rows and binds
+//!
+//! [`Response::one`], [`opt`](Response::opt), [`scalar`](Response::scalar) and [`all`](Response::all)
+//! map rows to types through [`FromRow`] (tuples, or your own struct with [`postgres::Row::try_get`]): a
+//! row that does not fit is an [`ErrorKind::Decode`] or [`ErrorKind::RowCount`] error, never a panic.
+//! [`Query::bind`] takes owned and borrowed values ([`IntoParam`]), copying a borrowed one once.
+//!
+//! # Errors to HTTP statuses
+//!
+//! What an [`Error`] suggests for an HTTP service, checked in this order (`examples/signup` does it):
+//! transient failures are 503 with `Retry-After`, an unknown outcome is 202 or 409 with a way to check,
+//! permanent ones are 4xx when the caller's input is wrong and 500 otherwise.
+//!
+//! | error | status | why |
+//! |---|---|---|
+//! | `is_outcome_unknown()` | 202 Accepted, or 409 for a create, with the key to check or resend | a write may or may not have been applied: resending the same idempotency key tells which |
+//! | `CircuitOpen` | 503 with `Retry-After` from `retry_in()` | nothing was sent; the database is failing |
+//! | `Timeout`, `DeadlineExceeded` (transient) | 503 with `Retry-After` (or 504 behind a gateway) | the database did not answer in time |
+//! | other transient (`Connect`, `ConnectionLost` before sending, `PoolExhausted`, `RetriesExhausted`) | 503 with `Retry-After` | try again shortly |
+//! | `Db` with SQLSTATE 23505 | 409 Conflict | the row exists |
+//! | `Db` with class 22 or 23, `InvalidRequest` | 400 or 422 | the input is wrong |
+//! | `Db` 40001 / 40P01 (after the transactor's re-runs) | 503 with `Retry-After` | contention; a new try will likely pass |
+//! | `Decode`, `RowCount`, other permanent | 500 | a bug: the code and the schema disagree |
 //!
 //! # The map
 //!

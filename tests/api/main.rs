@@ -1,13 +1,20 @@
 //! What a user reaches for, against a real server: typed rows, borrowed binds, the idempotent insert
 //! that answers the same both times, and the query span's OpenTelemetry attributes.
 
+#[path = "../../examples/signup/app.rs"]
+mod app;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
 use rampart::layers::Classification;
 use rampart::postgres::Row;
 use rampart::testing::Cluster;
 use rampart::{Db, DecodeError, ErrorKind, FromRow, Query, Stack};
+use serde_json::Value;
+use tower::ServiceExt;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -346,4 +353,73 @@ async fn the_query_span_carries_the_opentelemetry_database_attributes() {
         field(recorded, "db.query.text").as_deref(),
         Some("SELECT 1")
     );
+}
+
+/// One request to the sign-up example's router: its status, `Retry-After`, and JSON body.
+async fn call(
+    db: &Db,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let response = app::app(db.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, retry_after, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_signup_example_answers_a_replay_as_the_first_request_and_maps_errors() {
+    let (_cluster, db) = db().await;
+    app::prepare(&db).await.unwrap();
+    let ada = serde_json::json!({"email": "ada@example.com", "request_id": "req-1"});
+
+    let (status, _, first) = call(&db, Method::POST, "/signup", Some(ada.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, _, replay) = call(&db, Method::POST, "/signup", Some(ada)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(first, replay, "a replay answers as the first request did");
+    let (status, _, found) = call(&db, Method::GET, "/signup/req-1", None).await;
+    assert_eq!((status, &found), (StatusCode::OK, &first));
+
+    let reused = serde_json::json!({"email": "eve@example.com", "request_id": "req-1"});
+    let (status, _, body) = call(&db, Method::POST, "/signup", Some(reused)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let again = serde_json::json!({"email": "ada@example.com", "request_id": "req-2"});
+    let (status, _, body) = call(&db, Method::POST, "/signup", Some(again)).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::CONFLICT, &Value::from("conflict"))
+    );
+    let bad = serde_json::json!({"email": "nope", "request_id": "req-3"});
+    let (status, _, _) = call(&db, Method::POST, "/signup", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&db, Method::GET, "/signup/req-9", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let users: i64 = db
+        .run(Query::read("SELECT count(*) FROM rampart_signup_users"))
+        .await
+        .unwrap()
+        .scalar()
+        .unwrap();
+    assert_eq!(users, 1);
+
+    // Refused without trying: 503 with a time to come back.
+    db.breaker().unwrap().force_open();
+    let (status, retry_after, body) = call(&db, Method::GET, "/signup/req-1", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "circuit_open");
+    assert!(retry_after.is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
 }
