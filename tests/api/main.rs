@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use rampart::layers::Classification;
 use rampart::postgres::Row;
-use rampart::testing::Cluster;
+use rampart::testing::{Cluster, until_async};
 use rampart::{Db, DecodeError, ErrorKind, FromRow, Query, Stack};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -422,4 +422,106 @@ async fn the_signup_example_answers_a_replay_as_the_first_request_and_maps_error
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "circuit_open");
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+}
+
+/// The value of the one sample of `name` whose line holds every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_stack_publishes_its_own_gauges() {
+    let (cluster, db) = db().await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    metrics::with_local_recorder(&recorder, || db.publish_metrics());
+    let text = handle.render();
+    let server = format!("127.0.0.1:{}", cluster.port());
+    assert_eq!(
+        sample(&text, "rampart_pool_connections", &[&server]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "rampart_pool_idle", &[&server]), Some(1.0));
+    assert_eq!(sample(&text, "rampart_pool_in_use", &[&server]), Some(0.0));
+    assert_eq!(sample(&text, "rampart_pool_waiting", &[&server]), Some(0.0));
+    assert!(sample(&text, "rampart_pool_max_size", &[&server]).is_some_and(|n| n >= 1.0));
+    assert_eq!(
+        sample(&text, "rampart_pool_created_total", &[&server]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "rampart_breaker_state", &[r#"state="closed""#]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "rampart_breaker_state", &[r#"state="open""#]),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("# HELP rampart_pool_idle"),
+        "described: {text}"
+    );
+    assert!(
+        !text.contains("rampart_mux_"),
+        "no multiplexer, no multiplexer figures"
+    );
+
+    db.breaker().unwrap().force_open();
+    metrics::with_local_recorder(&recorder, || db.publish_metrics());
+    let text = handle.render();
+    assert_eq!(
+        sample(&text, "rampart_breaker_state", &[r#"state="forced_open""#]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "rampart_breaker_state", &[r#"state="closed""#]),
+        Some(0.0)
+    );
+
+    let mux = Stack::server(&cluster.url())
+        .multiplex(rampart::MuxConfig::default())
+        .build()
+        .unwrap();
+    mux.run(Query::read("SELECT 1")).await.unwrap();
+    metrics::with_local_recorder(&recorder, || mux.publish_metrics());
+    let text = handle.render();
+    assert!(
+        sample(&text, "rampart_mux_connections", &[&server]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // The first statement may have spilled to the pool while the shared connection was being made.
+    let routed = ["rampart_mux_shared_total", "rampart_mux_spilled_total"]
+        .map(|name| sample(&text, name, &[&server]).unwrap_or_default());
+    assert!(routed.iter().sum::<f64>() >= 1.0, "{text}");
+    assert!(sample(&text, "rampart_mux_in_flight", &[&server]).is_some());
+}
+
+#[tokio::test]
+async fn the_publisher_keeps_the_gauges_current_until_dropped() {
+    let (cluster, db) = db().await;
+    // The only test of this binary with a global recorder: the publisher's task runs on its own.
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let server = format!("127.0.0.1:{}", cluster.port());
+    let publisher = db.publish_metrics_every(std::time::Duration::from_millis(20));
+    until_async("the pool's gauges are published", || {
+        let text = handle.render();
+        let found = sample(&text, "rampart_pool_connections", &[&server]) == Some(0.0);
+        async move { found }
+    })
+    .await;
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    until_async("the new connection is counted", || {
+        let text = handle.render();
+        let found = sample(&text, "rampart_pool_connections", &[&server]) == Some(1.0);
+        async move { found }
+    })
+    .await;
+    drop(publisher);
 }
