@@ -6,30 +6,6 @@
 //! one was expected is an [`ErrorKind::RowCount`]. Both are [`Permanent`](rampart_layers::Classification):
 //! the statement ran and running it again would give the same answer, so neither is retried, counted
 //! by the breaker, or reported as outcome unknown.
-//!
-//! Tuples of up to 8 columns map by position. A struct maps by implementing [`FromRow`] with
-//! [`Row::try_get`], which returns an error rather than panicking as `Row::get` does:
-//!
-//! ```
-//! use rampart::postgres::Row;
-//!
-//! struct User {
-//!     id: i64,
-//!     email: String,
-//! }
-//!
-//! impl rampart::FromRow for User {
-//!     fn from_row(row: &Row) -> Result<Self, rampart::DecodeError> {
-//!         Ok(User { id: row.try_get("id")?, email: row.try_get("email")? })
-//!     }
-//! }
-//! ```
-//!
-//! A type that already has `TryFrom<&Row>` (with any error type) maps with a one-line impl calling it.
-//! No derive is offered. Of the crates that derive row mapping for tokio-postgres, `tokio-pg-mapper`
-//! (0.2.0) has had no release since 2021; `postgres-from-row` (0.5.2) derives its own `FromRow` trait,
-//! which a blanket impl here could not accept beside the tuple impls. Either is a proc-macro
-//! (syn and quote) compiled by every user for four lines saved per struct.
 
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
@@ -44,8 +20,36 @@ pub type DecodeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A value made from one row of a result: tuples of up to 8 columns by position, or your own types.
 ///
-/// Implement it with [`Row::try_get`], never `Row::get`, which panics on a type mismatch (see the
-/// [module docs](self) for an example).
+/// Tuples of up to 8 columns map by position. A struct maps by implementing [`FromRow`] with
+/// [`Row::try_get`], which returns an error rather than panicking as `Row::get` does:
+///
+/// ```
+/// use rampart::postgres::Row;
+///
+/// struct User {
+///     id: i64,
+///     email: String,
+/// }
+///
+/// impl rampart::FromRow for User {
+///     fn from_row(row: &Row) -> Result<Self, rampart::DecodeError> {
+///         Ok(User { id: row.try_get("id")?, email: row.try_get("email")? })
+///     }
+/// }
+/// ```
+///
+/// A column of another type or a missing column is an [`ErrorKind::Decode`] error, zero or several
+/// rows where one was expected an [`ErrorKind::RowCount`]; both are permanent (never retried, never
+/// counted by the breaker).
+///
+/// There is no blanket impl for every `T: TryFrom<&Row>`: it would overlap the tuple impls (coherence
+/// allows tokio-postgres to add such a conversion for tuples). A type that already has one maps with
+/// an impl calling it: `fn from_row(row: &Row) -> Result<Self, DecodeError> { Ok(Self::try_from(row)?) }`.
+///
+/// No derive is offered. Of the crates that derive row mapping for tokio-postgres, `tokio-pg-mapper`
+/// (0.2.0) has had no release since 2021; `postgres-from-row` (0.5.2) derives its own `FromRow` trait,
+/// which a blanket impl here could not accept beside the tuple impls. Either is a proc-macro
+/// (syn and quote) compiled by every user for four lines saved per struct.
 pub trait FromRow: Sized {
     /// Maps `row`; an error becomes an [`ErrorKind::Decode`].
     fn from_row(row: &Row) -> Result<Self, DecodeError>;

@@ -163,12 +163,13 @@ async fn borrowed_values_bind_and_outlive_their_borrow() {
 
     // Owned values as before, `Cow`, references to scalars, and any other ToSql type by value.
     let name = std::borrow::Cow::Borrowed("cow");
-    let n = 41i32;
+    let numbers = [41i32];
+    let n: &i32 = &numbers[0];
     let (a, b, c): (String, i32, String) = db
         .run(
             Query::read("SELECT $1::text, $2::int4 + 1, $3::text")
                 .bind(name)
-                .bind(&n)
+                .bind(n)
                 .bind_value(String::from("by value")),
         )
         .await
