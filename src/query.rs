@@ -25,15 +25,20 @@ pub type Param = Arc<dyn ToSql + Send + Sync>;
 /// a connection is lost mid-statement it is reported as "outcome unknown" rather than replayed. Mark it
 /// idempotent when a replay is harmless: [`Query::read`] for statements that change nothing,
 /// [`Query::idempotent`] for writes that are naturally idempotent (`UPDATE ... SET x = 5`), or
-/// [`Query::idempotency_key`] for inserts deduplicated by a key (`ON CONFLICT (key) DO NOTHING`).
+/// [`Query::idempotency_key`] for inserts deduplicated by a key (`ON CONFLICT (key) DO UPDATE SET key =
+/// EXCLUDED.key RETURNING id`, which answers a replay with the row the first run made; `DO NOTHING`
+/// would answer it with no row).
 ///
 /// ```
 /// use rampart::Query;
 ///
-/// let signup = Query::write("INSERT INTO users (email, request_id) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING")
-///     .bind("ada@example.com")
-///     .bind("req-7f3a")
-///     .idempotency_key("req-7f3a");
+/// let signup = Query::write(
+///     "INSERT INTO users (email, request_id) VALUES ($1, $2) \
+///      ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id RETURNING id",
+/// )
+/// .bind("ada@example.com")
+/// .bind("req-7f3a")
+/// .idempotency_key("req-7f3a");
 /// assert!(signup.is_idempotent());
 /// assert!(!rampart::Query::write("INSERT INTO audit DEFAULT VALUES").is_idempotent());
 /// ```
@@ -131,7 +136,8 @@ impl Query {
     }
 
     /// Declares that the statement is deduplicated by `key` (for example an `ON CONFLICT (request_id) DO
-    /// NOTHING` insert binding the key), so replaying it is harmless. The key is shown in logs; the
+    /// UPDATE SET request_id = EXCLUDED.request_id RETURNING id` insert binding the key, which returns
+    /// the row on the first run and on a replay), so replaying it is harmless. The key is shown in logs; the
     /// statement itself must use it — rampart cannot check that.
     pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.idempotency_key = Some(key.into());

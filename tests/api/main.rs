@@ -526,3 +526,58 @@ async fn the_publisher_keeps_the_gauges_current_until_dropped() {
     .await;
     drop(publisher);
 }
+
+#[tokio::test]
+async fn the_idempotent_insert_returns_its_row_through_the_stacks_own_replay() {
+    let cluster = Cluster::new().await.unwrap();
+    let direct = Stack::server(&cluster.url()).build().unwrap();
+    direct.run(Query::write(SIGNUPS)).await.unwrap();
+    let proxy = rampart::testing::FaultProxy::start(cluster.addr())
+        .await
+        .unwrap();
+    let db = Stack::server(&proxy.url(&cluster)).build().unwrap();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+
+    // The link is reset while the insert runs: the stack replays it (it carries a key). Whether or not
+    // the first run committed, the replay answers with the key's row.
+    let insert = Query::write(
+        "INSERT INTO signups (email, request_id) SELECT $1, $2 FROM pg_sleep(1) \
+         ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id \
+         WHERE signups.email = EXCLUDED.email \
+         RETURNING id /* api-replayed */",
+    )
+    .bind("ada@example.com")
+    .bind("req-r")
+    .idempotency_key("req-r");
+    let write = db.run(insert);
+    let reset = async {
+        until_async("the insert runs on the server", || {
+            let direct = direct.clone();
+            async move {
+                direct
+                    .run(Query::read(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE query LIKE '%api-replayed%' AND state = 'active' AND pid <> pg_backend_pid()",
+                    ))
+                    .await
+                    .and_then(|r| r.scalar::<i64>())
+                    .is_ok_and(|n| n >= 1)
+            }
+        })
+        .await;
+        proxy.reset_all();
+    };
+    let (result, ()) = tokio::join!(write, reset);
+    let answer = result.expect("a keyed write is replayed after a lost connection");
+    let id: i64 = answer.scalar().expect("the replay returns the row");
+    let stored: Vec<(i64,)> = direct
+        .run(Query::read(
+            "SELECT id FROM signups WHERE request_id = 'req-r'",
+        ))
+        .await
+        .unwrap()
+        .all()
+        .unwrap();
+    assert_eq!(stored, [(id,)], "one row, the one answered");
+    assert!(db.retries() >= 1, "it was a replay");
+}
