@@ -190,7 +190,8 @@ impl Db {
             otel.status_code = tracing::field::Empty,
             db.system.name = "postgresql",
             db.operation.name = %operation,
-            db.namespace = config.get_dbname().unwrap_or_default(),
+            // As libpq, the database defaults to the user's name.
+            db.namespace = config.get_dbname().or(config.get_user()).unwrap_or_default(),
             db.query.text = tracing::field::Empty,
             db.response.status_code = tracing::field::Empty,
             server.address = address,
