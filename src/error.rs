@@ -44,6 +44,10 @@ pub enum ErrorKind {
     /// The request itself is wrong and was never sent: a parameter that cannot be encoded as the type
     /// the statement expects, or a parameter count that does not match the statement's.
     InvalidRequest,
+    /// A row could not be read as the type asked for: a column of another type, or a missing column.
+    Decode,
+    /// The statement returned zero or several rows where exactly one (or at most one) was expected.
+    RowCount,
     /// Anything else.
     Other,
 }
@@ -61,6 +65,8 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Decode => "decode",
+            ErrorKind::RowCount => "row_count",
             ErrorKind::Other => "other",
         }
     }
@@ -71,6 +77,7 @@ impl ErrorKind {
 /// It keeps the underlying cause ([`source`](std::error::Error::source)), the SQLSTATE of a server error,
 /// and how the failure is [classified](Error::classification). `Display` never includes a password.
 /// [`Error::is_outcome_unknown`] tells the caller that a write may or may not have been applied.
+/// The [crate docs](crate#errors-to-http-statuses) suggest an HTTP status for each kind.
 pub struct Error {
     kind: ErrorKind,
     classification: Classification,

@@ -10,7 +10,10 @@ use rampart_layers::classify::Idempotence;
 use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
+
+use crate::error::Error;
+use crate::row::{self, FromRow};
 
 /// A bound parameter: any `ToSql` value, shared so that cloning a query for a retry copies no data.
 pub type Param = Arc<dyn ToSql + Send + Sync>;
@@ -23,15 +26,20 @@ pub type Param = Arc<dyn ToSql + Send + Sync>;
 /// a connection is lost mid-statement it is reported as "outcome unknown" rather than replayed. Mark it
 /// idempotent when a replay is harmless: [`Query::read`] for statements that change nothing,
 /// [`Query::idempotent`] for writes that are naturally idempotent (`UPDATE ... SET x = 5`), or
-/// [`Query::idempotency_key`] for inserts deduplicated by a key (`ON CONFLICT (key) DO NOTHING`).
+/// [`Query::idempotency_key`] for inserts deduplicated by a key (`ON CONFLICT (key) DO UPDATE SET key =
+/// EXCLUDED.key RETURNING id`, which answers a replay with the row the first run made; `DO NOTHING`
+/// would answer it with no row).
 ///
 /// ```
 /// use rampart::Query;
 ///
-/// let signup = Query::write("INSERT INTO users (email, request_id) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING")
-///     .bind("ada@example.com")
-///     .bind("req-7f3a")
-///     .idempotency_key("req-7f3a");
+/// let signup = Query::write(
+///     "INSERT INTO users (email, request_id) VALUES ($1, $2) \
+///      ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id RETURNING id",
+/// )
+/// .bind("ada@example.com")
+/// .bind("req-7f3a")
+/// .idempotency_key("req-7f3a");
 /// assert!(signup.is_idempotent());
 /// assert!(!rampart::Query::write("INSERT INTO audit DEFAULT VALUES").is_idempotent());
 /// ```
@@ -96,7 +104,25 @@ impl Query {
     }
 
     /// Binds the next parameter (`$1`, `$2`, ... in order).
-    pub fn bind<T: ToSql + Send + Sync + 'static>(self, value: T) -> Self {
+    ///
+    /// Owned values are moved in; borrowed ones (`&str`, `&[u8]`, `&String`, `Cow`, a `&i64`, a slice
+    /// for an array) are copied into an owned value, one allocation for a string or a byte slice: the
+    /// query is kept, and may be sent again on a retry, after the caller's borrow has ended. See
+    /// [`IntoParam`] for the types accepted; any other `ToSql` type (your own `#[derive(ToSql)]` enum,
+    /// the driver's `uuid` or `chrono` types) binds with [`Query::bind_value`].
+    ///
+    /// ```
+    /// fn lookup(email: &str) -> rampart::Query {
+    ///     rampart::Query::read("SELECT id FROM users WHERE email = $1").bind(email)
+    /// }
+    /// assert_eq!(lookup("ada@example.com").params().len(), 1);
+    /// ```
+    pub fn bind(self, value: impl IntoParam) -> Self {
+        self.bind_param(Arc::new(value.into_owned()))
+    }
+
+    /// Binds any owned `ToSql` value as the next parameter: for types [`IntoParam`] does not list.
+    pub fn bind_value<T: ToSql + Send + Sync + 'static>(self, value: T) -> Self {
         self.bind_param(Arc::new(value))
     }
 
@@ -113,7 +139,8 @@ impl Query {
     }
 
     /// Declares that the statement is deduplicated by `key` (for example an `ON CONFLICT (request_id) DO
-    /// NOTHING` insert binding the key), so replaying it is harmless. The key is shown in logs; the
+    /// UPDATE SET request_id = EXCLUDED.request_id RETURNING id` insert binding the key, which returns
+    /// the row on the first run and on a replay), so replaying it is harmless. The key is shown in logs; the
     /// statement itself must use it — rampart cannot check that.
     pub fn idempotency_key(mut self, key: impl Into<Arc<str>>) -> Self {
         self.idempotency_key = Some(key.into());
@@ -315,8 +342,179 @@ impl Response {
         self.rows.first()
     }
 
+    /// The one row, mapped (see [`FromRow`]): an [`ErrorKind::RowCount`](crate::ErrorKind::RowCount)
+    /// error if there are zero or several, [`ErrorKind::Decode`](crate::ErrorKind::Decode) if it does
+    /// not map.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: rampart::Db) -> Result<(), rampart::Error> {
+    /// let (id, email): (i64, String) = db
+    ///     .run(rampart::Query::read("SELECT id, email FROM users WHERE id = $1").bind(7i64))
+    ///     .await?
+    ///     .one()?;
+    /// # let _ = (id, email); Ok(()) }
+    /// ```
+    pub fn one<T: FromRow>(&self) -> Result<T, Error> {
+        match self.rows.as_slice() {
+            [row] => row::decode(row),
+            rows => Err(row::row_count("one row", rows.len())),
+        }
+    }
+
+    /// The row if there is one, mapped: `None` for none, an
+    /// [`ErrorKind::RowCount`](crate::ErrorKind::RowCount) error for several.
+    pub fn opt<T: FromRow>(&self) -> Result<Option<T>, Error> {
+        match self.rows.as_slice() {
+            [] => Ok(None),
+            [row] => row::decode(row).map(Some),
+            rows => Err(row::row_count("at most one row", rows.len())),
+        }
+    }
+
+    /// The single column of the one row (`SELECT count(*)`, `INSERT ... RETURNING id`): an error if
+    /// there are zero or several rows, or the row has another number of columns or another type.
+    pub fn scalar<T: for<'a> FromSql<'a>>(&self) -> Result<T, Error> {
+        match self.rows.as_slice() {
+            [row] => row::scalar(row),
+            rows => Err(row::row_count("one row", rows.len())),
+        }
+    }
+
+    /// Every row, mapped; the first that does not map is the error.
+    pub fn all<T: FromRow>(&self) -> Result<Vec<T>, Error> {
+        self.rows.iter().map(row::decode).collect()
+    }
+
     /// Rows inserted, updated, deleted, or selected, as the server's command tag says.
     pub fn rows_affected(&self) -> u64 {
         self.rows_affected
+    }
+}
+
+/// A value [`Query::bind`] accepts: it is turned into an owned parameter, so the query does not borrow
+/// from the caller.
+///
+/// Owned: `bool`, `i8`, `i16`, `i32`, `i64`, `u32`, `f32`, `f64`, `String`, `Box<str>`, `Vec<u8>`,
+/// `SystemTime`, `IpAddr`, `Option` and `Vec` of any of them. Borrowed, copied once: `&str`, `&&str`,
+/// `&String`, `Cow<str>`, `&[u8]`, `&Vec<u8>`, `Cow<[u8]>`, a reference to any owned scalar above, and
+/// a slice of any of them (an array parameter). Other `ToSql` types bind with [`Query::bind_value`],
+/// or implement this trait for your own type with `type Owned = Self`.
+pub trait IntoParam {
+    /// The owned value the query keeps.
+    type Owned: ToSql + Send + Sync + 'static;
+
+    /// Makes the owned value (a move for owned values, one copy for borrowed ones).
+    fn into_owned(self) -> Self::Owned;
+}
+
+macro_rules! owned_params {
+    ($($ty:ty),+) => {$(
+        impl IntoParam for $ty {
+            type Owned = $ty;
+            fn into_owned(self) -> $ty {
+                self
+            }
+        }
+    )+};
+}
+
+macro_rules! copied_params {
+    ($($ty:ty),+) => {$(
+        impl IntoParam for &$ty {
+            type Owned = $ty;
+            fn into_owned(self) -> $ty {
+                self.clone()
+            }
+        }
+    )+};
+}
+
+owned_params!(
+    bool,
+    i8,
+    i16,
+    i32,
+    i64,
+    u32,
+    f32,
+    f64,
+    String,
+    Box<str>,
+    Vec<u8>,
+    std::time::SystemTime,
+    std::net::IpAddr
+);
+copied_params!(
+    bool,
+    i8,
+    i16,
+    i32,
+    i64,
+    u32,
+    f32,
+    f64,
+    String,
+    Box<str>,
+    Vec<u8>,
+    std::time::SystemTime,
+    std::net::IpAddr
+);
+
+impl IntoParam for &str {
+    type Owned = String;
+    fn into_owned(self) -> String {
+        self.to_owned()
+    }
+}
+
+impl IntoParam for &&str {
+    type Owned = String;
+    fn into_owned(self) -> String {
+        (*self).to_owned()
+    }
+}
+
+impl IntoParam for std::borrow::Cow<'_, str> {
+    type Owned = String;
+    fn into_owned(self) -> String {
+        self.into_owned()
+    }
+}
+
+impl IntoParam for &[u8] {
+    type Owned = Vec<u8>;
+    fn into_owned(self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
+impl IntoParam for std::borrow::Cow<'_, [u8]> {
+    type Owned = Vec<u8>;
+    fn into_owned(self) -> Vec<u8> {
+        self.into_owned()
+    }
+}
+
+impl<T: IntoParam> IntoParam for Option<T> {
+    type Owned = Option<T::Owned>;
+    fn into_owned(self) -> Self::Owned {
+        self.map(IntoParam::into_owned)
+    }
+}
+
+impl<T: IntoParam> IntoParam for Vec<T> {
+    type Owned = Vec<T::Owned>;
+    fn into_owned(self) -> Self::Owned {
+        self.into_iter().map(IntoParam::into_owned).collect()
+    }
+}
+
+impl<'a, T> IntoParam for &'a [T]
+where
+    &'a T: IntoParam,
+{
+    type Owned = Vec<<&'a T as IntoParam>::Owned>;
+    fn into_owned(self) -> Self::Owned {
+        self.iter().map(IntoParam::into_owned).collect()
     }
 }

@@ -29,7 +29,7 @@ use crate::session::{Effect, effect};
 /// let pool = Pool::new(PgConfig::from_url("postgres://postgres@127.0.0.1/postgres")?, PoolConfig::default())?;
 /// let db = PgService::new(pool);
 /// let answer = db.oneshot(Query::read("SELECT 40 + $1::int").bind(2i32)).await?;
-/// let n: i32 = answer.rows()[0].get(0);
+/// let n: i32 = answer.scalar()?;
 /// assert_eq!(n, 42);
 /// # Ok(()) }
 /// ```

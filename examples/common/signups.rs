@@ -62,8 +62,8 @@ pub(crate) async fn signup(db: &Db, email: &str, request_id: &str) -> Result<Sig
             .idempotency_key(request_id.to_owned()),
         )
         .await?;
-    if let Some(row) = inserted.first() {
-        return Ok(Signup::Created(row.get(0)));
+    if let Some(id) = inserted.opt::<(i64,)>()? {
+        return Ok(Signup::Created(id.0));
     }
     // The key was used before: answer as the first request was answered, if it was for the same email.
     let existing = db
@@ -73,8 +73,8 @@ pub(crate) async fn signup(db: &Db, email: &str, request_id: &str) -> Result<Sig
                 .bind(email.to_owned()),
         )
         .await?;
-    Ok(match existing.first() {
-        Some(row) if row.get::<_, bool>(1) => Signup::Replayed(row.get(0)),
+    Ok(match existing.opt::<(i64, bool)>()? {
+        Some((id, true)) => Signup::Replayed(id),
         _ => Signup::KeyReused,
     })
 }
@@ -84,7 +84,7 @@ pub(crate) async fn count(db: &Db) -> Result<i64, Error> {
     let answer = db
         .run(Query::read("SELECT count(*) FROM rampart_example_signups"))
         .await?;
-    Ok(answer.first().map_or(0, |row| row.get(0)))
+    answer.scalar()
 }
 
 /// What a failed request means for the caller, whatever the protocol. The examples map it to HTTP and

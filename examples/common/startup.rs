@@ -24,6 +24,12 @@ pub(crate) async fn database() -> Result<(Db, Option<Cluster>), Box<dyn Error>> 
         Err(_) => {
             println!("DATABASE_URL is not set: starting a throwaway PostgreSQL cluster");
             let cluster = Cluster::new().await?;
+            println!(
+                "  on port {} in {}; Ctrl-C (or SIGTERM) stops the server and removes the cluster.\n  \
+                 For a database that outlives the example, start one and set DATABASE_URL.",
+                cluster.port(),
+                cluster.data_dir().display()
+            );
             let db = stack(&cluster.url()).build()?;
             Ok((db, Some(cluster)))
         }

@@ -25,50 +25,11 @@ pub(crate) fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+            PrometheusBuilder::new()
                 .install_recorder()
-                .expect("no other metrics recorder is installed");
-            describe_pool_metrics();
-            handle
+                .expect("no other metrics recorder is installed")
         })
         .clone()
-}
-
-fn describe_pool_metrics() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_gauge!(
-        "rampart_pool_max_size",
-        "The most connections the pool opens."
-    );
-    describe_gauge!("rampart_pool_connections", "Connections open now.");
-    describe_gauge!("rampart_pool_idle", "Open connections idle in the pool.");
-    describe_gauge!("rampart_pool_in_use", "Open connections checked out.");
-    describe_gauge!("rampart_pool_waiting", "Callers waiting for a connection.");
-    describe_counter!("rampart_pool_created_total", "Connections created.");
-    describe_counter!(
-        "rampart_pool_connect_failures_total",
-        "Connect attempts that failed."
-    );
-    describe_counter!(
-        "rampart_pool_recycled_total",
-        "Checkouts of an existing connection."
-    );
-    describe_counter!(
-        "rampart_pool_validated_total",
-        "Checkouts that ran a validation round trip."
-    );
-    describe_counter!(
-        "rampart_pool_discarded_total",
-        "Connections discarded after a failed or abandoned request."
-    );
-    describe_counter!(
-        "rampart_pool_checkout_timeouts_total",
-        "Checkouts that gave up waiting."
-    );
-    describe_counter!(
-        "rampart_pool_evicted_total",
-        "Connections dropped, by reason."
-    );
 }
 
 #[derive(Clone)]
@@ -108,73 +69,12 @@ async fn health(State(state): State<AppState>) -> Response {
     (code, Json(report)).into_response()
 }
 
-/// Prometheus text: rampart's counters (retries, timeouts, breaker transitions, ...) and the pool's
-/// statistics (and the multiplexer's, when the stack multiplexes), read at scrape time.
+/// Prometheus text: rampart's counters (retries, timeouts, breaker transitions, ...) and the stack's
+/// gauges (pool, breaker state, multiplexer), published by rampart at scrape time.
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let pool = state.db.pool();
-    let stats = pool.stats();
-    // The redacted URL: names the server without its password.
-    let server = pool.server().to_owned();
-    let gauges = [
-        ("rampart_pool_max_size", stats.max_size),
-        ("rampart_pool_connections", stats.size),
-        ("rampart_pool_idle", stats.idle),
-        ("rampart_pool_in_use", stats.in_use),
-        ("rampart_pool_waiting", stats.waiting),
-    ];
-    for (name, value) in gauges {
-        metrics::gauge!(name, "server" => server.clone()).set(value as f64);
-    }
-    let counters = [
-        ("rampart_pool_created_total", stats.created),
-        (
-            "rampart_pool_connect_failures_total",
-            stats.connect_failures,
-        ),
-        ("rampart_pool_recycled_total", stats.recycled),
-        ("rampart_pool_validated_total", stats.validated),
-        ("rampart_pool_discarded_total", stats.discarded),
-        (
-            "rampart_pool_checkout_timeouts_total",
-            stats.checkout_timeouts,
-        ),
-    ];
-    for (name, value) in counters {
-        metrics::counter!(name, "server" => server.clone()).absolute(value);
-    }
-    let evicted = [
-        ("closed", stats.evicted_closed),
-        ("validation", stats.evicted_validation),
-        ("lifetime", stats.evicted_lifetime),
-        ("idle", stats.evicted_idle),
-    ];
-    for (reason, value) in evicted {
-        metrics::counter!("rampart_pool_evicted_total", "server" => server.clone(), "reason" => reason)
-            .absolute(value);
-    }
-    if let Some(mux) = state.db.service().mux_stats() {
-        let gauges = [
-            ("rampart_mux_connections", mux.connections),
-            ("rampart_mux_ready", mux.ready),
-            ("rampart_mux_in_flight", mux.in_flight),
-        ];
-        for (name, value) in gauges {
-            metrics::gauge!(name, "server" => server.clone()).set(value as f64);
-        }
-        let counters = [
-            ("rampart_mux_shared_total", mux.shared),
-            ("rampart_mux_exclusive_total", mux.exclusive),
-            ("rampart_mux_spilled_total", mux.spilled),
-            ("rampart_mux_connects_total", mux.connects),
-            ("rampart_mux_connect_failures_total", mux.connect_failures),
-            ("rampart_mux_lost_total", mux.lost),
-            ("rampart_mux_validated_total", mux.validated),
-            ("rampart_mux_retired_total", mux.retired),
-        ];
-        for (name, value) in counters {
-            metrics::counter!(name, "server" => server.clone()).absolute(value);
-        }
-    }
+    // The pool's, the breaker's and the multiplexer's figures, read now; the layers' counters are
+    // recorded as they happen.
+    state.db.publish_metrics();
     state.metrics.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,17 +1,21 @@
 //! [`Db`]: the built stack, and where its current service is read from.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rampart_layers::breaker::BreakerHandle;
 use rampart_layers::recreate::RecreateHandle;
+use tokio_postgres::config::Host;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tracing::Instrument;
 use tracing::instrument::Instrumented;
+use tracing::{Instrument, Span};
 
 use crate::config::PgConfig;
 use crate::error::{ConfigError, Error};
@@ -71,6 +75,17 @@ fn statement_verb(sql: &str) -> &str {
     &sql[..end]
 }
 
+/// The verb as OpenTelemetry's `db.operation.name` wants it: upper case, so `insert` and `INSERT` are
+/// one operation. Allocates only for a verb written in lower case (and only when the span is enabled).
+fn operation_name(sql: &str) -> Cow<'_, str> {
+    let verb = statement_verb(sql);
+    if verb.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(verb.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(verb)
+    }
+}
+
 /// The ready-made stack: a cloneable `tower::Service<Query>` whose every error is a [`rampart::Error`](Error).
 #[derive(Clone)]
 pub struct Db {
@@ -81,6 +96,8 @@ pub struct Db {
     pub(super) retries: Arc<AtomicU64>,
     pub(super) attempt_timeout: Duration,
     pub(super) deadline: Duration,
+    /// Whether the `rampart.query` span carries the statement text ([`Db::record_statements`]).
+    pub(super) record_statements: bool,
 }
 
 impl fmt::Debug for Db {
@@ -113,8 +130,9 @@ impl Db {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// A [`Transactor`] over the current pool, whose runs are bounded by the stack's attempt timeout:
-    /// for transactions re-run whole on serialization failures and deadlocks.
+    /// A [`Transactor`] over the current pool, for transactions re-run whole on serialization failures
+    /// and deadlocks. Each run is bounded by the stack's attempt timeout; the runs together by the
+    /// stack's deadline ([`Transactor::max_elapsed`]), not by a small count.
     pub fn transactor(&self) -> Transactor {
         // Like the stack's own retries, re-runs are bounded by the deadline rather than a small count, so a
         // restart that takes a second is ridden out.
@@ -140,6 +158,54 @@ impl Db {
         .await
     }
 
+    /// Whether the `rampart.query` span records the statement's text as `db.query.text` (off by default).
+    /// The text is the SQL as written, with its `$1` placeholders; bound parameters are never recorded.
+    /// Turn it on only when no statement embeds data in its text (a literal email, a password in `ALTER
+    /// ROLE`): the text goes wherever the spans go.
+    pub fn record_statements(mut self, record: bool) -> Self {
+        self.record_statements = record;
+        self
+    }
+
+    /// The `rampart.query` span of one request (see [`Db::call`](tower::Service::call)).
+    fn span(&self, query: &Query) -> Span {
+        // Built only when someone listens: reading the server from the current pool is not free.
+        if !tracing::enabled!(target: "rampart::query", tracing::Level::DEBUG) {
+            return Span::none();
+        }
+        let service = self.service();
+        let config = service.pool().pg_config().pg_config();
+        let address = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => String::from("localhost"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let operation = operation_name(query.sql());
+        let span = tracing::debug_span!(
+            target: "rampart::query",
+            "rampart.query",
+            otel.name = %operation,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "postgresql",
+            db.operation.name = %operation,
+            // As libpq, the database defaults to the user's name.
+            db.namespace = config.get_dbname().or(config.get_user()).unwrap_or_default(),
+            db.query.text = tracing::field::Empty,
+            db.response.status_code = tracing::field::Empty,
+            server.address = address,
+            server.port = port,
+            error.type = tracing::field::Empty,
+            idempotent = query.is_idempotent(),
+            keyed = query.key().is_some(),
+        );
+        if self.record_statements {
+            span.record("db.query.text", query.sql());
+        }
+        span
+    }
+
     /// Runs one query through the stack.
     pub async fn run(&self, query: Query) -> Result<Response, Error> {
         self.clone().oneshot(query).await
@@ -149,26 +215,62 @@ impl Db {
 impl tower::Service<Query> for Db {
     type Response = Response;
     type Error = Error;
-    type Future = Instrumented<
-        <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future,
-    >;
+    type Future = DbFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner.poll_ready(cx)
     }
 
     /// Every request runs in a `rampart.query` span (target `rampart::query`, level debug), so the
-    /// events of its attempts, retries, validation and breaker decisions can be followed together. The
-    /// span names the statement's verb, never its text or parameters, which may hold data.
+    /// events of its attempts, retries, validation and breaker decisions can be followed together.
+    ///
+    /// The span carries OpenTelemetry's database attributes, so a `tracing-opentelemetry` exporter shows
+    /// it as every OTel backend expects: `db.system.name` (`postgresql`), `db.operation.name` (the
+    /// statement's first keyword, upper case), `db.namespace` (the database), `server.address`,
+    /// `server.port`, and on failure `error.type` (the [`ErrorKind`](crate::ErrorKind) name),
+    /// `db.response.status_code` (the SQLSTATE, for a server error) and `otel.status_code = "ERROR"`;
+    /// `otel.name` and `otel.kind = "client"` name it. Also `idempotent` and `keyed`. Never the
+    /// statement's text ([`Db::record_statements`] opts in) nor its parameters, which may hold data.
     fn call(&mut self, query: Query) -> Self::Future {
-        let span = tracing::debug_span!(
-            target: "rampart::query",
-            "rampart.query",
-            verb = statement_verb(query.sql()),
-            idempotent = query.is_idempotent(),
-            keyed = query.key().is_some(),
-        );
-        self.inner.call(query).instrument(span)
+        let span = self.span(&query);
+        DbFuture {
+            inner: self.inner.call(query).instrument(span),
+        }
+    }
+}
+
+type Inner = <BoxCloneSyncService<Query, Response, Error> as tower::Service<Query>>::Future;
+
+pin_project_lite::pin_project! {
+    /// The future of [`Db`]'s `call`: the stack's, in its `rampart.query` span, which it marks with the
+    /// error when the request fails.
+    pub struct DbFuture {
+        #[pin]
+        inner: Instrumented<Inner>,
+    }
+}
+
+impl fmt::Debug for DbFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for DbFuture {
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.project().inner;
+        let output = ready!(inner.as_mut().poll(cx));
+        if let Err(err) = &output {
+            let span = inner.span();
+            span.record("error.type", err.kind().as_str());
+            span.record("otel.status_code", "ERROR");
+            if let Some(code) = err.code() {
+                span.record("db.response.status_code", code.code());
+            }
+        }
+        Poll::Ready(output)
     }
 }
 
@@ -184,5 +286,15 @@ mod tests {
         assert_eq!(statement_verb("(SELECT 1)"), "");
         assert_eq!(statement_verb("é"), "");
         assert_eq!(statement_verb(&"A".repeat(40)), "A".repeat(16));
+    }
+
+    #[test]
+    fn the_operation_name_is_the_verb_in_upper_case() {
+        assert_eq!(operation_name("insert into t values (1)"), "INSERT");
+        assert!(matches!(
+            operation_name("SELECT 1"),
+            Cow::Borrowed("SELECT")
+        ));
+        assert_eq!(operation_name("WiTh x AS (SELECT 1) SELECT 2"), "WITH");
     }
 }

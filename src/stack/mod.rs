@@ -25,7 +25,7 @@ use crate::pool::PoolConfig;
 mod db;
 mod settle;
 
-pub use self::db::Db;
+pub use self::db::{Db, DbFuture};
 use self::db::{Services, new_service};
 use self::settle::{Attempt, Settle};
 
@@ -372,6 +372,7 @@ impl StackBuilder {
             retries,
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
+            record_statements: false,
         })
     }
 }
