@@ -4,7 +4,6 @@
 use rampart_layers::Classification;
 use rustls::CertificateError;
 
-use super::connector::DirectTlsRefused;
 use crate::error::{Error, ErrorKind};
 
 /// The errors in `err`'s chain, `err` first. tokio-rustls wraps rustls's error in an `io::Error`,
@@ -108,3 +107,20 @@ pub(crate) fn classify_tls_failure(err: &tokio_postgres::Error, server: &str) ->
         format!("could not connect to {server}: {cause}"),
     ))
 }
+
+/// A server older than PostgreSQL 17 reads a direct TLS handshake as a malformed startup packet and
+/// hangs up without a word; the connector's handshake puts this in place of that bare end of file, so that the
+/// failure can be told from a link lost mid-handshake.
+#[derive(Debug)]
+pub(super) struct DirectTlsRefused;
+
+impl std::fmt::Display for DirectTlsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "TLS: the server hung up on a direct TLS handshake (sslnegotiation=direct needs PostgreSQL 17 \
+             or later; use sslnegotiation=postgres for older servers and most poolers)",
+        )
+    }
+}
+
+impl std::error::Error for DirectTlsRefused {}

@@ -12,7 +12,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::classify::rustls_cause;
+use super::classify::{DirectTlsRefused, rustls_cause};
 use crate::ConfigError;
 use crate::config::{PgConfig, TlsMode, TlsNegotiation};
 
@@ -54,23 +54,6 @@ where
         }
     })
 }
-
-/// A server older than PostgreSQL 17 reads a direct TLS handshake as a malformed startup packet and
-/// hangs up without a word; [`Handshake`] puts this in place of that bare end of file, so that the
-/// failure can be told from a link lost mid-handshake.
-#[derive(Debug)]
-pub(super) struct DirectTlsRefused;
-
-impl std::fmt::Display for DirectTlsRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "TLS: the server hung up on a direct TLS handshake (sslnegotiation=direct needs PostgreSQL 17 \
-             or later; use sslnegotiation=postgres for older servers and most poolers)",
-        )
-    }
-}
-
-impl std::error::Error for DirectTlsRefused {}
 
 /// tokio-postgres-rustls's connector, naming the failure of a direct handshake and recording whether a
 /// handshake succeeded (libpq's `prefer` tries plain text after a server error only if TLS was in use).
