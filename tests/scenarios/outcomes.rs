@@ -248,10 +248,19 @@ async fn extreme_settings_are_refused_or_honoured_never_a_panic() {
     assert_eq!(err.field(), "keepalive_interval");
 
     let cluster = Cluster::new().await.unwrap();
-    let db = stack(&cluster.url())
+    let pg = rampart::PgConfig::server(&cluster.url())
+        .unwrap()
+        .connect_timeout(Duration::MAX);
+    let db = rampart::Stack::with_config(pg)
         .pool(
             PoolConfig::builder()
                 .max_lifetime(Some(Duration::MAX))
+                .validation(
+                    rampart::layers::validate::ValidationPolicy::builder()
+                        .check_timeout(Duration::MAX)
+                        .build()
+                        .unwrap(),
+                )
                 .build()
                 .unwrap(),
         )
@@ -259,9 +268,9 @@ async fn extreme_settings_are_refused_or_honoured_never_a_panic() {
         .attempt_timeout(Duration::from_secs(30 * 86_400))
         .build()
         .unwrap();
-    db.run(Query::read("SELECT 1"))
-        .await
-        .expect("a 30-day deadline and an endless lifetime work");
+    db.run(Query::read("SELECT 1")).await.expect(
+        "a 30-day deadline, an endless lifetime, connect and check timeouts of Duration::MAX work",
+    );
     db.run(Query::read("SELECT 1").timeout(Duration::MAX))
         .await
         .expect("a query granted forever works");
