@@ -68,6 +68,15 @@ pub(crate) async fn prepared(
     Ok(Response::new(rows, stream.rows_affected().unwrap_or(0)))
 }
 
+/// Starts a prepared statement on `client`: its rows as they arrive.
+pub(crate) async fn raw(
+    client: &Client,
+    statement: &Statement,
+    params: &[Param],
+) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+    client.query_raw(statement, as_sql(params)).await
+}
+
 /// Runs `sql` as an unnamed statement (parse, bind and execute in one message, nothing left in the
 /// session), with parameters of the given `types`.
 pub(crate) async fn unnamed(

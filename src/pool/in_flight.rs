@@ -70,6 +70,15 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Ends the request with the failure `err`, met at `stage` (see [`finish`](Self::finish)).
+    pub(crate) fn fail(self, err: tokio_postgres::Error, stage: Stage) -> Error {
+        let failed = failure(err, stage, Link::Own, self.pool.server());
+        self.release(failed.gone);
+        failed.error
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {

@@ -17,6 +17,7 @@ use tower::util::BoxCloneSyncService;
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
+use crate::classify::PgClassifier;
 use crate::config::PgConfig;
 use crate::error::{ConfigError, Error};
 use crate::health::{HealthReport, Outcomes};
@@ -24,7 +25,12 @@ use crate::mux::MuxConfig;
 use crate::pool::{Pool, PoolConfig};
 use crate::query::{Query, Response};
 use crate::service::PgService;
+use crate::stream::{OpenStream, RowStream};
 use crate::tx::Transactor;
+use rampart_layers::deadline::{AttemptTimeoutLayer, DeadlineLayer};
+use rampart_layers::retry::backoff::Exponential;
+use rampart_layers::retry::{RetryLayer, RetryPolicy};
+use tower::ServiceBuilder;
 
 /// A service over a new pool: the stack's first, and each one the pool rebuilds make.
 pub(super) fn new_service(
@@ -98,6 +104,8 @@ pub struct Db {
     pub(super) deadline: Duration,
     /// Whether the `rampart.query` span carries the statement text ([`Db::record_statements`]).
     pub(super) record_statements: bool,
+    /// The stack's retry policy, for streamed reads (which retry only until their first row).
+    pub(super) stream_policy: Arc<RetryPolicy<PgClassifier, Exponential>>,
 }
 
 impl fmt::Debug for Db {
@@ -209,6 +217,34 @@ impl Db {
     /// Runs one query through the stack.
     pub async fn run(&self, query: Query) -> Result<Response, Error> {
         self.clone().oneshot(query).await
+    }
+
+    /// Runs a query and streams its rows as they arrive, in bounded memory (for results too big to
+    /// buffer). It is retried with the stack's policy, attempt timeout and deadline **only until its
+    /// first row has been read**; after that a failure is an error item of the stream, never a silent
+    /// restart. Always on a pooled connection of its own, held until the stream ends; dropping the stream
+    /// early cancels the query. The breaker does not take part (a stream is not one call).
+    ///
+    /// ```no_run
+    /// use futures_util::TryStreamExt;
+    /// # async fn demo(db: rampart::Db) -> Result<(), rampart::Error> {
+    /// let mut rows = db.stream(rampart::Query::read("SELECT id FROM events")).await?;
+    /// while let Some(row) = rows.try_next().await? {
+    ///     let id: Result<i64, _> = row.try_get(0);
+    ///     # let _ = id;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream(&self, query: Query) -> Result<RowStream, Error> {
+        let attempts = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(self.deadline))
+            .layer(RetryLayer::new(RetryPolicy::clone(&self.stream_policy)))
+            .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
+            .service(OpenStream::new(self.pool()));
+        attempts
+            .oneshot(query)
+            .await
+            .map_err(|e| Error::from_layers(e, false))
     }
 }
 

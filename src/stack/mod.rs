@@ -312,6 +312,7 @@ impl StackBuilder {
         let policy = policy
             .build()
             .map_err(|e| ConfigError::new("retry", e.to_string()))?;
+        let stream_policy = Arc::new(policy.clone());
 
         let mux = self
             .mux
@@ -373,6 +374,7 @@ impl StackBuilder {
             attempt_timeout: self.attempt_timeout,
             deadline: self.deadline,
             record_statements: false,
+            stream_policy,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 #[path = "../../examples/signup/app.rs"]
 mod app;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
