@@ -81,8 +81,8 @@ async fn peaks(s: &Setup, rows: i64) {
     }
     drop(stream);
     println!(
-        "PEAK rampart Db::stream, {rows} rows: {:.1} MiB",
-        peak as f64 / 1048576.0
+        "PEAK rampart Db::stream, {rows} rows: {:.1} KiB",
+        peak as f64 / 1024.0
     );
 
     let base = live();
@@ -99,8 +99,8 @@ async fn peaks(s: &Setup, rows: i64) {
         }
     }
     println!(
-        "PEAK tokio-postgres query_raw, {rows} rows: {:.1} MiB",
-        peak as f64 / 1048576.0
+        "PEAK tokio-postgres query_raw, {rows} rows: {:.1} KiB",
+        peak as f64 / 1024.0
     );
 
     let base = live();
@@ -108,8 +108,8 @@ async fn peaks(s: &Setup, rows: i64) {
     let peak = live() - base;
     drop(all);
     println!(
-        "PEAK rampart Db::run (buffered), {rows} rows: {:.1} MiB",
-        peak as f64 / 1048576.0
+        "PEAK rampart Db::run (buffered), {rows} rows: {:.1} KiB",
+        peak as f64 / 1024.0
     );
 }
 
