@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | connect timeout | 5 s | 15 s | a cold serverless compute takes seconds to wake; an always-on server answers in milliseconds or not at all |
 //! | TCP keepalive idle / interval / count | 30 s / 10 s / 3 | 60 s / 15 s / 4 | an idle link whose peer vanished is found in about a minute (server) or two (serverless), instead of the kernel's two hours |
-//! | `tcp_user_timeout` | 15 s | 30 s | unacknowledged writes fail in seconds, not 15 minutes of retransmission |
+//! | `tcp_user_timeout` | 2.5 s | 10 s | unacknowledged writes (and an unanswered keepalive probe) fail the link within the stacks' attempt timeout (3 s, 15 s), not after 15 minutes of retransmission |
 //! | TLS | as the URL's `sslmode` says (default `prefer`, as libpq) | `verify-full` unless the URL says otherwise | hosted Postgres requires TLS, and an unverified link is open to anyone on the path |
 //! | keepalive pinger | off (may be turned on) | off, always | an application-level ping would keep a suspended compute awake, and billed |
 //! | `application_name` | `rampart` | `rampart` | so operators can find the connections in `pg_stat_activity` |
@@ -547,8 +547,10 @@ impl PgConfig {
             _ => RootCert::File(PathBuf::from(v)),
         });
         let (connect, idle, interval, retries, user_timeout) = match preset {
-            Preset::Server => (5, 30, 10, 3, 15),
-            Preset::Serverless => (15, 60, 15, 4, 30),
+            // tcp_user_timeout in milliseconds: under the stacks' attempt timeouts (3 s, 15 s), so real
+            // packet loss fails the link before the attempt is cut.
+            Preset::Server => (5, 30, 10, 3, 2_500),
+            Preset::Serverless => (15, 60, 15, 4, 10_000),
         };
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(connect));
@@ -558,7 +560,7 @@ impl PgConfig {
             .keepalives_interval(Duration::from_secs(interval))
             .keepalives_retries(retries);
         if pg.get_tcp_user_timeout().is_none() {
-            pg.tcp_user_timeout(Duration::from_secs(user_timeout));
+            pg.tcp_user_timeout(Duration::from_millis(user_timeout));
         }
         if pg.get_application_name().is_none() {
             pg.application_name("rampart");
@@ -815,7 +817,7 @@ mod tests {
         assert_eq!(c.pg_config().get_keepalives_idle(), Duration::from_secs(30));
         assert_eq!(
             c.pg_config().get_tcp_user_timeout(),
-            Some(&Duration::from_secs(15))
+            Some(&Duration::from_millis(2_500))
         );
         assert_eq!(c.pg_config().get_application_name(), Some("rampart"));
         assert_eq!(c.tls_mode(), TlsMode::Prefer);

@@ -292,6 +292,7 @@ mod tests {
             validated: 0,
             evicted_closed: 0,
             evicted_validation: 0,
+            evicted_suspect: 0,
             evicted_lifetime: 0,
             evicted_idle: 0,
             discarded: 0,

@@ -11,6 +11,7 @@ mod config;
 mod in_flight;
 mod manager;
 mod stats;
+mod suspect;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ pub use self::stats::PoolStats;
 
 use self::manager::Manager;
 use self::stats::{Counters, bump};
+use self::suspect::Suspicion;
 use crate::config::PgConfig;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec::ParamTypes;
@@ -75,6 +77,7 @@ pub struct Pool {
 
 struct Shared {
     counters: Arc<Counters>,
+    suspicion: Arc<Suspicion>,
     config: PoolConfig,
     server: Arc<str>,
     pg: PgConfig,
@@ -103,6 +106,7 @@ impl Pool {
         let connector = Connector::new(&pg)?;
         let server: Arc<str> = pg.redacted_url().into();
         let counters = Arc::new(Counters::default());
+        let suspicion = Arc::new(Suspicion::new(config.validation.bypass_window()));
         let inner_manager = deadpool_postgres::Manager::from_connect(
             pg.pg_config().clone(),
             connector.clone(),
@@ -116,6 +120,7 @@ impl Pool {
             server: server.to_string(),
             counters: counters.clone(),
             rng: Mutex::new(SplitMix64::from_entropy()),
+            suspicion: suspicion.clone(),
         };
         let connect_timeout = pg.pg_config().get_connect_timeout().copied();
         let inner = managed::Pool::builder(manager)
@@ -136,6 +141,7 @@ impl Pool {
             inner,
             shared: Arc::new(Shared {
                 counters,
+                suspicion,
                 config,
                 server,
                 pg,
@@ -226,6 +232,14 @@ impl Pool {
     pub(crate) fn discard(&self, conn: PooledConn) {
         bump(&self.shared.counters.discarded);
         drop(managed::Object::take(conn));
+    }
+
+    /// Discards a connection found dead (closed, reset, hung up after a `FATAL`): as [`discard`](Self::discard),
+    /// and every idle connection as old becomes suspect, checked before hand-out whatever the bypass
+    /// window says (see `suspect.rs`).
+    pub(crate) fn discard_dead(&self, conn: PooledConn) {
+        self.shared.suspicion.found_dead(conn.last_ok());
+        self.discard(conn);
     }
 
     /// Asks the server to cancel whatever `token`'s connection is running, in the background: for a

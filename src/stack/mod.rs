@@ -17,7 +17,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::mux::MuxConfig;
 use crate::pool::PoolConfig;
@@ -96,10 +96,12 @@ impl fmt::Debug for StackBuilder {
 /// |---|---|---|
 /// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
 /// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
-/// | attempts | 4 | 4 |
-/// | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
-/// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
+/// | attempts | until the deadline (the retry budget and the breaker bound them) | same |
+/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect | 100 ms doubling to 5 s, full jitter; same exceptions |
+/// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 1 s open (constant, so it closes within about a second of the database answering again), 3 probes | same |
 /// | recreate | after 8 consecutive lost pooled links | same |
+/// | pool idle timeout | 10 min (TCP keepalives every 30 s keep NAT and load-balancer flows alive: AWS NLB forgets after 350 s, Azure LB after 4 min) | 3 min, swept every 30 s: under Azure LB's 4 min, AWS NLB's 350 s and Neon's 5 min suspend, so a suspend finds no connection to leave stale |
+/// | validation | after 500 ms idle, 750 ms check timeout; once one connection is found dead, those as old are checked, and once a check times out, those as old are dropped unchecked | same |
 ///
 /// [`Stack::pooler`] is the `server` stack for a pooler in transaction mode (PgBouncer and the hosted
 /// poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
@@ -142,6 +144,18 @@ impl Stack {
     }
 }
 
+/// The serverless preset's pool: idle connections closed after 3 min (swept every 30 s, so none is kept
+/// past 3.5 min), under the idle limits of the hosts it names (Neon suspends after 5 min, AWS NLB
+/// forgets a flow after 350 s, Azure LB after 4 min).
+fn serverless_pool() -> PoolConfig {
+    PoolConfig::builder()
+        .idle_timeout(Some(SERVERLESS_IDLE_TIMEOUT))
+        .build()
+        .expect("constant pool settings are valid")
+}
+
+const SERVERLESS_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+
 fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
     Exponential::builder()
         .base_delay(Duration::from_millis(base_ms))
@@ -150,6 +164,26 @@ fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
         .jitter(Jitter::Full)
         .build()
         .expect("constant schedule is valid")
+}
+
+/// The longest wait before retrying a refused or failed connect (a restart): the database is back within
+/// this long of its listening again, whatever the schedule's cap.
+const CONNECT_RETRY_CAP: Duration = Duration::from_millis(500);
+
+/// The wait before a retry, where the error says better than the schedule (the retry layer's
+/// `delay_generator`): none after a pooled connection lost under the first attempt (that connection
+/// failed, not the database: the next attempt takes one the pool has checked, or a new one), and at most
+/// [`CONNECT_RETRY_CAP`] after a failed connect (so a restart is ridden out with a stall no longer than
+/// the outage plus that).
+fn retry_delay(event: &rampart_layers::retry::RetryEvent<'_>) -> Option<Duration> {
+    let error = event.error()?.downcast_ref::<Error>()?;
+    match error.kind() {
+        ErrorKind::ConnectionLost if !error.is_on_shared_connection() && event.attempt() == 1 => {
+            Some(Duration::ZERO)
+        }
+        ErrorKind::Connect => Some(event.delay().min(CONNECT_RETRY_CAP)),
+        _ => None,
+    }
 }
 
 impl StackBuilder {
@@ -173,18 +207,27 @@ impl StackBuilder {
             .failure_rate(0.5)
             .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
             .minimum_calls(20)
-            .wait_in_open(Duration::from_secs(2))
-            .wait_multiplier(2.0)
-            .max_wait_in_open(Duration::from_secs(30))
+            // Constant and short: a database that is restarting is back within seconds, and a doubling
+            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
+            // three probes a second.
+            .wait_in_open(Duration::from_secs(1))
+            .wait_multiplier(1.0)
+            .max_wait_in_open(Duration::from_secs(1))
             .half_open_calls(3)
             .build()
             .expect("constant breaker settings are valid");
+        let pool = if serverless {
+            serverless_pool()
+        } else {
+            PoolConfig::default()
+        };
         StackBuilder {
             pg,
-            pool: PoolConfig::default(),
+            pool,
             deadline,
             attempt_timeout: attempt,
-            max_attempts: 4,
+            // Until the deadline: a restart is ridden out, not given up on after a few refused connects.
+            max_attempts: u32::MAX,
             schedule,
             // tower's defaults: retries at most 20% of the last 10 s of requests, plus 10 a second.
             budget: RetryBudget::builder()
@@ -242,7 +285,8 @@ impl StackBuilder {
         self
     }
 
-    /// How many attempts a request gets in all (1 turns retry off).
+    /// How many attempts a request gets in all (1 turns retry off). By default there is no count: a
+    /// request is retried until its deadline, bounded by the retry budget and stopped by the breaker.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -309,6 +353,7 @@ impl StackBuilder {
             policy = policy.budget(budget);
         }
         let policy = policy
+            .delay_generator(retry_delay)
             .build()
             .map_err(|e| ConfigError::new("retry", e.to_string()))?;
 

@@ -17,3 +17,4 @@ mod s15_s19;
 
 mod mux;
 mod outcomes;
+mod ride;
