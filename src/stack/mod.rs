@@ -24,10 +24,12 @@ use crate::pool::PoolConfig;
 
 mod db;
 mod settle;
+mod slow;
 
 pub use self::db::Db;
 use self::db::{Services, new_service};
 use self::settle::{Attempt, Settle};
+use self::slow::{ServerCut, SlowBudget};
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -38,6 +40,7 @@ pub struct StackBuilder {
     deadline: Duration,
     attempt_timeout: Duration,
     max_attempts: u32,
+    slow_retries: u32,
     schedule: Exponential,
     budget: Option<RetryBudget>,
     breaker: Option<BreakerConfig>,
@@ -228,6 +231,7 @@ impl StackBuilder {
             attempt_timeout: attempt,
             // Until the deadline: a restart is ridden out, not given up on after a few refused connects.
             max_attempts: u32::MAX,
+            slow_retries: 1,
             schedule,
             // tower's defaults: retries at most 20% of the last 10 s of requests, plus 10 a second.
             budget: RetryBudget::builder()
@@ -289,6 +293,17 @@ impl StackBuilder {
     /// request is retried until its deadline, bounded by the retry budget and stopped by the breaker.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
+        self
+    }
+
+    /// How many times a request's statement is retried after the server cut it for running longer than
+    /// the attempt timeout (default 1; 0 never retries a slow statement). A statement slower than its
+    /// attempt is cut by the server (its `statement_timeout` is set under the attempt timeout), which
+    /// answers, so the breaker does not count it as the database failing; only an attempt the server
+    /// did not answer in time counts. A request granted its own time with
+    /// [`Query::timeout`](crate::Query::timeout) is not cut this way.
+    pub fn slow_statement_retries(mut self, retries: u32) -> Self {
+        self.slow_retries = retries;
         self
     }
 
@@ -396,11 +411,13 @@ impl StackBuilder {
         let outcomes = Arc::new(Outcomes::default());
         let inner = ServiceBuilder::new()
             .layer_fn(|inner| Settle::new(inner, outcomes.clone()))
+            .layer_fn(SlowBudget::new)
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .layer_fn(Attempt::new)
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
+            .layer_fn(|inner| ServerCut::new(inner, self.attempt_timeout, self.slow_retries))
             .service(bottom);
         Ok(Db {
             inner: BoxCloneSyncService::new(inner),

@@ -415,3 +415,83 @@ async fn ride_the_breaker_closes_soon_after_a_long_outage() {
         "-",
     );
 }
+
+/// Ten reads slower than the attempt timeout (no `Query::timeout`) hold the default pool of 10 while a
+/// caller loops an unrelated `SELECT 1`: the server cuts each slow read at the attempt (`57014`, it
+/// answered), each is retried once and then fails as a slow statement, and the breaker, which does not
+/// count a statement the server answered, never opens: no `SELECT 1` is refused with `circuit_open`.
+#[tokio::test]
+async fn ride_slow_statements_do_not_open_the_breaker() {
+    let cluster = Cluster::new().await.unwrap();
+    let db = Stack::server(&cluster.url()).build().unwrap();
+    let breaker = db.breaker().unwrap().clone();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    let opened = Arc::new(AtomicBool::new(false));
+    let slow_done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (breaker, opened, done) = (breaker.clone(), opened.clone(), slow_done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if breaker.state().as_str() != "closed" {
+                    opened.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let unrelated = {
+        let (db, done) = (db.clone(), slow_done.clone());
+        tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while !done.load(Ordering::Relaxed) {
+                tally.record_rampart(&db.run(Query::read("SELECT 1")).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tally
+        })
+    };
+    let started = Instant::now();
+    let slow =
+        futures_util::future::join_all((0..10).map(|_| db.run(Query::read("SELECT pg_sleep(4)"))))
+            .await;
+    let slow_took = started.elapsed();
+    slow_done.store(true, Ordering::Relaxed);
+    let unrelated = unrelated.await.unwrap();
+    watcher.await.unwrap();
+    let mut slow_tally = Tally::default();
+    let mut attempts = Vec::new();
+    for r in &slow {
+        slow_tally.record_rampart(r);
+        if let Err(e) = r {
+            assert_eq!(e.kind(), rampart::ErrorKind::Timeout, "{e}");
+            assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e}");
+            attempts.push(e.attempts().unwrap_or(1));
+        }
+    }
+    let metrics = breaker.metrics();
+    assert_eq!(slow_tally.failed(), 10, "{slow_tally:?}");
+    assert!(
+        attempts.iter().all(|&a| a == 2),
+        "each slow read retried once: {attempts:?}"
+    );
+    assert!(
+        !opened.load(Ordering::Relaxed),
+        "the breaker never left closed: {metrics:?}"
+    );
+    assert_eq!(
+        unrelated.errors.get("circuit_open"),
+        None,
+        "no unrelated request refused: {unrelated:?}"
+    );
+    report(
+        "R5",
+        &format!(
+            "10 reads slower than the 3 s attempt timeout: each cut by the server (57014) and retried once, failing as slow after {}; breaker stayed closed; unrelated SELECT 1: {}/{} ok, errors {:?}",
+            ms(slow_took),
+            unrelated.ok,
+            unrelated.sent,
+            unrelated.errors
+        ),
+        "-",
+    );
+}
