@@ -495,3 +495,56 @@ async fn ride_slow_statements_do_not_open_the_breaker() {
         "-",
     );
 }
+
+/// `Db::health(Some(limit))` is bounded by the limit in all: a stale idle connection on a black-holed
+/// path (whose check would take the 750 ms check timeout) and a connect that would wait out its 5 s
+/// connect timeout both answer "down" at the limit. The serverless preset's health makes no probe (no
+/// link opened: a suspended compute is not woken) unless asked with `health_waking`.
+#[tokio::test]
+async fn ride_health_is_bounded_and_does_not_wake_a_serverless_host() {
+    let cluster = Cluster::new().await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let limit = Duration::from_millis(200);
+
+    let db = Stack::server(&proxy.url(&cluster)).build().unwrap();
+    db.run(Query::read("SELECT 1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.set_fault(rampart::testing::Fault::BlackHole);
+    let started = Instant::now();
+    let stale = db.health(Some(limit)).await;
+    let stale_took = started.elapsed();
+    assert_eq!(stale.status, rampart::Status::Down, "{stale:?}");
+    // No connection to check now: the probe must connect, into the black hole.
+    let started = Instant::now();
+    let cold = db.health(Some(limit)).await;
+    let cold_took = started.elapsed();
+    assert_eq!(cold.status, rampart::Status::Down, "{cold:?}");
+    proxy.set_fault(rampart::testing::Fault::PassThrough);
+
+    let url = format!("{}?sslmode=disable", proxy.url(&cluster));
+    let serverless = Stack::serverless(&url).build().unwrap();
+    let links = proxy.stats().links_accepted;
+    let idle = serverless.health(Some(limit)).await;
+    assert_eq!(
+        proxy.stats().links_accepted,
+        links,
+        "no link opened: the compute is not woken"
+    );
+    assert!(idle.probe_skipped.is_some() && idle.probe_rtt_ms.is_none());
+    let woken = serverless.health_waking(Duration::from_secs(5)).await;
+    assert!(woken.probe_rtt_ms.is_some(), "{woken:?}");
+    assert!(proxy.stats().links_accepted > links);
+    report(
+        "R6",
+        &format!(
+            "health(Some(200 ms)): stale black-holed connection answered {:?} in {}; connect into a black hole answered {:?} in {}; serverless health: no probe, 0 links opened, status {:?}; health_waking probed in {:.1} ms",
+            stale.status,
+            ms(stale_took),
+            cold.status,
+            ms(cold_took),
+            idle.status,
+            woken.probe_rtt_ms.unwrap_or_default()
+        ),
+        "-",
+    );
+}
