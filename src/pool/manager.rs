@@ -104,7 +104,7 @@ impl managed::Manager for Manager {
             }
             Err(e) => {
                 bump(&self.counters.connect_failures);
-                tracing::warn!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
+                tracing::info!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
                 Err(e)
             }
         }

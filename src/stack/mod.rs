@@ -23,13 +23,15 @@ use crate::mux::MuxConfig;
 use crate::pool::PoolConfig;
 
 mod db;
+mod request;
 mod settle;
 mod slow;
 
 pub use self::db::Db;
 use self::db::{Services, new_service};
+use self::request::RequestScope;
 use self::settle::{Attempt, Settle};
-use self::slow::{ServerCut, SlowBudget};
+use self::slow::ServerCut;
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -361,8 +363,14 @@ impl StackBuilder {
             .max_attempts(self.max_attempts)
             .schedule(self.schedule)
             .classifier(PgClassifier)
-            .on_retry(move |_| {
+            .on_retry(move |event| {
                 counted.fetch_add(1, Ordering::Relaxed);
+                request::retried(
+                    event
+                        .error()
+                        .and_then(|e| e.downcast_ref::<Error>())
+                        .map(|e| e.kind().as_str()),
+                );
             });
         if let Some(budget) = self.budget {
             policy = policy.budget(budget);
@@ -410,8 +418,8 @@ impl StackBuilder {
         // pool.
         let outcomes = Arc::new(Outcomes::default());
         let inner = ServiceBuilder::new()
+            .layer_fn(RequestScope::new)
             .layer_fn(|inner| Settle::new(inner, outcomes.clone()))
-            .layer_fn(SlowBudget::new)
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .layer_fn(Attempt::new)

@@ -8,12 +8,11 @@
 //! `BreakerClassifier`), so ten slow reads cannot open the breaker in front of everyone's `SELECT 1`.
 //! Only an attempt the server did not answer in time is cut by the attempt timeout and counted as a
 //! failure. A slow statement will be slow again: it is retried at most `slow_retries` times in a request
-//! (the count lives in [`SlowBudget`], at the top of the stack, as a task-local of the request's future).
+//! (counted in the request's record, `request.rs`).
 //!
 //! A request granted its own time ([`Query::timeout`](crate::Query::timeout)) is left alone: its attempt
 //! may use the whole grant.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -22,7 +21,6 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use rampart_layers::Classification;
 use rampart_layers::deadline::Deadlined;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tower::{BoxError, Service};
@@ -30,36 +28,7 @@ use tower::{BoxError, Service};
 use crate::error::{Error, ErrorKind};
 use crate::query::Query;
 
-tokio::task_local! {
-    /// Slow cuts seen so far by the request whose future is being polled.
-    static SLOW_CUTS: Cell<u32>;
-}
-
-/// At the top of a stack: gives each request its count of slow cuts.
-#[derive(Clone)]
-pub(super) struct SlowBudget<S> {
-    inner: S,
-}
-
-impl<S> SlowBudget<S> {
-    pub(super) fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S: Service<Query>> Service<Query> for SlowBudget<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = TaskLocalFuture<Cell<u32>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, query: Query) -> Self::Future {
-        SLOW_CUTS.scope(Cell::new(0), self.inner.call(query))
-    }
-}
+use super::request;
 
 /// Below the attempt timeout: the server cuts a statement slower than the attempt, and a request's
 /// slow cuts past `retries` are not retried.
@@ -141,12 +110,7 @@ where
         if e.code() != Some(&SqlState::QUERY_CANCELED) {
             return Poll::Ready(Err(err));
         }
-        let cuts = SLOW_CUTS
-            .try_with(|c| {
-                c.set(c.get() + 1);
-                c.get()
-            })
-            .unwrap_or(1);
+        let cuts = request::slow_cut();
         tracing::info!(
             target: "rampart::query",
             cuts,
