@@ -438,3 +438,47 @@ impl StackBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle limits the presets are set under (Neon's suspend, AWS NLB, Azure LB).
+    const NEON_SUSPEND: Duration = Duration::from_secs(5 * 60);
+    const AWS_NLB_IDLE: Duration = Duration::from_secs(350);
+    const AZURE_LB_IDLE: Duration = Duration::from_secs(4 * 60);
+
+    #[test]
+    fn serverless_keeps_no_connection_idle_past_the_hosts_limits() {
+        let b = Stack::serverless("postgres://u@ep-1.neon.tech/db");
+        let idle = b.pool.idle_timeout().expect("an idle timeout");
+        // The sweep runs every quarter of it, at most every 30 s: a connection may live that much longer.
+        let longest = idle + (idle / 4).min(Duration::from_secs(30));
+        for limit in [NEON_SUSPEND, AWS_NLB_IDLE, AZURE_LB_IDLE] {
+            assert!(longest < limit, "{longest:?} idle is not under {limit:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_user_timeout_is_within_the_attempt_timeout() {
+        for b in [
+            Stack::server("postgres://u@db/app"),
+            Stack::serverless("postgres://u@ep-1.neon.tech/db"),
+            Stack::pooler("postgres://u@db:6432/app"),
+        ] {
+            let pg = b.pg.as_ref().unwrap().pg_config();
+            let user_timeout = *pg.get_tcp_user_timeout().unwrap();
+            assert!(user_timeout < b.attempt_timeout, "{user_timeout:?}");
+            // Keepalives keep a middlebox's flow alive well under the shortest idle limit named.
+            assert!(pg.get_keepalives_idle() < AZURE_LB_IDLE);
+        }
+    }
+
+    #[test]
+    fn the_open_wait_does_not_grow() {
+        let b = Stack::server("postgres://u@db/app");
+        let breaker = b.breaker.unwrap();
+        assert_eq!(breaker.wait_in_open(), Duration::from_secs(1));
+        assert_eq!(breaker.max_wait_in_open(), Duration::from_secs(1));
+    }
+}
