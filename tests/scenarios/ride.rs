@@ -564,13 +564,28 @@ async fn ride_logs_one_line_per_event() {
     let _logging = tracing::subscriber::set_default(subscriber);
     let cluster = Cluster::new().await.unwrap();
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
-    let db = Stack::server(&proxy.url(&cluster)).build().unwrap();
+    // A 1 s bypass window, so that "inside the window" holds on a loaded machine.
+    let window = Duration::from_secs(1);
+    let pool = PoolConfig::builder()
+        .validation(
+            rampart::layers::validate::ValidationPolicy::builder()
+                .bypass_window(window)
+                .check_timeout(Duration::from_millis(750))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let db = Stack::server(&proxy.url(&cluster))
+        .pool(pool)
+        .build()
+        .unwrap();
     db.run(Query::read("SELECT pg_sleep($1)").bind(0.0f64))
         .await
         .unwrap();
 
     // Past the bypass window: the check finds it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
     proxy.kill_silently();
     let mark = logs.text().len();
     db.run(Query::read("SELECT 1")).await.unwrap();
