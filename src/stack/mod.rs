@@ -41,7 +41,8 @@ pub struct StackBuilder {
     pool: PoolConfig,
     deadline: Duration,
     attempt_timeout: Duration,
-    max_attempts: u32,
+    /// `None`: connect failures retried until the deadline, other failures [`DEFAULT_ATTEMPTS`].
+    max_attempts: Option<u32>,
     slow_retries: u32,
     schedule: Exponential,
     budget: Option<RetryBudget>,
@@ -101,7 +102,7 @@ impl fmt::Debug for StackBuilder {
 /// |---|---|---|
 /// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
 /// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
-/// | attempts | until the deadline (the retry budget and the breaker bound them) | same |
+/// | attempts | a failed connect (refused, `57P03` starting up, too many connections): until the deadline (the retry budget and the breaker bound them); any other failure: 4; a statement the server cut at the attempt timeout: 2 ([`slow_statement_retries`](StackBuilder::slow_statement_retries)) | same |
 /// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect | 100 ms doubling to 5 s, full jitter; same exceptions |
 /// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 1 s open (constant, so it closes within about a second of the database answering again), 3 probes | same |
 /// | recreate | after 8 consecutive lost pooled links | same |
@@ -171,6 +172,33 @@ fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
         .expect("constant schedule is valid")
 }
 
+/// Attempts for a failure other than a failed connect, by default (see [`StackBuilder::max_attempts`]).
+const DEFAULT_ATTEMPTS: u32 = 4;
+
+/// The stack's retry classifier: [`PgClassifier`], except that once a request has had `other_attempts`
+/// attempts counting only those that did not fail to connect, no failure but a failed connect is retried.
+/// (The retry layer's own count is the user's [`StackBuilder::max_attempts`], or none.)
+#[derive(Debug, Clone, Copy)]
+struct RetryClassifier {
+    other_attempts: u32,
+}
+
+impl<Res> rampart_layers::classify::Classify<Res, BoxError> for RetryClassifier {
+    fn classify_error(&self, error: &BoxError) -> rampart_layers::Classification {
+        let class = rampart_layers::classify::Classify::<Res, BoxError>::classify_error(
+            &PgClassifier,
+            error,
+        );
+        let connect = error
+            .downcast_ref::<Error>()
+            .is_some_and(|e| e.kind() == ErrorKind::Connect);
+        if !connect && request::attempts_not_connecting() >= self.other_attempts {
+            return rampart_layers::Classification::Permanent;
+        }
+        class
+    }
+}
+
 /// The longest wait before retrying a refused or failed connect (a restart): the database is back within
 /// this long of its listening again, whatever the schedule's cap.
 const CONNECT_RETRY_CAP: Duration = Duration::from_millis(500);
@@ -231,8 +259,8 @@ impl StackBuilder {
             pool,
             deadline,
             attempt_timeout: attempt,
-            // Until the deadline: a restart is ridden out, not given up on after a few refused connects.
-            max_attempts: u32::MAX,
+            // Refused connects until the deadline: a restart is ridden out, not given up on after a few.
+            max_attempts: None,
             slow_retries: 1,
             schedule,
             // tower's defaults: retries at most 20% of the last 10 s of requests, plus 10 a second.
@@ -291,10 +319,12 @@ impl StackBuilder {
         self
     }
 
-    /// How many attempts a request gets in all (1 turns retry off). By default there is no count: a
-    /// request is retried until its deadline, bounded by the retry budget and stopped by the breaker.
+    /// How many attempts a request gets in all, whatever failed (1 turns retry off). By default a
+    /// failed connect (refused, `57P03` starting up, too many connections) is retried until the
+    /// deadline, bounded by the retry budget and stopped by the breaker, so a restart is ridden out;
+    /// any other failure gets 4 attempts.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
+        self.max_attempts = Some(attempts);
         self
     }
 
@@ -354,22 +384,24 @@ impl StackBuilder {
                 "must not exceed the deadline",
             ));
         }
-        if self.max_attempts == 0 {
+        if self.max_attempts == Some(0) {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
         let retries = Arc::new(AtomicU64::new(0));
         let counted = retries.clone();
         let mut policy = RetryPolicy::builder()
-            .max_attempts(self.max_attempts)
+            .max_attempts(self.max_attempts.unwrap_or(u32::MAX))
             .schedule(self.schedule)
-            .classifier(PgClassifier)
+            .classifier(RetryClassifier {
+                other_attempts: self.max_attempts.map_or(DEFAULT_ATTEMPTS, |_| u32::MAX),
+            })
             .on_retry(move |event| {
                 counted.fetch_add(1, Ordering::Relaxed);
                 request::retried(
                     event
                         .error()
                         .and_then(|e| e.downcast_ref::<Error>())
-                        .map(|e| e.kind().as_str()),
+                        .map(|e| e.kind()),
                 );
             });
         if let Some(budget) = self.budget {

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower::Service;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::query::{Query, Response};
 
 #[derive(Debug, Default)]
@@ -30,6 +30,8 @@ struct Record {
     /// The error kinds that caused the retries, comma-separated.
     causes: String,
     slow_cuts: u32,
+    /// Retries after a failure other than a failed connect.
+    not_connecting: u32,
 }
 
 tokio::task_local! {
@@ -37,15 +39,26 @@ tokio::task_local! {
 }
 
 /// A retry is about to be made after an error of this kind (`None`: not a rampart error).
-pub(super) fn retried(kind: Option<&'static str>) {
+pub(super) fn retried(kind: Option<ErrorKind>) {
     let _ = RECORD.try_with(|r| {
         let mut r = r.borrow_mut();
         r.retries += 1;
+        if kind != Some(ErrorKind::Connect) {
+            r.not_connecting += 1;
+        }
         if !r.causes.is_empty() {
             r.causes.push(',');
         }
-        let _ = write!(r.causes, "{}", kind.unwrap_or("other"));
+        let _ = write!(r.causes, "{}", kind.map_or("other", ErrorKind::as_str));
     });
+}
+
+/// The attempts this request has had so far that did not fail to connect, the one that just failed
+/// included (1 outside a scope).
+pub(super) fn attempts_not_connecting() -> u32 {
+    RECORD
+        .try_with(|r| r.borrow().not_connecting + 1)
+        .unwrap_or(1)
 }
 
 /// The server cut this request's statement at the attempt timeout: how many times so far (1 outside a

@@ -249,7 +249,8 @@ impl Write for Captured {
 }
 
 impl Captured {
-    /// What was logged so far.
+    /// What was logged so far (for `tests/logs`, which includes this file).
+    #[allow(dead_code)]
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
