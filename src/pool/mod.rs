@@ -4,7 +4,7 @@
 //!
 //! The files: `config` (the settings), `manager` (deadpool's manager: connect, validate, retire), `in_flight`
 //! (a connection in use by one request and what becomes of it), `background` (idle eviction, pinger),
-//! `stats` (the counters).
+//! `stats` (the counters), `suspect` (what one dead connection says about the others).
 
 mod background;
 mod config;
