@@ -53,6 +53,13 @@ pub(crate) type PooledConn = managed::Object<Manager>;
 ///   serverless compute killed silently looks open to the client; this check is what finds it before a
 ///   caller does. A connection that fails is dropped and the next one (or a new one) is tried, invisibly
 ///   to the caller. The policy is [`rampart_layers::validate::ValidationPolicy`].
+/// - **What one dead connection says about the others.** A middlebox that forgot one idle flow has
+///   usually forgotten every flow idle as long. Once a connection is found dead (closed, reset, a failed
+///   check, a link lost under a request), every connection idle about as long is checked before hand-out
+///   even inside the bypass window; once a check *times out* (a black hole), those are dropped unchecked
+///   ([`PoolStats::evicted_suspect`]) instead of each costing the check timeout in turn. A connection found
+///   dead before anything of a request was written costs the request nothing: the next one is taken at
+///   once.
 /// - **Max lifetime with jitter** (30 min, minus up to 10% at random): connections are replaced as they
 ///   age, not all at once.
 /// - **Idle eviction** in the background (10 min by default).
