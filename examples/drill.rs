@@ -41,7 +41,8 @@ const USAGE: &str = "\
 usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [--database-url URL] [--json] [--log-format pretty|json]
 
   --duration       how long each stack runs (default 60s; accepts 90s, 2m, 500ms)
-  --faults         comma-separated, in order: idle-kill, restart, black-hole, reset, refuse (default: all;
+  --faults         comma-separated, in order: idle-kill, idle-drop, restart, black-hole, reset, refuse, slow
+                   (default: all;
                    restart needs the throwaway cluster, so it is left out with --database-url)
   --concurrency    concurrent workers (default 8)
   --multiplex      run rampart's statements pipelined over one shared connection instead of the pool
@@ -59,19 +60,23 @@ const ACCOUNTS: i32 = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FaultKind {
     IdleKill,
+    IdleDrop,
     Restart,
     BlackHole,
     Reset,
     Refuse,
+    Slow,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 5] = [
+    const ALL: [FaultKind; 7] = [
         FaultKind::IdleKill,
+        FaultKind::IdleDrop,
         FaultKind::Restart,
         FaultKind::BlackHole,
         FaultKind::Reset,
         FaultKind::Refuse,
+        FaultKind::Slow,
     ];
 
     fn parse(s: &str) -> Result<Self, String> {
@@ -80,7 +85,7 @@ impl FaultKind {
             .find(|f| f.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown fault `{s}`; choose from idle-kill, restart, black-hole, reset, refuse"
+                    "unknown fault `{s}`; choose from idle-kill, idle-drop, restart, black-hole, reset, refuse, slow"
                 )
             })
     }
@@ -88,10 +93,12 @@ impl FaultKind {
     fn name(self) -> &'static str {
         match self {
             FaultKind::IdleKill => "idle-kill",
+            FaultKind::IdleDrop => "idle-drop",
             FaultKind::Restart => "restart",
             FaultKind::BlackHole => "black-hole",
             FaultKind::Reset => "reset",
             FaultKind::Refuse => "refuse",
+            FaultKind::Slow => "slow",
         }
     }
 
@@ -100,10 +107,16 @@ impl FaultKind {
             FaultKind::IdleKill => {
                 "workers idle 1.2 s, then every link is killed silently (a serverless suspend)"
             }
+            FaultKind::IdleDrop => {
+                "workers idle 1.2 s, then every link is dropped silently: writes vanish, nothing answers (a front end that forgot the client)"
+            }
             FaultKind::Restart => "the server restarts (fast shutdown) under load",
             FaultKind::BlackHole => "for 3 s the network drops everything, with no reset",
             FaultKind::Reset => "every open link is reset mid-workload",
             FaultKind::Refuse => "for 2 s nothing listens: links reset, connects refused",
+            FaultKind::Slow => {
+                "for 4 s another session holds a lock on the sign-ups table: statements slower than the attempt timeout"
+            }
         }
     }
 }
@@ -636,6 +649,21 @@ impl Drill {
         ))
     }
 
+    /// Holds an exclusive lock on `table`'s sign-ups for `how_long`, from a session of its own: every
+    /// statement on it waits, slower than the attempt timeout.
+    async fn hold_lock(&self, table: &str, how_long: Duration) -> Result<(), String> {
+        let conn = direct_client(&self.direct_url).await?;
+        conn.batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table}_signups IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .map_err(|e| format!("cannot lock {table}_signups: {e}"))?;
+        tokio::time::sleep(how_long).await;
+        conn.batch_execute("COMMIT")
+            .await
+            .map_err(|e| format!("cannot release the lock: {e}"))
+    }
+
     /// Runs the workload for the whole duration while the fault script plays, recording by phase.
     /// Returns what was recorded and how many times the breaker (if any) was seen opening.
     async fn run<T: Target>(
@@ -714,7 +742,7 @@ impl Drill {
             })
         };
 
-        self.play_faults(&recorder).await;
+        self.play_faults(&recorder, &format!("{name}_drill")).await;
         stop.store(true, Ordering::Relaxed);
         while workers.join_next().await.is_some() {}
         progress.finish();
@@ -724,7 +752,7 @@ impl Drill {
 
     /// The fault script: a steady slot, one slot per fault (injected a tenth in, lifted when its window
     /// ends), and a recovery slot.
-    async fn play_faults(&self, recorder: &Recorder) {
+    async fn play_faults(&self, recorder: &Recorder, table: &str) {
         let slot = self.slot();
         let set_phase = |i: usize| *recorder.phase.lock().unwrap() = i;
         set_phase(0);
@@ -739,6 +767,20 @@ impl Drill {
                     tokio::time::sleep(Duration::from_millis(1200)).await;
                     self.proxy.kill_silently();
                     recorder.paused.store(false, Ordering::Relaxed);
+                }
+                FaultKind::IdleDrop => {
+                    recorder.paused.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    self.proxy.drop_silently();
+                    recorder.paused.store(false, Ordering::Relaxed);
+                }
+                FaultKind::Slow => {
+                    if let Err(e) = self
+                        .hold_lock(table, Duration::from_secs(4).min(slot / 2))
+                        .await
+                    {
+                        eprintln!("drill: the slow phase failed: {e}");
+                    }
                 }
                 FaultKind::Restart => {
                     if let Some(cluster) = &self.cluster {

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rampart_layers::breaker::{BreakerHandle, BreakerState};
 use serde::Serialize;
 
-use crate::error::Error;
+use rampart_layers::Classification;
+
+use crate::config::Preset;
+use crate::error::{Error, ErrorKind};
 use crate::mux::MuxStats;
 use crate::pool::PoolStats;
 use crate::query::Query;
@@ -166,6 +169,10 @@ pub struct HealthReport {
     pub breaker: Option<BreakerReport>,
     /// The shared connections, if the service is multiplexed.
     pub multiplex: Option<MuxStats>,
+    /// Why no probe was made although one was asked for: a probe of a serverless host wakes a
+    /// suspended compute (and keeps it billed), so the serverless preset reports the last known state
+    /// unless told to probe ([`Db::health_waking`](crate::Db::health_waking)).
+    pub probe_skipped: Option<&'static str>,
 }
 
 impl BreakerReport {
@@ -192,6 +199,7 @@ struct Parts {
     /// The last failure and how long ago it was.
     last_error: Option<(RecentError, Duration)>,
     probe: Option<Result<Duration, ()>>,
+    probe_skipped: Option<&'static str>,
 }
 
 impl HealthReport {
@@ -204,10 +212,13 @@ impl HealthReport {
         outcomes: &Outcomes,
         breaker: Option<&BreakerHandle>,
         probe: Option<Duration>,
+        may_wake: bool,
     ) -> HealthReport {
-        let probe = match probe {
-            Some(limit) => Some(probe_once(service, outcomes, limit).await),
-            None => None,
+        let serverless = service.pool().pg_config().preset() == Preset::Serverless;
+        let (probe, probe_skipped) = match probe {
+            Some(_) if serverless && !may_wake => (None, Some(SKIPPED_SERVERLESS)),
+            Some(limit) => (Some(probe_once(service, outcomes, limit).await), None),
+            None => (None, None),
         };
         let last_error = outcomes
             .ago(outcomes.last_error_at.load(Ordering::Relaxed))
@@ -220,6 +231,7 @@ impl HealthReport {
             last_success: outcomes.ago(outcomes.last_success.load(Ordering::Relaxed)),
             last_error,
             probe,
+            probe_skipped,
         })
     }
 
@@ -263,22 +275,35 @@ impl HealthReport {
             pool: parts.pool,
             breaker: parts.breaker.map(|(report, _)| report),
             multiplex: parts.multiplex,
+            probe_skipped: parts.probe_skipped,
         }
     }
 }
 
-/// One `SELECT 1` through the service, timed, its outcome recorded.
+const SKIPPED_SERVERLESS: &str =
+    "serverless preset: a probe would wake a suspended compute; this is the last known state";
+
+/// One `SELECT 1` through the service, timed, its outcome recorded. All of it, checkout, validation and
+/// connect included, is bounded by `limit`: the query's deadline bounds the checkout and the statement,
+/// and a timer the rest (a connect or a check that would outlast it is dropped with the probe).
 async fn probe_once(
     service: &PgService,
     outcomes: &Outcomes,
     limit: Duration,
 ) -> Result<Duration, ()> {
+    use rampart_layers::deadline::Deadlined;
     use tower::ServiceExt;
     let started = Instant::now();
-    let result = service
-        .clone()
-        .oneshot(Query::read("SELECT 1").timeout(limit))
-        .await;
+    let mut query = Query::read("SELECT 1").timeout(limit);
+    query.set_deadline(tokio::time::Instant::now() + limit);
+    let result = match tokio::time::timeout(limit, service.clone().oneshot(query)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            Classification::Transient,
+            format!("health probe did not answer within {limit:?}"),
+        )),
+    };
     outcomes.record(&result);
     result.map(|_| started.elapsed()).map_err(drop)
 }
@@ -300,6 +325,7 @@ mod tests {
             validated: 0,
             evicted_closed: 0,
             evicted_validation: 0,
+            evicted_suspect: 0,
             evicted_lifetime: 0,
             evicted_idle: 0,
             discarded: 0,
@@ -316,6 +342,7 @@ mod tests {
             last_success: Some(Duration::from_secs(1)),
             last_error: None,
             probe: None,
+            probe_skipped: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::config::PoolerMode;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec::{self, statement_timeout_for};
 use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
-use crate::outcome::{Stage, closed_before_send};
+use crate::outcome::{Stage, closed_before_send, connection_gone};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 use crate::session::{Effect, effect};
@@ -145,7 +145,7 @@ fn refused(effect: Effect) -> Option<Error> {
 }
 
 async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response, Error> {
-    let remaining = query
+    let mut remaining = query
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
     if remaining.is_some_and(|r| r.is_zero()) {
@@ -155,23 +155,43 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
             "deadline passed before the query was sent",
         ));
     }
-    let conn = pool.get_within(remaining).await?;
-    let mut in_flight = InFlight::new(pool.clone(), conn);
-    if effect == Effect::Session {
-        in_flight.close_after_use();
-    }
-
-    if in_flight.conn().client().is_closed() {
-        in_flight.release(true);
-        return Err(closed_before_send(pool.server()));
-    }
-    if pool.pg_config().pooler_mode() == PoolerMode::Transaction {
-        return crate::pooler::run(&pool, in_flight, &query).await;
-    }
-    // Preparing sends only a Parse: if the link fails here the statement never ran.
-    let statement = match in_flight.conn().prepare(query.sql()).await {
-        Ok(s) => s,
-        Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
+    // A connection found dead before anything of the request was written costs the request nothing: it
+    // is discarded (the pool then checks the connections as old, see `pool/suspect.rs`) and the next one
+    // taken at once, with no attempt spent and no backoff. Each turn uses up a connection, so the turns
+    // are bounded by the pool's size (the last ones are new connections).
+    let mut dead_before_send = 0;
+    let (mut in_flight, statement) = loop {
+        let conn = pool.get_within(remaining).await?;
+        let mut in_flight = InFlight::new(pool.clone(), conn);
+        if effect == Effect::Session {
+            in_flight.close_after_use();
+        }
+        let retake = dead_before_send <= pool.config().max_size();
+        if in_flight.conn().client().is_closed() {
+            in_flight.release(true);
+            if !retake {
+                return Err(closed_before_send(pool.server()));
+            }
+        } else {
+            if pool.pg_config().pooler_mode() == PoolerMode::Transaction {
+                return crate::pooler::run(&pool, in_flight, &query).await;
+            }
+            // Preparing sends only a Parse: if the link fails here the statement never ran.
+            match in_flight.conn().prepare(query.sql()).await {
+                Ok(s) => break (in_flight, s),
+                Err(e) if retake && connection_gone(&e) => in_flight.release(true),
+                Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
+            }
+        }
+        dead_before_send += 1;
+        let left = query
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|r| r.is_zero()) {
+            return Err(closed_before_send(pool.server()));
+        }
+        tracing::debug!(target: "rampart::pool", "connection found dead before sending: taking the next");
+        remaining = left;
     };
 
     let remaining = query

@@ -306,8 +306,10 @@ impl PgConfig {
             _ => RootCert::File(PathBuf::from(v)),
         });
         let (connect, idle, interval, retries, user_timeout) = match preset {
-            Preset::Server => (5, 30, 10, 3, 15),
-            Preset::Serverless => (15, 60, 15, 4, 30),
+            // tcp_user_timeout in milliseconds: under the stacks' attempt timeouts (3 s, 15 s), so real
+            // packet loss fails the link before the attempt is cut.
+            Preset::Server => (5, 30, 10, 3, 2_500),
+            Preset::Serverless => (15, 60, 15, 4, 10_000),
         };
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(connect));
@@ -317,7 +319,7 @@ impl PgConfig {
             .keepalives_interval(Duration::from_secs(interval))
             .keepalives_retries(retries);
         if pg.get_tcp_user_timeout().is_none() {
-            pg.tcp_user_timeout(Duration::from_secs(user_timeout));
+            pg.tcp_user_timeout(Duration::from_millis(user_timeout));
         }
         if pg.get_application_name().is_none() {
             pg.application_name("rampart");

@@ -32,7 +32,7 @@ use crate::ConfigError;
 /// |---|---|---|---|
 /// | connect timeout | 5 s | 15 s | a cold serverless compute takes seconds to wake; an always-on server answers in milliseconds or not at all |
 /// | TCP keepalive idle / interval / count | 30 s / 10 s / 3 | 60 s / 15 s / 4 | an idle link whose peer vanished is found in about a minute (server) or two (serverless), instead of the kernel's two hours |
-/// | `tcp_user_timeout` | 15 s | 30 s | unacknowledged writes fail in seconds, not 15 minutes of retransmission |
+/// | `tcp_user_timeout` | 2.5 s | 10 s | unacknowledged writes (and an unanswered keepalive probe) fail the link within the stacks' attempt timeout (3 s, 15 s), not after 15 minutes of retransmission |
 /// | TLS | as the URL's `sslmode` says (default `prefer`, as libpq) | `verify-full` unless the URL says otherwise | hosted Postgres requires TLS, and an unverified link is open to anyone on the path |
 /// | keepalive pinger | off (may be turned on) | off, always | an application-level ping would keep a suspended compute awake, and billed |
 /// | `application_name` | `rampart` | `rampart` | so operators can find the connections in `pg_stat_activity` |

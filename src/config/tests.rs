@@ -12,7 +12,7 @@ fn server_defaults_are_filled_in() {
     assert_eq!(c.pg_config().get_keepalives_idle(), Duration::from_secs(30));
     assert_eq!(
         c.pg_config().get_tcp_user_timeout(),
-        Some(&Duration::from_secs(15))
+        Some(&Duration::from_millis(2_500))
     );
     assert_eq!(c.pg_config().get_application_name(), Some("rampart"));
     assert_eq!(c.tls_mode(), TlsMode::Prefer);

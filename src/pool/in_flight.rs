@@ -41,7 +41,9 @@ impl InFlight {
     /// again), or is discarded if it is `gone`, found closed, or left with session state.
     pub(crate) fn release(mut self, gone: bool) {
         if let Some(mut conn) = self.conn.take() {
-            if gone || self.close_after || conn.client().is_closed() {
+            if gone || conn.client().is_closed() {
+                self.pool.discard_dead(conn);
+            } else if self.close_after {
                 self.pool.discard(conn);
             } else {
                 conn.mark_ok();

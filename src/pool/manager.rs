@@ -14,6 +14,7 @@ use crate::cache::SqlCache;
 
 use super::config::PoolConfig;
 use super::stats::{Counters, bump};
+use super::suspect::{Suspicion, Verdict};
 
 /// One pooled connection: deadpool-postgres's client (with its statement cache) and what rampart tracks.
 pub(crate) struct PgConn {
@@ -59,6 +60,11 @@ impl PgConn {
         self.last_ok = Some(Instant::now());
     }
 
+    /// When the connection was last used successfully.
+    pub(super) fn last_ok(&self) -> Option<Instant> {
+        self.last_ok
+    }
+
     /// The `statement_timeout` this session has set, in milliseconds (0: none).
     pub(crate) fn statement_timeout_ms(&self) -> u64 {
         self.statement_timeout_ms
@@ -90,6 +96,7 @@ pub(crate) struct Manager {
     pub(super) server: String,
     pub(super) counters: Arc<Counters>,
     pub(super) rng: Mutex<SplitMix64>,
+    pub(super) suspicion: Arc<Suspicion>,
 }
 
 impl fmt::Debug for Manager {
@@ -125,7 +132,7 @@ impl managed::Manager for Manager {
             }
             Err(e) => {
                 bump(&self.counters.connect_failures);
-                tracing::warn!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
+                tracing::info!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
                 Err(e)
             }
         }
@@ -138,6 +145,7 @@ impl managed::Manager for Manager {
     ) -> RecycleResult<tokio_postgres::Error> {
         if conn.client.is_closed() {
             bump(&self.counters.evicted_closed);
+            self.suspicion.found_dead(conn.last_ok);
             tracing::info!(target: "rampart::pool", server = %self.server, "closed connection dropped");
             return Err(RecycleError::message("connection closed"));
         }
@@ -146,15 +154,24 @@ impl managed::Manager for Manager {
             tracing::debug!(target: "rampart::pool", server = %self.server, "connection reached its max lifetime");
             return Err(RecycleError::message("connection reached its max lifetime"));
         }
+        let policy = self.config.validation;
         let client = &conn.client;
-        match self
-            .config
-            .validation
-            .validate(conn.last_ok, || async {
-                client.simple_query("").await.map(drop)
-            })
-            .await
-        {
+        let check = || async { client.simple_query("").await.map(drop) };
+        let checked = match self.suspicion.verdict(conn.last_ok) {
+            Verdict::Doomed => {
+                bump(&self.counters.evicted_suspect);
+                tracing::debug!(
+                    target: "rampart::pool", server = %self.server,
+                    "connection idle as long as one that did not answer its check: dropped unchecked"
+                );
+                return Err(RecycleError::message(
+                    "idle as long as a black-holed connection",
+                ));
+            }
+            Verdict::Suspect => policy.check(check()).await,
+            Verdict::Trusted => policy.validate(conn.last_ok, check).await,
+        };
+        match checked {
             Ok(Checked::Bypassed) => {}
             Ok(_) => {
                 bump(&self.counters.validated);
@@ -162,7 +179,13 @@ impl managed::Manager for Manager {
             }
             Err(e) => {
                 bump(&self.counters.evicted_validation);
-                tracing::warn!(
+                if e.is_timeout() {
+                    self.suspicion.found_black_holed(conn.last_ok);
+                } else {
+                    self.suspicion.found_dead(conn.last_ok);
+                }
+                // `rampart::validate` has said it at warn; this line adds the server and the replacement.
+                tracing::info!(
                     target: "rampart::pool", server = %self.server, outcome = e.outcome(),
                     "validation failed, connection replaced"
                 );

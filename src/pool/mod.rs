@@ -4,13 +4,14 @@
 //!
 //! The files: `config` (the settings), `manager` (deadpool's manager: connect, validate, retire), `in_flight`
 //! (a connection in use by one request and what becomes of it), `background` (idle eviction, pinger),
-//! `stats` (the counters).
+//! `stats` (the counters), `suspect` (what one dead connection says about the others).
 
 mod background;
 mod config;
 mod in_flight;
 mod manager;
 mod stats;
+mod suspect;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ pub use self::stats::PoolStats;
 
 use self::manager::Manager;
 use self::stats::{Counters, bump};
+use self::suspect::Suspicion;
 use crate::config::PgConfig;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec::ParamTypes;
@@ -52,6 +54,13 @@ pub(crate) type PooledConn = managed::Object<Manager>;
 ///   serverless compute killed silently looks open to the client; this check is what finds it before a
 ///   caller does. A connection that fails is dropped and the next one (or a new one) is tried, invisibly
 ///   to the caller. The policy is [`rampart_layers::validate::ValidationPolicy`].
+/// - **What one dead connection says about the others.** A middlebox that forgot one idle flow has
+///   usually forgotten every flow idle as long. Once a connection is found dead (closed, reset, a failed
+///   check, a link lost under a request), every connection idle about as long is checked before hand-out
+///   even inside the bypass window; once a check *times out* (a black hole), those are dropped unchecked
+///   ([`PoolStats::evicted_suspect`]) instead of each costing the check timeout in turn. A connection found
+///   dead before anything of a request was written costs the request nothing: the next one is taken at
+///   once.
 /// - **Max lifetime with jitter** (30 min, minus up to 10% at random): connections are replaced as they
 ///   age, not all at once.
 /// - **Idle eviction** in the background (10 min by default).
@@ -76,6 +85,7 @@ pub struct Pool {
 
 struct Shared {
     counters: Arc<Counters>,
+    suspicion: Arc<Suspicion>,
     config: PoolConfig,
     server: Arc<str>,
     pg: PgConfig,
@@ -104,6 +114,7 @@ impl Pool {
         let connector = Connector::new(&pg)?;
         let server: Arc<str> = pg.redacted_url().into();
         let counters = Arc::new(Counters::default());
+        let suspicion = Arc::new(Suspicion::new(config.validation.bypass_window()));
         let inner_manager = deadpool_postgres::Manager::from_connect(
             pg.pg_config().clone(),
             connector.clone(),
@@ -117,6 +128,7 @@ impl Pool {
             server: server.to_string(),
             counters: counters.clone(),
             rng: Mutex::new(SplitMix64::from_entropy()),
+            suspicion: suspicion.clone(),
         };
         let connect_timeout = pg.pg_config().get_connect_timeout().copied();
         let inner = managed::Pool::builder(manager)
@@ -137,6 +149,7 @@ impl Pool {
             inner,
             shared: Arc::new(Shared {
                 counters,
+                suspicion,
                 config,
                 server,
                 pg,
@@ -227,6 +240,14 @@ impl Pool {
     pub(crate) fn discard(&self, conn: PooledConn) {
         bump(&self.shared.counters.discarded);
         drop(managed::Object::take(conn));
+    }
+
+    /// Discards a connection found dead (closed, reset, hung up after a `FATAL`): as [`discard`](Self::discard),
+    /// and every idle connection as old becomes suspect, checked before hand-out whatever the bypass
+    /// window says (see `suspect.rs`).
+    pub(crate) fn discard_dead(&self, conn: PooledConn) {
+        self.shared.suspicion.found_dead(conn.last_ok());
+        self.discard(conn);
     }
 
     /// Asks the server to cancel whatever `token`'s connection is running, in the background: for a

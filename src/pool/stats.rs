@@ -12,6 +12,7 @@ pub(super) struct Counters {
     pub(super) validated: AtomicU64,
     pub(super) evicted_closed: AtomicU64,
     pub(super) evicted_validation: AtomicU64,
+    pub(super) evicted_suspect: AtomicU64,
     pub(super) evicted_lifetime: AtomicU64,
     pub(super) evicted_idle: AtomicU64,
     pub(super) discarded: AtomicU64,
@@ -48,6 +49,10 @@ pub struct PoolStats {
     pub evicted_closed: u64,
     /// Connections dropped at checkout because validation failed.
     pub evicted_validation: u64,
+    /// Connections dropped at checkout without a check, because a connection idle as long did not answer
+    /// its check in time (a black-holed link: checking each would cost the check timeout, one after
+    /// another).
+    pub evicted_suspect: u64,
     /// Connections replaced because they reached their max lifetime.
     pub evicted_lifetime: u64,
     /// Connections closed by the background task after sitting idle.
@@ -74,6 +79,7 @@ impl Counters {
             validated: load(&self.validated),
             evicted_closed: load(&self.evicted_closed),
             evicted_validation: load(&self.evicted_validation),
+            evicted_suspect: load(&self.evicted_suspect),
             evicted_lifetime: load(&self.evicted_lifetime),
             evicted_idle: load(&self.evicted_idle),
             discarded: load(&self.discarded),

@@ -155,13 +155,30 @@ impl Db {
         self.services.rebuilds()
     }
 
-    /// A health report; with `probe`, also times a `SELECT 1` bounded by it.
+    /// A health report; with `probe`, also times a `SELECT 1`, all of it (checkout, validation, connect)
+    /// bounded by it. On the serverless preset no probe is made (a probe wakes a suspended compute):
+    /// the report gives the last known state and says so ([`HealthReport::probe_skipped`]); use
+    /// [`health_waking`](Self::health_waking) to probe anyway.
     pub async fn health(&self, probe: Option<Duration>) -> HealthReport {
         HealthReport::gather(
             &self.service(),
             &self.outcomes,
             self.breaker.as_ref(),
             probe,
+            false,
+        )
+        .await
+    }
+
+    /// A health report with a probe bounded by `probe`, whatever the preset: on a serverless host it
+    /// wakes a suspended compute.
+    pub async fn health_waking(&self, probe: Duration) -> HealthReport {
+        HealthReport::gather(
+            &self.service(),
+            &self.outcomes,
+            self.breaker.as_ref(),
+            Some(probe),
+            true,
         )
         .await
     }

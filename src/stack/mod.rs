@@ -17,17 +17,21 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 
 use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::mux::MuxConfig;
 use crate::pool::PoolConfig;
 
 mod db;
+mod request;
 mod settle;
+mod slow;
 
 pub use self::db::{Db, DbFuture};
 use self::db::{Services, new_service};
+use self::request::RequestScope;
 use self::settle::{Attempt, Settle};
+use self::slow::ServerCut;
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -37,7 +41,9 @@ pub struct StackBuilder {
     pool: PoolConfig,
     deadline: Duration,
     attempt_timeout: Duration,
-    max_attempts: u32,
+    /// `None`: connect failures retried until the deadline, other failures [`DEFAULT_ATTEMPTS`].
+    max_attempts: Option<u32>,
+    slow_retries: u32,
     schedule: Exponential,
     budget: Option<RetryBudget>,
     breaker: Option<BreakerConfig>,
@@ -96,10 +102,12 @@ impl fmt::Debug for StackBuilder {
 /// |---|---|---|
 /// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
 /// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
-/// | attempts | 4 | 4 |
-/// | backoff | 50 ms doubling to 2 s, full jitter | 100 ms doubling to 5 s, full jitter |
-/// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 2 s open, doubling to 30 s, 3 probes | same |
+/// | attempts | a failed connect (refused, `57P03` starting up, too many connections): until the deadline (the retry budget and the breaker bound them); any other failure: 4; a statement the server cut at the attempt timeout: 2 ([`slow_statement_retries`](StackBuilder::slow_statement_retries)) | same |
+/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect | 100 ms doubling to 5 s, full jitter; same exceptions |
+/// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 1 s open (constant, so it closes within about a second of the database answering again), 3 probes | same |
 /// | recreate | after 8 consecutive lost pooled links | same |
+/// | pool idle timeout | 10 min (TCP keepalives every 30 s keep NAT and load-balancer flows alive: AWS NLB forgets after 350 s, Azure LB after 4 min) | 3 min, swept every 30 s: under Azure LB's 4 min, AWS NLB's 350 s and Neon's 5 min suspend, so a suspend finds no connection to leave stale |
+/// | validation | after 500 ms idle, 750 ms check timeout; once one connection is found dead, those as old are checked, and once a check times out, those as old are dropped unchecked | same |
 ///
 /// [`Stack::pooler`] is the `server` stack for a pooler in transaction mode (PgBouncer and the hosted
 /// poolers built on it): statements unnamed, the deadline pushed down with `SET LOCAL` inside the
@@ -142,6 +150,18 @@ impl Stack {
     }
 }
 
+/// The serverless preset's pool: idle connections closed after 3 min (swept every 30 s, so none is kept
+/// past 3.5 min), under the idle limits of the hosts it names (Neon suspends after 5 min, AWS NLB
+/// forgets a flow after 350 s, Azure LB after 4 min).
+fn serverless_pool() -> PoolConfig {
+    PoolConfig::builder()
+        .idle_timeout(Some(SERVERLESS_IDLE_TIMEOUT))
+        .build()
+        .expect("constant pool settings are valid")
+}
+
+const SERVERLESS_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+
 fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
     Exponential::builder()
         .base_delay(Duration::from_millis(base_ms))
@@ -150,6 +170,53 @@ fn exponential(base_ms: u64, max_ms: u64) -> Exponential {
         .jitter(Jitter::Full)
         .build()
         .expect("constant schedule is valid")
+}
+
+/// Attempts for a failure other than a failed connect, by default (see [`StackBuilder::max_attempts`]).
+const DEFAULT_ATTEMPTS: u32 = 4;
+
+/// The stack's retry classifier: [`PgClassifier`], except that once a request has had `other_attempts`
+/// attempts counting only those that did not fail to connect, no failure but a failed connect is retried.
+/// (The retry layer's own count is the user's [`StackBuilder::max_attempts`], or none.)
+#[derive(Debug, Clone, Copy)]
+struct RetryClassifier {
+    other_attempts: u32,
+}
+
+impl<Res> rampart_layers::classify::Classify<Res, BoxError> for RetryClassifier {
+    fn classify_error(&self, error: &BoxError) -> rampart_layers::Classification {
+        let class = rampart_layers::classify::Classify::<Res, BoxError>::classify_error(
+            &PgClassifier,
+            error,
+        );
+        let connect = error
+            .downcast_ref::<Error>()
+            .is_some_and(|e| e.kind() == ErrorKind::Connect);
+        if !connect && request::attempts_not_connecting() >= self.other_attempts {
+            return rampart_layers::Classification::Permanent;
+        }
+        class
+    }
+}
+
+/// The longest wait before retrying a refused or failed connect (a restart): the database is back within
+/// this long of its listening again, whatever the schedule's cap.
+const CONNECT_RETRY_CAP: Duration = Duration::from_millis(500);
+
+/// The wait before a retry, where the error says better than the schedule (the retry layer's
+/// `delay_generator`): none after a pooled connection lost under the first attempt (that connection
+/// failed, not the database: the next attempt takes one the pool has checked, or a new one), and at most
+/// [`CONNECT_RETRY_CAP`] after a failed connect (so a restart is ridden out with a stall no longer than
+/// the outage plus that).
+fn retry_delay(event: &rampart_layers::retry::RetryEvent<'_>) -> Option<Duration> {
+    let error = event.error()?.downcast_ref::<Error>()?;
+    match error.kind() {
+        ErrorKind::ConnectionLost if !error.is_on_shared_connection() && event.attempt() == 1 => {
+            Some(Duration::ZERO)
+        }
+        ErrorKind::Connect => Some(event.delay().min(CONNECT_RETRY_CAP)),
+        _ => None,
+    }
 }
 
 impl StackBuilder {
@@ -173,18 +240,28 @@ impl StackBuilder {
             .failure_rate(0.5)
             .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
             .minimum_calls(20)
-            .wait_in_open(Duration::from_secs(2))
-            .wait_multiplier(2.0)
-            .max_wait_in_open(Duration::from_secs(30))
+            // Constant and short: a database that is restarting is back within seconds, and a doubling
+            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
+            // three probes a second.
+            .wait_in_open(Duration::from_secs(1))
+            .wait_multiplier(1.0)
+            .max_wait_in_open(Duration::from_secs(1))
             .half_open_calls(3)
             .build()
             .expect("constant breaker settings are valid");
+        let pool = if serverless {
+            serverless_pool()
+        } else {
+            PoolConfig::default()
+        };
         StackBuilder {
             pg,
-            pool: PoolConfig::default(),
+            pool,
             deadline,
             attempt_timeout: attempt,
-            max_attempts: 4,
+            // Refused connects until the deadline: a restart is ridden out, not given up on after a few.
+            max_attempts: None,
+            slow_retries: 1,
             schedule,
             // tower's defaults: retries at most 20% of the last 10 s of requests, plus 10 a second.
             budget: RetryBudget::builder()
@@ -242,9 +319,23 @@ impl StackBuilder {
         self
     }
 
-    /// How many attempts a request gets in all (1 turns retry off).
+    /// How many attempts a request gets in all, whatever failed (1 turns retry off). By default a
+    /// failed connect (refused, `57P03` starting up, too many connections) is retried until the
+    /// deadline, bounded by the retry budget and stopped by the breaker, so a restart is ridden out;
+    /// any other failure gets 4 attempts.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// How many times a request's statement is retried after the server cut it for running longer than
+    /// the attempt timeout (default 1; 0 never retries a slow statement). A statement slower than its
+    /// attempt is cut by the server (its `statement_timeout` is set under the attempt timeout), which
+    /// answers, so the breaker does not count it as the database failing; only an attempt the server
+    /// did not answer in time counts. A request granted its own time with
+    /// [`Query::timeout`](crate::Query::timeout) is not cut this way.
+    pub fn slow_statement_retries(mut self, retries: u32) -> Self {
+        self.slow_retries = retries;
         self
     }
 
@@ -294,25 +385,34 @@ impl StackBuilder {
                 "must not exceed the deadline",
             ));
         }
-        if self.max_attempts == 0 {
+        if self.max_attempts == Some(0) {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
         let retries = Arc::new(AtomicU64::new(0));
         let counted = retries.clone();
         let mut policy = RetryPolicy::builder()
-            .max_attempts(self.max_attempts)
+            .max_attempts(self.max_attempts.unwrap_or(u32::MAX))
             .schedule(self.schedule)
-            .classifier(PgClassifier)
-            .on_retry(move |_| {
+            .classifier(RetryClassifier {
+                other_attempts: self.max_attempts.map_or(DEFAULT_ATTEMPTS, |_| u32::MAX),
+            })
+            .on_retry(move |event| {
                 counted.fetch_add(1, Ordering::Relaxed);
+                request::retried(
+                    event
+                        .error()
+                        .and_then(|e| e.downcast_ref::<Error>())
+                        .map(|e| e.kind()),
+                );
             });
         if let Some(budget) = self.budget {
             policy = policy.budget(budget);
         }
         let policy = policy
+            .delay_generator(retry_delay)
             .build()
             .map_err(|e| ConfigError::new("retry", e.to_string()))?;
-        let stream_policy = Arc::new(policy.clone());
+        let stream_policy = Arc::new(policy.clone().with_classifier(PgClassifier));
 
         let mux = self
             .mux
@@ -358,12 +458,14 @@ impl StackBuilder {
             deadline: self.deadline,
         });
         let inner = ServiceBuilder::new()
+            .layer_fn(RequestScope::new)
             .layer_fn(|inner| Settle::new(inner, context.clone()))
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
             .layer_fn(Attempt::new)
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
+            .layer_fn(|inner| ServerCut::new(inner, self.attempt_timeout, self.slow_retries))
             .service(bottom);
         Ok(Db {
             inner: BoxCloneSyncService::new(inner),
@@ -376,5 +478,49 @@ impl StackBuilder {
             record_statements: false,
             stream_policy,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle limits the presets are set under (Neon's suspend, AWS NLB, Azure LB).
+    const NEON_SUSPEND: Duration = Duration::from_secs(5 * 60);
+    const AWS_NLB_IDLE: Duration = Duration::from_secs(350);
+    const AZURE_LB_IDLE: Duration = Duration::from_secs(4 * 60);
+
+    #[test]
+    fn serverless_keeps_no_connection_idle_past_the_hosts_limits() {
+        let b = Stack::serverless("postgres://u@ep-1.neon.tech/db");
+        let idle = b.pool.idle_timeout().expect("an idle timeout");
+        // The sweep runs every quarter of it, at most every 30 s: a connection may live that much longer.
+        let longest = idle + (idle / 4).min(Duration::from_secs(30));
+        for limit in [NEON_SUSPEND, AWS_NLB_IDLE, AZURE_LB_IDLE] {
+            assert!(longest < limit, "{longest:?} idle is not under {limit:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_user_timeout_is_within_the_attempt_timeout() {
+        for b in [
+            Stack::server("postgres://u@db/app"),
+            Stack::serverless("postgres://u@ep-1.neon.tech/db"),
+            Stack::pooler("postgres://u@db:6432/app"),
+        ] {
+            let pg = b.pg.as_ref().unwrap().pg_config();
+            let user_timeout = *pg.get_tcp_user_timeout().unwrap();
+            assert!(user_timeout < b.attempt_timeout, "{user_timeout:?}");
+            // Keepalives keep a middlebox's flow alive well under the shortest idle limit named.
+            assert!(pg.get_keepalives_idle() < AZURE_LB_IDLE);
+        }
+    }
+
+    #[test]
+    fn the_open_wait_does_not_grow() {
+        let b = Stack::server("postgres://u@db/app");
+        let breaker = b.breaker.unwrap();
+        assert_eq!(breaker.wait_in_open(), Duration::from_secs(1));
+        assert_eq!(breaker.max_wait_in_open(), Duration::from_secs(1));
     }
 }

@@ -47,7 +47,8 @@ pub struct ProxyStats {
     pub bytes_to_server: u64,
     /// Bytes forwarded from the server to clients.
     pub bytes_to_client: u64,
-    /// Links closed by [`FaultProxy::reset_all`], [`FaultProxy::kill_silently`] or the idle cut.
+    /// Links closed by [`FaultProxy::reset_all`], [`FaultProxy::kill_silently`],
+    /// [`FaultProxy::drop_silently`] or the idle cut.
     pub links_killed: u64,
 }
 
@@ -61,6 +62,8 @@ enum Fate {
     SilentKill,
     /// Close both sides in order (a FIN each way), as a server or a middlebox that hangs up politely.
     Close,
+    /// Close the server side; swallow whatever the client writes and answer nothing, ever.
+    SilentDrop,
 }
 
 struct LinkEntry {
@@ -193,6 +196,14 @@ impl FaultProxy {
     /// that closes openly is noticed by an idle client at once. Returns how many links were killed.
     pub fn kill_silently(&self) -> usize {
         self.shared.doom(Fate::SilentKill, |_| true)
+    }
+
+    /// Forgets every open link without a word, as a front end that black-holes flows it no longer knows
+    /// (a Neon-like proxy after a suspend, a firewall that drops instead of resetting): the server side is
+    /// closed, and whatever the client writes vanishes with no answer and no reset. New links are not
+    /// affected. Returns how many links were dropped.
+    pub fn drop_silently(&self) -> usize {
+        self.shared.doom(Fate::SilentDrop, |_| true)
     }
 
     /// From now on, silently kills (as [`kill_silently`](Self::kill_silently)) every link that has carried
@@ -353,6 +364,15 @@ async fn run_link(mut client: TcpStream, shared: Arc<Shared>) {
             let mut buf = [0u8; 1];
             let _ = client.read(&mut buf).await;
             reset(client);
+        }
+        Fate::SilentDrop => {
+            drop(server);
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = client.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
         }
     }
 }

@@ -18,3 +18,4 @@ mod s15_s19;
 mod matrix;
 mod mux;
 mod outcomes;
+mod ride;

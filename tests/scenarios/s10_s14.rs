@@ -78,11 +78,16 @@ async fn s12_every_pooled_connection_stale_at_once() {
         tally.record_rampart(r);
     }
     assert_eq!(tally.ok, 16, "the burst succeeds: {tally:?}");
-    until("the pool was rebuilt", || db.pool_rebuilds() >= 1).await;
-    assert_eq!(
-        db.pool_rebuilds(),
-        1,
-        "rebuilt once for the burst, not once per caller"
+    // The first dead link found makes the pool check every connection as old before use (issue 17),
+    // so the burst may never lose a pooled link and need no rebuild; if it does, it is rebuilt once.
+    let stats = db.pool().stats();
+    assert!(
+        db.pool_rebuilds() <= 1,
+        "rebuilt at most once for the burst, not once per caller"
+    );
+    assert!(
+        db.pool_rebuilds() == 1 || stats.evicted_validation + stats.discarded >= 8,
+        "every dead connection replaced: {stats:?}"
     );
 
     // deadpool-postgres with its defaults, same fault: the burst meets the dead connections.
@@ -106,7 +111,11 @@ async fn s12_every_pooled_connection_stale_at_once() {
     assert!(bare.failed() >= 1, "{bare:?}");
     report(
         "S12",
-        &format!("16/16 ok; pool rebuilt {} time(s)", db.pool_rebuilds()),
+        &format!(
+            "16/16 ok; pool rebuilt {} time(s); {} dead connections dropped before the statement was sent",
+            db.pool_rebuilds(),
+            stats.evicted_validation + stats.discarded
+        ),
         &format!("deadpool: {}/{} failed", bare.failed(), bare.sent),
     );
 }

@@ -1,7 +1,5 @@
 //! S15 bad configuration, S16 secrets, S17 caller gives up, S18 load during a restart, S19 retry amplification.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart::layers::retry::backoff::{Exponential, Jitter};
@@ -52,20 +50,6 @@ fn s15_bad_configuration_is_a_typed_error_naming_the_field() {
         "invalid URL, zero attempts, zero deadline, zero pool size, zero backoff base: each a typed error naming its field",
         "-",
     );
-}
-
-/// A `tracing` writer into a shared buffer, to read what was logged.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Shared pieces of the scenario tests.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rampart::layers::validate::ValidationPolicy;
@@ -230,4 +232,26 @@ pub(crate) async fn keyed_writes_across_a_restart(
     }
     let rows = count(cluster, "SELECT count(*) FROM signups").await as usize;
     RestartOutcome { tally, rows }
+}
+
+/// A `tracing` writer into a shared buffer, to read what was logged.
+#[derive(Clone, Default)]
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was logged so far (for `tests/logs`, which includes this file).
+    #[allow(dead_code)]
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }

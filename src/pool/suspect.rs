@@ -1,0 +1,131 @@
+//! What one dead connection says about the others.
+//!
+//! A middlebox that forgets one idle flow has usually forgotten every flow idle as long (a NAT table
+//! flushed, a load balancer's idle limit, a serverless compute suspended), and a silent kill is visible
+//! only to a write. So when a connection is found dead, every connection whose last successful use was
+//! no later than about the dead one's (within a bypass window of it: connections that went quiet together
+//! are not returned to the pool in the same microsecond) becomes *suspect*: checked before hand-out even
+//! inside the bypass window. When a check *times out* (writes vanish, nothing comes back: a black hole),
+//! connections as old are *doomed*: dropped at checkout without a check, since each check of a
+//! black-holed link would cost the whole check timeout, one after another.
+//!
+//! A connection that was used successfully after the thresholds is trusted again; a new one always is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What the pool believes about an idle connection, from its last successful use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Nothing against it: the validation policy decides (bypass window or check).
+    Trusted,
+    /// Idle as long as one found dead: check it whatever the bypass window says.
+    Suspect,
+    /// Idle as long as one whose check timed out: drop it unchecked.
+    Doomed,
+}
+
+/// The thresholds, as nanoseconds since `origin` plus one (zero: none).
+#[derive(Debug)]
+pub(super) struct Suspicion {
+    origin: Instant,
+    /// How close to a dead connection's last use another's must be to count as "as old".
+    margin: Duration,
+    suspect_until: AtomicU64,
+    doomed_until: AtomicU64,
+}
+
+impl Suspicion {
+    pub(super) fn new(margin: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            margin,
+            suspect_until: AtomicU64::new(0),
+            doomed_until: AtomicU64::new(0),
+        }
+    }
+
+    fn encode(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.origin).as_nanos() as u64).saturating_add(1)
+    }
+
+    /// The threshold a connection last used at `last_ok` and found dead now sets: its last use plus the
+    /// margin, but never past now (a connection used since is proven alive).
+    fn threshold(&self, last_ok: Option<Instant>) -> u64 {
+        let now = Instant::now();
+        let until = last_ok
+            .and_then(|at| at.checked_add(self.margin))
+            .map_or(now, |at| at.min(now));
+        self.encode(until)
+    }
+
+    /// A connection last used successfully at `last_ok` was found dead (closed, reset, a failed check, a
+    /// link lost under a request): those as old are suspect.
+    pub(super) fn found_dead(&self, last_ok: Option<Instant>) {
+        self.suspect_until
+            .fetch_max(self.threshold(last_ok), Ordering::Relaxed);
+    }
+
+    /// A connection last used successfully at `last_ok` did not answer its check in time: those as old
+    /// are doomed (and suspect).
+    pub(super) fn found_black_holed(&self, last_ok: Option<Instant>) {
+        let at = self.threshold(last_ok);
+        self.suspect_until.fetch_max(at, Ordering::Relaxed);
+        self.doomed_until.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// What to do with an idle connection last used successfully at `last_ok` (`None`: never).
+    pub(super) fn verdict(&self, last_ok: Option<Instant>) -> Verdict {
+        let Some(at) = last_ok else {
+            return Verdict::Suspect;
+        };
+        let at = self.encode(at);
+        if at <= self.doomed_until.load(Ordering::Relaxed) {
+            Verdict::Doomed
+        } else if at <= self.suspect_until.load(Ordering::Relaxed) {
+            Verdict::Suspect
+        } else {
+            Verdict::Trusted
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_as_old_as_a_dead_one_are_suspect_and_newer_ones_trusted() {
+        let s = Suspicion::new(Duration::from_millis(500));
+        let old = Instant::now();
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let younger = Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let fresh = Instant::now();
+        assert_eq!(s.verdict(Some(old)), Verdict::Trusted);
+        s.found_dead(Some(old));
+        assert_eq!(s.verdict(Some(old)), Verdict::Suspect);
+        assert_eq!(
+            s.verdict(Some(younger)),
+            Verdict::Suspect,
+            "within the margin"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(s.verdict(Some(fresh)), Verdict::Trusted);
+        s.found_black_holed(Some(old));
+        assert_eq!(s.verdict(Some(younger)), Verdict::Doomed);
+        assert_eq!(s.verdict(Some(fresh)), Verdict::Trusted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_threshold_never_passes_the_moment_of_finding() {
+        let s = Suspicion::new(Duration::from_secs(60));
+        let last = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.found_dead(Some(last));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(s.verdict(Some(Instant::now())), Verdict::Trusted);
+    }
+}
