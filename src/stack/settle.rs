@@ -160,6 +160,10 @@ fn explain(error: Error, request: &Request, context: &Known) -> Error {
                 error
             }
         }
+        // An attempt timeout of the layers: name the server it waited for, as the service's errors do.
+        ErrorKind::Timeout if !error.to_string().contains(&*context.server) => {
+            error.explained(format_args!(" (waiting for {})", context.server))
+        }
         _ => error,
     }
 }
