@@ -57,3 +57,22 @@ pub(crate) async fn shutdown_signal() {
     }
     eprintln!("shutting down");
 }
+
+/// The HTTP examples' listener: on `PORT` (8080 by default) at the loopback address, announced with the
+/// database it serves. Returns the listener and its base URL. (The gRPC example binds its own.)
+#[allow(dead_code)]
+pub(crate) async fn http_listener(
+    db: &Db,
+) -> Result<(tokio::net::TcpListener, String), Box<dyn Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT={port:?} is not a port number"))?,
+        Err(_) => 8080,
+    };
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("database: {}", db.pool().server());
+    println!("listening on {url}   (Ctrl-C to stop)\n");
+    Ok((listener, url))
+}

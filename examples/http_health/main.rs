@@ -28,8 +28,6 @@ mod startup;
 
 mod app;
 
-use std::net::Ipv4Addr;
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     startup::logs();
@@ -38,16 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (db, _cluster) = startup::database().await?;
     signups::prepare(&db).await?;
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT={port:?} is not a port number"))?,
-        Err(_) => 8080,
-    };
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    println!("database: {}", db.pool().server());
-    println!("listening on {url}   (Ctrl-C to stop)\n");
+    let (listener, url) = startup::http_listener(&db).await?;
     println!("  curl -i {url}/health");
     println!("  curl -s {url}/metrics | grep ^rampart_");
     println!(

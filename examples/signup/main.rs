@@ -20,24 +20,13 @@ mod startup;
 
 mod app;
 
-use std::net::Ipv4Addr;
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     startup::logs();
     let (db, _cluster) = startup::database().await?;
     app::prepare(&db).await?;
 
-    let port: u16 = match std::env::var("PORT") {
-        Ok(port) => port
-            .parse()
-            .map_err(|_| format!("PORT={port:?} is not a port number"))?,
-        Err(_) => 8080,
-    };
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    println!("database: {}", db.pool().server());
-    println!("listening on {url}   (Ctrl-C to stop)\n");
+    let (listener, url) = startup::http_listener(&db).await?;
     println!(
         "  curl -i -X POST {url}/signup -H 'content-type: application/json' \\\n       \
          -d '{{\"email\": \"ada@example.com\", \"request_id\": \"req-1\"}}'"
