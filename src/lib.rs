@@ -52,7 +52,7 @@
 //! | `is_outcome_unknown()` | 202 Accepted, or 409 for a create, with the key to check or resend | a write may or may not have been applied: resending the same idempotency key tells which |
 //! | `CircuitOpen` | 503 with `Retry-After` from `retry_in()` | nothing was sent; the database is failing |
 //! | `Timeout`, `DeadlineExceeded` (transient) | 503 with `Retry-After` (or 504 behind a gateway) | the database did not answer in time |
-//! | other transient (`Connect`, `ConnectionLost` before sending, `PoolExhausted`, `RetriesExhausted`) | 503 with `Retry-After` | try again shortly |
+//! | other transient (`Connect`, `ConnectionLost` before sending, `PoolExhausted`) | 503 with `Retry-After` | try again shortly |
 //! | `Db` with SQLSTATE 23505 | 409 Conflict | the row exists |
 //! | `Db` with class 22 or 23, `InvalidRequest` | 400 or 422 | the input is wrong |
 //! | `Db` 40001 / 40P01 (after the transactor's re-runs) | 503 with `Retry-After` | contention; a new try will likely pass |
@@ -106,20 +106,21 @@
 //! | file | the decision it holds |
 //! |---|---|
 //! | `gauges.rs` | which figures of a stack are published as metrics (feature `metrics`) |
-//! | `stack.rs` | the ready-made stacks: which layers, in what order, with which defaults |
+//! | `stack/` | the ready-made stacks: which layers, in what order, with which defaults (`mod.rs`); `Db` (`db.rs`); the layers that know a request: its outcome settled and its attempts recorded (`settle.rs`), its log line (`request.rs`), a slow statement cut by the server (`slow.rs`) |
 //! | `health.rs` | the health verdict, from the outcomes recorded at the top of a stack |
-//! | `tx.rs` | transactions re-run whole, through the retry layer |
+//! | `tx/` | transactions re-run whole, through the retry layer; `Tx`, the transaction a closure sees |
+//! | `stream.rs` | streamed reads: retried until the first row, never after |
 //! | `service.rs` | a query's path: to a shared connection or a pooled one |
 //! | `mux/` | multiplexing: which statements share a connection, and where each goes |
 //! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
 //! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
-//! | `pool/` | the pool: checkout, validation, lifetime, eviction, what becomes of a connection after a request |
+//! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead, lifetime, eviction, what becomes of a connection after a request |
 //! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
 //! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
 //! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
 //! | `error.rs` | the one error type; layers' errors converted once |
 //! | `row.rs` | how a row becomes a typed value, and what a row that does not fit is |
-//! | `query.rs`, `config.rs`, `tls.rs`, `cache.rs`, `sync.rs` | requests, settings, connectors, the bounded SQL cache, locks |
+//! | `query.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, settings (libpq's keywords), TLS connectors and their failures, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 

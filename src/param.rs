@@ -3,13 +3,13 @@
 
 use tokio_postgres::types::ToSql;
 
-/// A value [`Query::bind`] accepts: it is turned into an owned parameter, so the query does not borrow
+/// A value [`Query::bind`](crate::Query::bind) accepts: it is turned into an owned parameter, so the query does not borrow
 /// from the caller.
 ///
 /// Owned: `bool`, `i8`, `i16`, `i32`, `i64`, `u32`, `f32`, `f64`, `String`, `Box<str>`, `Vec<u8>`,
 /// `SystemTime`, `IpAddr`, `Option` and `Vec` of any of them. Borrowed, copied once: `&str`, `&&str`,
 /// `&String`, `Cow<str>`, `&[u8]`, `&Vec<u8>`, `Cow<[u8]>`, a reference to any owned scalar above, and
-/// a slice of any of them (an array parameter). Other `ToSql` types bind with [`Query::bind_value`],
+/// a slice of any of them (an array parameter). Other `ToSql` types bind with [`Query::bind_value`](crate::Query::bind_value),
 /// or implement this trait for your own type with `type Owned = Self`.
 pub trait IntoParam {
     /// The owned value the query keeps.

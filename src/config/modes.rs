@@ -4,9 +4,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Preset {
-    /// [`PgConfig::server`]: an always-on host.
+    /// [`PgConfig::server`](crate::PgConfig::server): an always-on host.
     Server,
-    /// [`PgConfig::serverless`]: a host that suspends when idle and takes seconds to wake.
+    /// [`PgConfig::serverless`](crate::PgConfig::serverless): a host that suspends when idle and takes seconds to wake.
     Serverless,
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How the connection is encrypted and what is verified: libpq's `sslmode`, from the URL, `PGSSLMODE`
-/// or [`PgConfig::tls`] (see the [`PgConfig`] docs, "TLS").
+/// or [`PgConfig::tls`](crate::PgConfig::tls) (see the [`PgConfig`](crate::PgConfig) docs, "TLS").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TlsMode {
