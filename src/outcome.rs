@@ -173,9 +173,7 @@ pub(crate) fn failure(
             let cause = describe_io(&err);
             match stage {
                 Stage::Connect => format!("could not connect to {server}: {cause}"),
-                Stage::NotSent => {
-                    format!("connection to {server} was closed before the request was sent")
-                }
+                Stage::NotSent => closed_before_send_message(server),
                 Stage::InTransaction => format!(
                     "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {cause}"
                 ),
@@ -218,8 +216,19 @@ pub(crate) fn closed_before_send(server: &str) -> Error {
     Error::new(
         ErrorKind::ConnectionLost,
         Classification::Transient,
-        format!("connection to {server} was closed before the request was sent"),
+        closed_before_send_message(server),
     )
+}
+
+fn closed_before_send_message(server: &str) -> String {
+    format!("connection to {server} was closed before the request was sent")
+}
+
+/// Whether a request cut by a timeout or a deadline leaves its outcome unknown: it changes data (it is
+/// not a [`Query::read`](crate::Query::read)) and its statement may be on the server. The one rule for
+/// every cut: an attempt timeout, the stack's deadline, a shared connection's client-side deadline.
+pub(crate) fn cut_leaves_outcome_unknown(read: bool, sent: bool) -> bool {
+    !read && sent
 }
 
 /// Whether the connection is unusable after `err`: any failure without a SQLSTATE except a request
