@@ -31,7 +31,7 @@ use self::stats::{Counters, bump};
 use crate::config::{PgConfig, PoolerMode};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec;
-use crate::outcome::{Link, Stage, failure};
+use crate::outcome::{Link, Stage, cut_leaves_outcome_unknown, failure};
 use crate::pool::PoolConfig;
 use crate::query::{Query, Response};
 use crate::session::Effect;
@@ -330,12 +330,12 @@ impl Mux {
     }
 
     fn deadline_passed(&self, query: &Query) -> Error {
-        // The statement was sent and may still run (until the session's statement timeout): for a write,
-        // whether it was applied is unknown.
-        let class = if query.is_idempotent() {
-            Classification::Transient
-        } else {
+        // The statement was sent and may still run (until the session's statement timeout): for
+        // anything but a read, whether it was applied is unknown (a keyed write is still retried).
+        let class = if cut_leaves_outcome_unknown(query.is_read(), true) {
             Classification::Ambiguous
+        } else {
+            Classification::Transient
         };
         Error::new(
             ErrorKind::DeadlineExceeded,

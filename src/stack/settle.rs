@@ -23,6 +23,7 @@ use tower::{BoxError, Service};
 
 use crate::error::{Error, ErrorKind};
 use crate::health::Outcomes;
+use crate::outcome::cut_leaves_outcome_unknown;
 use crate::query::{Query, Response, Tracking};
 
 /// What the top of a stack knows besides the request.
@@ -88,7 +89,7 @@ impl Request {
     /// (a read is the same either way). An idempotent write is still retried: the retry layer replays
     /// `Ambiguous` failures of idempotent requests.
     fn unknown_if_cut(&self) -> bool {
-        !self.read && self.tracking.was_sent()
+        cut_leaves_outcome_unknown(self.read, self.tracking.was_sent())
     }
 }
 
@@ -231,7 +232,8 @@ where
         };
         Poll::Ready(match result {
             Err(e) if e.is::<AttemptTimedOut>() => {
-                let error = Error::from_layers(e, !*this.read && tracking.was_sent());
+                let unknown = cut_leaves_outcome_unknown(*this.read, tracking.was_sent());
+                let error = Error::from_layers(e, unknown);
                 tracking.failed(&error);
                 if error.is_outcome_unknown() {
                     tracking.outcome_unknown();
