@@ -48,6 +48,11 @@ pub enum ErrorKind {
     Decode,
     /// The statement returned zero or several rows where exactly one (or at most one) was expected.
     RowCount,
+    /// A write was applied — the server says its transaction committed — but the reply, with the rows
+    /// the statement returned (`RETURNING`), was lost with the connection. Never retried: read the rows
+    /// again. (A write that returns no rows is reported as a success instead, with
+    /// [`Response::reply_lost`](crate::Response::reply_lost).)
+    ReplyLost,
     /// Anything else.
     Other,
 }
@@ -67,6 +72,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Decode => "decode",
             ErrorKind::RowCount => "row_count",
+            ErrorKind::ReplyLost => "reply_lost",
             ErrorKind::Other => "other",
         }
     }
@@ -173,6 +179,12 @@ impl Error {
     /// was marked idempotent.
     pub fn is_outcome_unknown(&self) -> bool {
         self.classification == Classification::Ambiguous
+    }
+
+    /// `true` when the request is known to have been applied even though it failed: its reply was lost
+    /// after its transaction committed ([`ErrorKind::ReplyLost`]).
+    pub fn was_applied(&self) -> bool {
+        self.kind == ErrorKind::ReplyLost
     }
 
     /// The SQLSTATE of a server error.

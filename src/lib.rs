@@ -138,6 +138,7 @@ mod param;
 mod pool;
 mod pooler;
 mod query;
+mod resolve;
 mod row;
 mod service;
 mod session;
@@ -146,6 +147,7 @@ mod stream;
 mod sync;
 mod tls;
 mod tx;
+mod xact;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -170,6 +172,7 @@ pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
 pub use param::IntoParam;
 pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};
 pub use query::{Param, Query, Response};
+pub use resolve::Resolved;
 pub use row::{DecodeError, FromRow};
 pub use service::PgService;
 pub use stack::{Db, DbFuture, Stack, StackBuilder};

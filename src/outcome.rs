@@ -211,6 +211,16 @@ pub(crate) fn connect_failed(err: tokio_postgres::Error, server: &str) -> Error 
     failure(err, Stage::Connect, Link::Own, server).error
 }
 
+/// What a link lost under a request in flight is, said for its caller: "connection to ... was lost while
+/// the request was in flight: <cause>" (the cause an I/O error, or the server's `FATAL` message).
+pub(crate) fn lost_in_flight(err: &tokio_postgres::Error, server: &str) -> String {
+    let cause = match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => describe_io(err),
+    };
+    format!("connection to {server} was lost while the request was in flight: {cause}")
+}
+
 /// The error for a connection found closed before the request was written: nothing was sent.
 pub(crate) fn closed_before_send(server: &str) -> Error {
     Error::new(

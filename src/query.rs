@@ -15,6 +15,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 use crate::error::Error;
 use crate::param::IntoParam;
 use crate::row::{self, FromRow};
+use crate::xact::Mark;
 
 /// A bound parameter: any `ToSql` value, shared so that cloning a query for a retry copies no data.
 pub type Param = Arc<dyn ToSql + Send + Sync>;
@@ -193,9 +194,12 @@ impl Query {
         self.read
     }
 
-    /// Starts tracking the request's attempts (see [`Tracking`]).
-    pub(crate) fn track(&mut self) -> Arc<Tracking> {
-        self.tracking.get_or_insert_default().clone()
+    /// Starts tracking the request's attempts (see [`Tracking`]); `resolve`: whether the stack resolves
+    /// lost replies of plain writes.
+    pub(crate) fn track(&mut self, resolve: bool) -> Arc<Tracking> {
+        self.tracking
+            .get_or_insert_with(|| Arc::new(Tracking::new(resolve)))
+            .clone()
     }
 
     /// The tracking, if this request carries it.
@@ -271,13 +275,60 @@ pub(crate) struct Tracking {
     /// The last failed attempt's error, as shown (for a deadline error, which ends the request while the
     /// retry layer holds that error).
     last_failure: Mutex<Option<String>>,
+    /// The stack resolves lost replies of plain writes ([`crate::resolve`]).
+    resolve: bool,
+    /// Whether the current attempt runs as a marked write, and how far it got.
+    marked: Mutex<Marked>,
+    /// The answers of the lookups made for this request's lost replies, in order.
+    resolutions: Mutex<Vec<&'static str>>,
 }
 
 impl Tracking {
+    /// Tracking for a stack that resolves lost replies of plain writes, or not.
+    pub(crate) fn new(resolve: bool) -> Self {
+        Self {
+            resolve,
+            ..Self::default()
+        }
+    }
+
     /// A new attempt starts: nothing of it is sent yet.
     pub(crate) fn attempt(&self) {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         self.sent.store(false, Ordering::Release);
+        *crate::sync::lock(&self.marked) = Marked::No;
+    }
+
+    /// Whether the stack resolves lost replies of plain writes.
+    pub(crate) fn resolves(&self) -> bool {
+        self.resolve
+    }
+
+    /// The current attempt runs as a marked write: its opening is about to be written.
+    pub(crate) fn opening(&self, returns_rows: bool) {
+        *crate::sync::lock(&self.marked) = Marked::Opening { returns_rows };
+    }
+
+    /// The marked transaction's `COMMIT` is about to be written.
+    pub(crate) fn committing(&self, mark: Mark) {
+        let mut marked = crate::sync::lock(&self.marked);
+        let returns_rows = marked.returns_rows();
+        *marked = Marked::Committing { returns_rows, mark };
+    }
+
+    /// How far the current attempt's marked write got.
+    pub(crate) fn marked(&self) -> Marked {
+        crate::sync::lock(&self.marked).clone()
+    }
+
+    /// A lost reply of this request was looked up, with this answer (`committed`, `aborted`, `unknown`).
+    pub(crate) fn resolved(&self, label: &'static str) {
+        crate::sync::lock(&self.resolutions).push(label);
+    }
+
+    /// The answers of the lookups made for this request.
+    pub(crate) fn resolutions(&self) -> Vec<&'static str> {
+        crate::sync::lock(&self.resolutions).clone()
     }
 
     /// The attempt ended with an answer: nothing of it is left running.
@@ -312,12 +363,50 @@ impl Tracking {
     }
 }
 
+/// How far an attempt's marked write got (see [`crate::resolve`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Marked {
+    /// Not a marked write.
+    #[default]
+    No,
+    /// Its opening was sent; `COMMIT` was not: it cannot commit.
+    Opening { returns_rows: bool },
+    /// `COMMIT` was sent for the transaction `mark`.
+    Committing { returns_rows: bool, mark: Mark },
+}
+
+impl Marked {
+    /// Whether the statement returns rows (which a lost reply loses).
+    pub(crate) fn returns_rows(&self) -> bool {
+        match self {
+            Marked::No => false,
+            Marked::Opening { returns_rows } | Marked::Committing { returns_rows, .. } => {
+                *returns_rows
+            }
+        }
+    }
+
+    /// The transaction whose `COMMIT` was sent.
+    pub(crate) fn mark(&self) -> Option<&Mark> {
+        match self {
+            Marked::Committing { mark, .. } => Some(mark),
+            _ => None,
+        }
+    }
+}
+
 /// What a statement returned: its rows (empty for statements without `RETURNING`) and the number of
 /// rows it affected.
+///
+/// A write whose reply was lost after it committed, in a stack that resolves lost replies, is a
+/// `Response` too: [`reply_lost`](Response::reply_lost) says so, and it has no rows and no count (a
+/// statement that returns rows is an [`ErrorKind::ReplyLost`](crate::ErrorKind::ReplyLost) error
+/// instead, so that lost rows are never taken for no rows).
 #[derive(Debug, Default)]
 pub struct Response {
     rows: Vec<Row>,
     rows_affected: u64,
+    reply_lost: bool,
 }
 
 impl Response {
@@ -325,7 +414,24 @@ impl Response {
         Self {
             rows,
             rows_affected,
+            reply_lost: false,
         }
+    }
+
+    /// A write that was applied, whose reply (and so its affected-row count) was lost.
+    pub(crate) fn applied_reply_lost() -> Self {
+        Self {
+            rows: Vec::new(),
+            rows_affected: 0,
+            reply_lost: true,
+        }
+    }
+
+    /// `true` when the write was applied for certain — the server said its transaction committed — but
+    /// its reply was lost with the connection: [`rows_affected`](Response::rows_affected) is then not
+    /// known (0). See [`crate::Stack`] on resolving lost replies.
+    pub fn reply_lost(&self) -> bool {
+        self.reply_lost
     }
 
     /// The rows returned.
@@ -386,7 +492,8 @@ impl Response {
         self.rows.iter().map(row::decode).collect()
     }
 
-    /// Rows inserted, updated, deleted, or selected, as the server's command tag says.
+    /// Rows inserted, updated, deleted, or selected, as the server's command tag says (0, not known, when
+    /// the [reply was lost](Response::reply_lost)).
     pub fn rows_affected(&self) -> u64 {
         self.rows_affected
     }

@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::join;
+
 use rampart_layers::Classification;
 use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
@@ -17,7 +19,9 @@ use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
 use crate::outcome::{Stage, closed_before_send, connection_gone};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
+use crate::resolve;
 use crate::session::{Effect, effect};
+use crate::xact::{Flavour, begin_sql};
 
 /// The database as a `tower::Service`: [`Query`] in, [`Response`] out.
 ///
@@ -194,12 +198,24 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         remaining = left;
     };
 
+    // A plain write in a stack that resolves lost replies runs in a transaction of its own, marked with
+    // its id (see `resolve.rs`); the first such write on a pool asks which functions the server has.
+    let flavour = if resolve::applies(&query, effect) {
+        match resolve::flavour(&pool, in_flight.conn().client()).await {
+            Ok(flavour) => flavour,
+            Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
+        }
+    } else {
+        Flavour::Unsupported
+    };
+    let marked = matches!(flavour, Flavour::Modern | Flavour::Legacy);
+
     let remaining = query
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
     let set_timeout = statement_timeout_for(remaining, in_flight.conn().statement_timeout_ms());
 
-    let (set_result, result) = {
+    let (set_result, head, result) = {
         let client = in_flight.conn().client();
         // The SET is pipelined with the statement: one round trip for both.
         let set = async {
@@ -213,7 +229,24 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         };
         query.mark_sent();
         let rows = exec::prepared(client, &statement, query.params());
-        futures_util::future::join(set, rows).await
+        if marked {
+            let begin = begin_sql(flavour, remaining, "");
+            let returns_rows = !statement.columns().is_empty();
+            let marked = resolve::commit_after_mark(
+                client,
+                &query,
+                Some(&begin),
+                None,
+                flavour,
+                returns_rows,
+                rows,
+            );
+            let (set, (head, rows)) = join(set, marked).await;
+            (set, Some(head), rows)
+        } else {
+            let (set, rows) = join(set, rows).await;
+            (set, None, rows)
+        }
     };
     match set_result {
         Ok(Some(ms)) => in_flight.conn().set_statement_timeout_ms(ms),
@@ -221,7 +254,24 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         // Unknown: make the next request set it again.
         Err(_) => in_flight.conn().set_statement_timeout_ms(u64::MAX),
     }
-    in_flight.finish(set_result.and(result), Stage::Sent)
+    match head {
+        // A failed SET outside the transaction does not decide the write's outcome; a lost link does.
+        Some(head) => {
+            let also_gone = set_result.as_ref().err().is_some_and(connection_gone);
+            let returns_rows = !statement.columns().is_empty();
+            resolve::finish_marked(
+                &pool,
+                in_flight,
+                &query,
+                head,
+                result,
+                also_gone,
+                returns_rows,
+            )
+            .await
+        }
+        None => in_flight.finish(set_result.and(result), Stage::Sent),
+    }
 }
 
 impl tower::Service<Query> for PgService {

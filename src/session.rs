@@ -42,6 +42,11 @@ fn words(sql: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// The statement's first keyword, after any leading comments.
+pub(crate) fn first_word(sql: &str) -> Option<&str> {
+    words(sql).next()
+}
+
 /// What `sql` does to its session (see [`Effect`]).
 pub(crate) fn effect(sql: &str) -> Effect {
     let mut words = words(sql);

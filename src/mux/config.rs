@@ -34,8 +34,11 @@ pub(super) const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 ///   `ANALYZE`, `CLUSTER`, `REINDEX`, `CREATE INDEX`, `REFRESH`), requests marked
 ///   [`Query::exclusive`](crate::Query::exclusive), and requests whose own [`Query::timeout`](crate::Query::timeout) is longer than the shared
 ///   connections' statement timeout (a caller that grants a statement more time says it may be slow).
-///   Transactions ([`Transactor`](crate::Transactor)) always take a pool connection. Both kinds of work
-///   mix safely in one service.
+///   Transactions ([`Transactor`](crate::Transactor)) always take a pool connection, and so do the plain
+///   writes of a stack that resolves lost replies
+///   ([`StackBuilder::resolve_outcomes`](crate::StackBuilder::resolve_outcomes), on by default): each runs
+///   in a transaction of its own, which cannot share a pipelined connection. Reads and idempotent writes
+///   stay shared. Both kinds of work mix safely in one service.
 /// - **A slow statement cannot stall the others for long.** Responses on one connection come back in
 ///   order, so requests queued behind a slow statement wait for it. Shared connections therefore run with
 ///   a session `statement_timeout` ([`statement_timeout`](MuxConfigBuilder::statement_timeout); in a

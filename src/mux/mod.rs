@@ -157,6 +157,8 @@ impl Mux {
     fn is_exclusive(&self, query: &Query, effect: Effect) -> bool {
         effect != Effect::None
             || query.is_exclusive()
+            // A marked write is a transaction: it cannot share a pipelined connection.
+            || crate::resolve::applies(query, effect)
             || query.granted().is_some_and(|t| t > self.statement_timeout)
     }
 

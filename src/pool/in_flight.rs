@@ -75,8 +75,19 @@ impl InFlight {
 impl InFlight {
     /// Ends the request with the failure `err`, met at `stage` (see [`finish`](Self::finish)).
     pub(crate) fn fail(self, err: tokio_postgres::Error, stage: Stage) -> Error {
+        self.fail_keeping(err, stage, false)
+    }
+
+    /// As [`fail`](Self::fail), discarding the connection also when `discard` says so (it may be left
+    /// inside a transaction).
+    pub(crate) fn fail_keeping(
+        self,
+        err: tokio_postgres::Error,
+        stage: Stage,
+        discard: bool,
+    ) -> Error {
         let failed = failure(err, stage, Link::Own, self.pool.server());
-        self.release(failed.gone);
+        self.release(failed.gone || discard);
         failed.error
     }
 }

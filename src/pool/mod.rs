@@ -35,6 +35,7 @@ use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec::ParamTypes;
 use crate::outcome::connect_failed;
 use crate::tls::Connector;
+use crate::xact::LearnedFlavour;
 
 /// A connection checked out of the [`Pool`]; it goes back when dropped.
 pub(crate) type PooledConn = managed::Object<Manager>;
@@ -93,6 +94,8 @@ struct Shared {
     /// clients.
     connector: Connector,
     param_types: ParamTypes,
+    /// The server's transaction-id functions, learned with the first marked write.
+    xact: LearnedFlavour,
 }
 
 impl fmt::Debug for Pool {
@@ -155,6 +158,7 @@ impl Pool {
                 pg,
                 connector,
                 param_types: ParamTypes::default(),
+                xact: LearnedFlavour::default(),
             }),
         };
         background::spawn(&pool, &runtime);
@@ -293,6 +297,11 @@ impl Pool {
     /// Parameter types learned per SQL text, for unnamed statements behind a transaction pooler.
     pub(crate) fn param_types(&self) -> &ParamTypes {
         &self.shared.param_types
+    }
+
+    /// Which transaction-id functions the server has (see [`crate::resolve`]).
+    pub(crate) fn xact_flavour(&self) -> &LearnedFlavour {
+        &self.shared.xact
     }
 
     /// Closes the pool: checked-out connections close when returned, waiting callers fail.

@@ -24,6 +24,7 @@ use crate::health::{HealthReport, Outcomes};
 use crate::mux::MuxConfig;
 use crate::pool::{Pool, PoolConfig};
 use crate::query::{Query, Response};
+use crate::resolve::{Counts, Resolved};
 use crate::service::PgService;
 use crate::stream::{OpenStream, RowStream};
 use crate::tx::Transactor;
@@ -56,7 +57,7 @@ pub(super) enum Services {
 }
 
 impl Services {
-    fn current(&self) -> PgService {
+    pub(super) fn current(&self) -> PgService {
         match self {
             Services::Fixed(service) => service.clone(),
             Services::Rebuilt(handle) => handle.current(),
@@ -98,6 +99,7 @@ pub struct Db {
     pub(super) inner: BoxCloneSyncService<Query, Response, Error>,
     pub(super) services: Services,
     pub(super) outcomes: Arc<Outcomes>,
+    pub(super) resolved: Arc<Counts>,
     pub(super) breaker: Option<BreakerHandle>,
     pub(super) retries: Arc<AtomicU64>,
     pub(super) attempt_timeout: Duration,
@@ -136,6 +138,12 @@ impl Db {
     /// How many retries the stack has made (attempts after the first), since it was built.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// How many lost replies of plain writes the stack has looked up on the server, by answer (see
+    /// [`StackBuilder::resolve_outcomes`](crate::StackBuilder::resolve_outcomes)), since it was built.
+    pub fn resolved(&self) -> Resolved {
+        self.resolved.snapshot()
     }
 
     /// A [`Transactor`] over the current pool, for transactions re-run whole on serialization failures

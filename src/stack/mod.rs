@@ -30,8 +30,9 @@ mod slow;
 pub use self::db::{Db, DbFuture};
 use self::db::{Services, new_service};
 use self::request::RequestScope;
-use self::settle::{Attempt, Settle};
+use self::settle::{Attempt, Resolver, Settle};
 use self::slow::ServerCut;
+use crate::resolve::Counts;
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).
@@ -49,6 +50,7 @@ pub struct StackBuilder {
     breaker: Option<BreakerConfig>,
     recreate_after: Option<u32>,
     mux: Option<MuxConfig>,
+    resolve: bool,
 }
 
 impl fmt::Debug for StackBuilder {
@@ -273,6 +275,7 @@ impl StackBuilder {
             breaker: Some(breaker),
             recreate_after: Some(8),
             mux: None,
+            resolve: true,
         }
     }
 
@@ -365,6 +368,17 @@ impl StackBuilder {
         self
     }
 
+    /// Whether a plain write whose reply is lost is looked up on the server (default on): run in a
+    /// transaction of its own whose id the stack learns before it commits, so that a lost reply is
+    /// answered "applied" or "not applied" (and retried) instead of "outcome unknown". Costs a
+    /// `BEGIN`/`COMMIT` around each plain write and the wait for the first reply before `COMMIT`
+    /// (`BENCHMARKS.md` §7); reads and idempotent writes are untouched. See [`Db::resolved`] and the
+    /// README's "Lost replies" section for what still ends unknown.
+    pub fn resolve_outcomes(mut self, on: bool) -> Self {
+        self.resolve = on;
+        self
+    }
+
     /// Builds the stack. Nothing connects yet: the first request opens the first connection. Must be
     /// called within a Tokio runtime. Every bad setting is a [`ConfigError`] naming it.
     pub fn build(self) -> Result<Db, ConfigError> {
@@ -451,18 +465,27 @@ impl StackBuilder {
         // an open breaker) count for health as much as those of the service, and it survives a rebuilt
         // pool.
         let outcomes = Arc::new(Outcomes::default());
+        let resolved = Arc::new(Counts::default());
         let context = Arc::new(settle::Known {
             outcomes: outcomes.clone(),
+            resolve: self.resolve,
+            resolved: resolved.clone(),
             breaker: breaker.clone(),
             server,
             deadline: self.deadline,
+        });
+        let resolver = self.resolve.then(|| {
+            Arc::new(Resolver {
+                services: services.clone(),
+                per_try: self.attempt_timeout,
+            })
         });
         let inner = ServiceBuilder::new()
             .layer_fn(RequestScope::new)
             .layer_fn(|inner| Settle::new(inner, context.clone()))
             .layer(DeadlineLayer::new(self.deadline))
             .layer(RetryLayer::new(policy))
-            .layer_fn(Attempt::new)
+            .layer_fn(|inner| Attempt::new(inner, resolver.clone()))
             .option_layer(breaker_layer)
             .layer(AttemptTimeoutLayer::new(self.attempt_timeout).honouring_grants())
             .layer_fn(|inner| ServerCut::new(inner, self.attempt_timeout, self.slow_retries))
@@ -471,6 +494,7 @@ impl StackBuilder {
             inner: BoxCloneSyncService::new(inner),
             services,
             outcomes,
+            resolved,
             breaker,
             retries,
             attempt_timeout: self.attempt_timeout,

@@ -16,19 +16,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use pin_project_lite::pin_project;
 use rampart_layers::breaker::BreakerHandle;
 use rampart_layers::deadline::AttemptTimedOut;
+use rampart_layers::deadline::Deadlined;
+use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use crate::error::{Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::outcome::cut_leaves_outcome_unknown;
-use crate::query::{Query, Response, Tracking};
+use crate::query::{Marked, Query, Response, Tracking};
+use crate::resolve::{Counts, Resolution, Settled, resolve, settled};
+
+use super::db::Services;
 
 /// What the top of a stack knows besides the request.
 pub(super) struct Known {
     pub(super) outcomes: Arc<Outcomes>,
+    /// Whether lost replies of plain writes are resolved, and what they were resolved to.
+    pub(super) resolve: bool,
+    pub(super) resolved: Arc<Counts>,
     pub(super) breaker: Option<BreakerHandle>,
     pub(super) server: Arc<str>,
     pub(super) deadline: Duration,
@@ -63,7 +72,7 @@ where
     }
 
     fn call(&mut self, mut query: Query) -> Self::Future {
-        let tracking = query.track();
+        let tracking = query.track(self.context.resolve);
         let request = Request {
             read: query.is_read(),
             limit: query.granted().unwrap_or(self.context.deadline),
@@ -123,6 +132,9 @@ where
             }
         });
         this.context.outcomes.record(&result);
+        for label in this.request.tracking.resolutions() {
+            this.context.resolved.record(label);
+        }
         Poll::Ready(result)
     }
 }
@@ -171,15 +183,57 @@ fn explain(error: Error, request: &Request, context: &Known) -> Error {
 
 /// Below the retry layer: one attempt. It is counted and starts with nothing sent; an attempt that ends
 /// with an answer (a response or the service's own error) leaves nothing running; one cut by the attempt
-/// timeout is classified by whether its statement had been sent.
+/// timeout is classified by whether its statement had been sent — or, for a marked write
+/// ([`crate::resolve`]), resolved: not applied if its `COMMIT` was never sent, else what the server says.
 #[derive(Clone)]
 pub(super) struct Attempt<S> {
     inner: S,
+    resolver: Option<Arc<Resolver>>,
 }
 
 impl<S> Attempt<S> {
-    pub(super) fn new(inner: S) -> Self {
-        Self { inner }
+    pub(super) fn new(inner: S, resolver: Option<Arc<Resolver>>) -> Self {
+        Self { inner, resolver }
+    }
+}
+
+/// Where a cut attempt's marked write is looked up: the stack's current pool.
+pub(super) struct Resolver {
+    pub(super) services: Services,
+    /// Each lookup's limit: the stack's attempt timeout.
+    pub(super) per_try: Duration,
+}
+
+impl Resolver {
+    /// The outcome of an attempt cut by `cut` while its marked write was `marked`.
+    fn settle_cut(
+        self: Arc<Self>,
+        marked: Marked,
+        cut: BoxError,
+        deadline: Option<Instant>,
+        tracking: Arc<Tracking>,
+    ) -> BoxFuture<'static, Result<Response, BoxError>> {
+        Box::pin(async move {
+            let service = self.services.current();
+            let pool = service.pool();
+            let resolution = resolve(pool, marked.mark(), deadline, self.per_try).await;
+            tracking.resolved(resolution.label());
+            if !matches!(resolution, Resolution::Unknown(_)) {
+                // Settled: nothing of this attempt is left that could still commit.
+                tracking.answered();
+            }
+            let lost = format!("{cut}, after the statement was sent");
+            match settled(resolution, ErrorKind::Timeout, &lost, marked.returns_rows()) {
+                Settled::Applied => Ok(Response::applied_reply_lost()),
+                Settled::Err(error) => {
+                    tracking.failed(&error);
+                    if error.is_outcome_unknown() {
+                        tracking.outcome_unknown();
+                    }
+                    Err(Box::new(error) as BoxError)
+                }
+            }
+        })
     }
 }
 
@@ -202,8 +256,11 @@ where
         }
         AttemptFuture {
             read: query.is_read(),
+            deadline: query.deadline(),
             inner: self.inner.call(query),
             tracking,
+            resolver: self.resolver.clone(),
+            resolving: None,
         }
     }
 }
@@ -214,7 +271,11 @@ pin_project! {
         #[pin]
         inner: F,
         read: bool,
+        deadline: Option<Instant>,
         tracking: Option<Arc<Tracking>>,
+        resolver: Option<Arc<Resolver>>,
+        // A cut marked write being looked up.
+        resolving: Option<BoxFuture<'static, Result<Response, BoxError>>>,
     }
 }
 
@@ -226,12 +287,25 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(resolving) = this.resolving {
+            return resolving.as_mut().poll(cx);
+        }
         let result = ready!(this.inner.poll(cx));
         let Some(tracking) = this.tracking else {
             return Poll::Ready(result);
         };
         Poll::Ready(match result {
             Err(e) if e.is::<AttemptTimedOut>() => {
+                let marked = tracking.marked();
+                if let (Some(resolver), false) = (this.resolver, matches!(marked, Marked::No)) {
+                    let mut resolving =
+                        resolver
+                            .clone()
+                            .settle_cut(marked, e, *this.deadline, tracking.clone());
+                    let polled = resolving.as_mut().poll(cx);
+                    *this.resolving = Some(resolving);
+                    return polled;
+                }
                 let unknown = cut_leaves_outcome_unknown(*this.read, tracking.was_sent());
                 let error = Error::from_layers(e, unknown);
                 tracking.failed(&error);

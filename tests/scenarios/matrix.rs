@@ -98,6 +98,10 @@ struct Cell {
     ok: usize,
     errors: usize,
     unknown: usize,
+    /// Plain writes (no key) whose error said the outcome is unknown.
+    plain_unknown: usize,
+    /// Lost replies looked up on the server during the cell, by answer.
+    resolved: rampart::Resolved,
     violations: Vec<String>,
     worst_overshoot_ms: i64,
 }
@@ -306,6 +310,7 @@ async fn cell(world: &Arc<World>, cell_id: &str, shape: Shape) -> Cell {
             records
         }));
     }
+    let resolved_before = world.db.resolved();
     until("the workload is running", || {
         done.load(Ordering::Relaxed) >= 2 * CALLERS
     })
@@ -322,7 +327,10 @@ async fn cell(world: &Arc<World>, cell_id: &str, shape: Shape) -> Cell {
     for caller in callers {
         records.extend(caller.await.expect("no caller panics"));
     }
-    audit(world, cell_id, &records).await
+    let mut cell = audit(world, cell_id, &records).await;
+    let after = world.db.resolved();
+    cell.resolved = after.since(&resolved_before);
+    cell
 }
 
 /// Holds every outcome against the rows on the server.
@@ -351,6 +359,9 @@ async fn audit(world: &World, cell_id: &str, records: &[Record]) -> Cell {
                 cell.errors += 1;
                 if e.is_outcome_unknown() {
                     cell.unknown += 1;
+                    if r.kind == Kind::Plain {
+                        cell.plain_unknown += 1;
+                    }
                 }
             }
         }
@@ -365,10 +376,12 @@ async fn audit(world: &World, cell_id: &str, records: &[Record]) -> Cell {
             Ok(()) if present == 0 => cell
                 .violations
                 .push(format!("{} {:?} acknowledged but missing", r.tag, r.kind)),
-            Err(e) if present > 0 && !e.is_outcome_unknown() => cell.violations.push(format!(
-                "{} {:?} applied, but its error says it was not: {e}",
-                r.tag, r.kind
-            )),
+            Err(e) if present > 0 && !e.is_outcome_unknown() && !e.was_applied() => {
+                cell.violations.push(format!(
+                    "{} {:?} applied, but its error says it was not: {e}",
+                    r.tag, r.kind
+                ))
+            }
             _ => {}
         }
     }
@@ -388,11 +401,16 @@ async fn matrix(mode: Mode) {
         let id = format!("c{i}");
         let cell = cell(&world, &id, shape).await;
         lines.push(format!(
-            "MATRIX {mode:?} | {shape:?} | {} requests | {} ok | {} errors ({} outcome unknown) | worst overshoot {} ms | {}",
+            "MATRIX {mode:?} | {shape:?} | {} requests | {} ok | {} errors ({} outcome unknown, {} of them plain writes) | lost replies: {} unknown before, {} resolved committed, {} resolved not applied, {} still unknown | worst overshoot {} ms | {}",
             cell.requests,
             cell.ok,
             cell.errors,
             cell.unknown,
+            cell.plain_unknown,
+            cell.resolved.total(),
+            cell.resolved.committed,
+            cell.resolved.not_applied,
+            cell.resolved.unknown,
             cell.worst_overshoot_ms.max(0),
             if cell.violations.is_empty() {
                 "invariants hold".to_owned()

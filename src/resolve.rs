@@ -1,0 +1,506 @@
+//! Unknown outcomes, resolved: a write whose reply was lost is looked up on the server.
+//!
+//! A plain write (not a read, not marked idempotent) sent through a ready-made stack runs inside its own
+//! transaction, whose id the stack learns before it lets the transaction commit:
+//!
+//! ```text
+//! BEGIN; SET LOCAL idle_in_transaction_session_timeout = <the time left>;
+//!        SELECT pg_current_xact_id(), pg_backend_pid(), pg_postmaster_start_time()   ─┐ pipelined:
+//! <the statement>                                                                     ─┘ one write
+//! COMMIT                              ← sent as soon as the first reply (the "mark") is in
+//! ```
+//!
+//! **COMMIT is never sent before the mark is in.** That one rule makes every lost reply answerable:
+//!
+//! - lost before the mark arrived (a link reset, a black hole that swallowed the replies, a cut by the
+//!   attempt timeout): COMMIT was never written, so the transaction cannot commit — the write was
+//!   **not applied**, for certain, and is retried like any transient failure. The server rolls it back
+//!   when it sees the link close, or when its `idle_in_transaction_session_timeout` (set to the request's
+//!   remaining time) fires, whichever is first: a black-holed client never leaves locks held for long.
+//! - lost after COMMIT was sent: the stack asks the server, on a connection from the same pool (so
+//!   through the same pooler or proxy), `pg_xact_status(xid)` (`txid_status` before PostgreSQL 13):
+//!   `committed` — applied, for certain (a statement that returns rows reports that its rows were lost,
+//!   [`ErrorKind::ReplyLost`](crate::ErrorKind::ReplyLost)); `aborted` — not applied, retried; `in
+//!   progress` — the old backend still runs it: it is terminated (only if it is still that transaction's
+//!   backend: a pid can be reused) and the server asked again, until the deadline.
+//! - the server restarted in between (its start time differs): an xid that never reached the disk can be
+//!   handed out again after a crash, so `committed` may be another transaction's: **still unknown**. Any
+//!   other answer means ours did not survive: not applied.
+//! - no answer within the deadline, the id too old (`NULL`), a server without the functions (before 10, or
+//!   not PostgreSQL): **still unknown**, as without resolution.
+//!
+//! Why not the whole thing pipelined (`BEGIN; SELECT ...; statement; COMMIT` in one write)? Then a reply
+//! lost whole — the black hole after the request was delivered — loses the id with it, and the one case
+//! resolution exists for stays unknown. Waiting for the mark costs the time between the first reply and
+//! the statement's end, which is nothing on a statement slower than a round trip and a fraction of one on
+//! a trivial insert (`BENCHMARKS.md` §7).
+//!
+//! What is resolved: statements that may run inside a transaction block (`INSERT`, `UPDATE`, `DELETE`,
+//! `MERGE`, `WITH`, `SELECT`, `VALUES`, `TRUNCATE`). `CALL` (a procedure may commit), DDL and anything with
+//! a session effect keep the plain path and its unknown outcome. On a multiplexed service these writes go
+//! to a pooled connection: a transaction cannot share a pipelined connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join;
+use rampart_layers::Classification;
+use rampart_layers::deadline::Deadlined;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind};
+use crate::outcome::{Stage, connection_gone, lost_in_flight};
+use crate::pool::{InFlight, Pool};
+use crate::query::{Query, Response};
+use crate::session::{Effect, first_word};
+use crate::xact::{Flavour, Mark, first_row, parse_mark};
+
+/// The flavour of `pool`'s server, asked on `client` the first time (one round trip per pool).
+pub(crate) async fn flavour(
+    pool: &Pool,
+    client: &Client,
+) -> Result<Flavour, tokio_postgres::Error> {
+    let known = pool.xact_flavour().get();
+    if known != Flavour::Unknown {
+        return Ok(known);
+    }
+    let flavour = match client.simple_query("SHOW server_version_num").await {
+        Ok(messages) => {
+            let version = first_row(&messages).and_then(|r| r.first().map(|v| v.to_string()));
+            Flavour::of_version(version.as_deref())
+        }
+        // The server answered with an error: not a PostgreSQL that has the setting.
+        Err(e) if e.code().is_some() => Flavour::Unsupported,
+        Err(e) => return Err(e),
+    };
+    pool.xact_flavour().set(flavour);
+    Ok(flavour)
+}
+
+/// Whether `query` is a write to run marked, so that a lost reply can be resolved: a stack asked for
+/// it, the query is neither a read nor idempotent (those are replayed anyway), and its statement may run
+/// inside a transaction block (see the [module docs](self)).
+pub(crate) fn applies(query: &Query, effect: Effect) -> bool {
+    const VERBS: &[&str] = &[
+        "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "SELECT", "VALUES", "TRUNCATE",
+    ];
+    effect == Effect::None
+        && !query.is_idempotent()
+        && query.tracking().is_some_and(|t| t.resolves())
+        && first_word(query.sql()).is_some_and(|w| VERBS.iter().any(|v| w.eq_ignore_ascii_case(v)))
+}
+
+/// Why a marked transaction's opening failed to give its [`Mark`].
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The opening or `COMMIT` failed.
+    Pg(tokio_postgres::Error),
+    /// The server answered the opening without a readable mark (COMMIT was not sent).
+    NoMark,
+}
+
+impl From<tokio_postgres::Error> for HeadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        HeadError::Pg(e)
+    }
+}
+
+/// Runs `work` (the statement) pipelined after the opening `begin` and commits once the [`Mark`] is in
+/// (recorded on the query's tracking just before `COMMIT` is written). `known`: the mark, when the
+/// transaction was opened earlier (the pooler mode's first sight of a statement).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn commit_after_mark<T>(
+    client: &Client,
+    query: &Query,
+    begin: Option<&str>,
+    known: Option<Mark>,
+    flavour: Flavour,
+    returns_rows: bool,
+    work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> (Result<(), HeadError>, Result<T, tokio_postgres::Error>) {
+    if let Some(tracking) = query.tracking() {
+        tracking.opening(returns_rows);
+    }
+    let head = async {
+        let mark = match (known, begin) {
+            (Some(mark), _) => mark,
+            (None, Some(begin)) => {
+                let replies = client.simple_query(begin).await?;
+                parse_mark(&replies, flavour).ok_or(HeadError::NoMark)?
+            }
+            (None, None) => return Err(HeadError::NoMark),
+        };
+        if let Some(tracking) = query.tracking() {
+            tracking.committing(mark);
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    };
+    join(head, work).await
+}
+
+/// How long one lookup may take when the service itself asks (the link broke under the request): a
+/// lookup connection that does not answer within this is replaced.
+pub(crate) const LOOKUP_TRY: Duration = Duration::from_secs(1);
+
+/// Ends a marked write run on `in_flight`'s connection: `head` is the opening and `COMMIT`
+/// ([`commit_after_mark`]), `result` the statement's, `also_gone` whether something else sent with them
+/// lost the link. A lost link is resolved here, on another connection of `pool`, within the query's
+/// deadline. `returns_rows`: whether the statement returns rows (a `RETURNING`), which a committed write
+/// whose reply was lost has lost.
+pub(crate) async fn finish_marked(
+    pool: &Pool,
+    in_flight: InFlight,
+    query: &Query,
+    head: Result<(), HeadError>,
+    result: Result<Response, tokio_postgres::Error>,
+    also_gone: bool,
+    returns_rows: bool,
+) -> Result<Response, Error> {
+    let head_gone = matches!(&head, Err(HeadError::Pg(e)) if connection_gone(e));
+    let lost = match (&head, &result) {
+        (_, Err(e)) if connection_gone(e) => Some(lost_in_flight(e, pool.server())),
+        (Err(HeadError::Pg(e)), _) if head_gone => Some(lost_in_flight(e, pool.server())),
+        _ if also_gone => Some(format!(
+            "connection to {} was lost while the request was in flight",
+            pool.server()
+        )),
+        _ => None,
+    };
+    let Some(lost) = lost else {
+        return match (head, result) {
+            (Ok(()), Ok(response)) => {
+                in_flight.release(false);
+                Ok(response)
+            }
+            // The statement failed: its transaction was rolled back (COMMIT answered `ROLLBACK`); a
+            // connection whose opening failed may still be inside it, and is not reused.
+            (head, Err(e)) => Err(in_flight.fail_keeping(e, Stage::Sent, head.is_err())),
+            (Err(HeadError::Pg(e)), Ok(_)) => Err(in_flight.fail_keeping(e, Stage::NotSent, true)),
+            (Err(HeadError::NoMark), Ok(_)) => {
+                in_flight.release(true);
+                Err(Error::new(
+                    ErrorKind::Other,
+                    Classification::Permanent,
+                    format!(
+                        "{} answered a write's opening without its transaction id; nothing was committed",
+                        pool.server()
+                    ),
+                ))
+            }
+        };
+    };
+    in_flight.release(true);
+    let marked = query.tracking().map(|t| t.marked()).unwrap_or_default();
+    let resolution = resolve(pool, marked.mark(), query.deadline(), LOOKUP_TRY).await;
+    if let Some(tracking) = query.tracking() {
+        tracking.resolved(resolution.label());
+    }
+    match settled(resolution, ErrorKind::ConnectionLost, &lost, returns_rows) {
+        Settled::Applied => Ok(Response::applied_reply_lost()),
+        Settled::Err(e) => Err(e),
+    }
+}
+
+/// What the server says of a marked write whose reply was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// It committed: applied, for certain.
+    Committed,
+    /// It did not commit, and never will: safe to send again.
+    NotApplied(String),
+    /// No certain answer.
+    Unknown(String),
+}
+
+impl Resolution {
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Resolution::Committed => "committed",
+            Resolution::NotApplied(_) => "aborted",
+            Resolution::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// The answer for a write whose COMMIT was never sent: it cannot have committed.
+fn never_committed() -> Resolution {
+    Resolution::NotApplied(
+        "its COMMIT was never sent (the transaction id had not come back), so its transaction cannot commit"
+            .to_owned(),
+    )
+}
+
+/// How long the lookup waits between tries: while the server is unreachable, or the old backend is
+/// still running the transaction.
+fn pause(turn: u32) -> Duration {
+    Duration::from_millis((10u64 << turn.min(4)).min(200))
+}
+
+/// What became of a marked write whose reply was lost: not applied if its `COMMIT` was never sent
+/// (`mark` is `None`); otherwise what the server says of the transaction `mark`, asked on connections
+/// from `pool` until it answers or `deadline` passes, each try bounded by `per_try`. Logs the answer
+/// (`info`, with the time it took) and counts it in the metric `rampart_outcomes_resolved_total{result}`.
+pub(crate) async fn resolve(
+    pool: &Pool,
+    mark: Option<&Mark>,
+    deadline: Option<Instant>,
+    per_try: Duration,
+) -> Resolution {
+    let started = Instant::now();
+    let resolution = match mark {
+        Some(mark) => ask_until_answered(pool, mark, deadline, per_try).await,
+        None => never_committed(),
+    };
+    let took_ms = started.elapsed().as_millis() as u64;
+    match &resolution {
+        Resolution::Unknown(why) => tracing::warn!(
+            target: "rampart::resolve", server = %pool.server(), resolved = "unknown", took_ms,
+            why = %why, "lost reply of a write: outcome still unknown"
+        ),
+        Resolution::NotApplied(why) => tracing::info!(
+            target: "rampart::resolve", server = %pool.server(), resolved = "aborted", took_ms,
+            why = %why, "lost reply of a write resolved: not applied"
+        ),
+        Resolution::Committed => tracing::info!(
+            target: "rampart::resolve", server = %pool.server(), resolved = "committed", took_ms,
+            "lost reply of a write resolved: applied"
+        ),
+    }
+    count(pool.server(), &resolution);
+    resolution
+}
+
+/// Counts a resolution in the metric `rampart_outcomes_resolved_total{server, result}` (a no-op
+/// without a metrics recorder).
+pub(crate) fn count(server: &str, resolution: &Resolution) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "rampart_outcomes_resolved_total",
+        "server" => server.to_owned(),
+        "result" => resolution.label()
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (server, resolution);
+}
+
+async fn ask_until_answered(
+    pool: &Pool,
+    mark: &Mark,
+    deadline: Option<Instant>,
+    per_try: Duration,
+) -> Resolution {
+    let mut turn = 0;
+    let mut last = String::from("the server could not be asked");
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Resolution::Unknown(format!(
+                "the deadline passed before the server said whether it committed ({last})"
+            ));
+        }
+        let limit = left.map_or(per_try, |l| l.min(per_try));
+        match tokio::time::timeout(limit, ask(pool, mark)).await {
+            Ok(Ok(Answer::Final(resolution))) => return resolution,
+            Ok(Ok(Answer::InProgress)) => last = "its backend was still running it".to_owned(),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("the lookup did not answer within {limit:?}"),
+        }
+        tokio::time::sleep(pause(turn)).await;
+        turn += 1;
+    }
+}
+
+enum Answer {
+    Final(Resolution),
+    /// The old backend still runs the transaction; it has been told to terminate.
+    InProgress,
+}
+
+/// Seen at lookup: the transaction's status, and whether the server is the one that gave the mark.
+async fn ask(pool: &Pool, mark: &Mark) -> Result<Answer, Error> {
+    let conn = pool.get_within(None).await?;
+    let mut in_flight = InFlight::new(pool.clone(), conn);
+    let status = match mark.flavour {
+        Flavour::Legacy => format!("txid_status({})", mark.xid),
+        _ => format!("pg_xact_status('{}'::xid8)", mark.xid),
+    };
+    let sql = format!("SELECT {status}, pg_postmaster_start_time()::text");
+    let replies = in_flight.conn().client().simple_query(&sql).await;
+    let replies = match replies {
+        Ok(replies) => replies,
+        // A server error: an id "in the future" is one the server lost in a crash, and gave out again
+        // to no one yet.
+        Err(e) if e.code().is_some() => {
+            let message = e.as_db_error().map(|d| d.message().to_owned());
+            in_flight.release(false);
+            return Ok(Answer::Final(match message {
+                Some(m) if m.contains("in the future") => Resolution::NotApplied(format!(
+                    "the server no longer knows its transaction ({m}): it was lost in a crash"
+                )),
+                Some(m) => Resolution::Unknown(format!("the status lookup failed: {m}")),
+                None => Resolution::Unknown(format!("the status lookup failed: {e}")),
+            }));
+        }
+        Err(e) => return Err(in_flight.fail(e, crate::outcome::Stage::Sent)),
+    };
+    let row = first_row(&replies).unwrap_or_default();
+    let (status, boot) = match row.as_slice() {
+        [status, boot] => (*status, *boot),
+        _ => ("", ""),
+    };
+    let restarted = boot != &*mark.boot;
+    let answer = match status {
+        "committed" if restarted => Answer::Final(Resolution::Unknown(
+            "the server restarted since: the transaction id it says committed may be another's"
+                .into(),
+        )),
+        "committed" => Answer::Final(Resolution::Committed),
+        "aborted" if restarted => Answer::Final(Resolution::NotApplied(
+            "its transaction did not survive the server's restart".into(),
+        )),
+        "aborted" => Answer::Final(Resolution::NotApplied(
+            "the server says its transaction was rolled back".into(),
+        )),
+        "in progress" if restarted => Answer::Final(Resolution::NotApplied(
+            "its transaction did not survive the server's restart".into(),
+        )),
+        "in progress" => {
+            // Still running on the old backend (the cancel has not landed, or it has not noticed its
+            // client is gone): end it, but only if that backend still runs this transaction.
+            let xid32 = mark.xid & 0xFFFF_FFFF;
+            let terminate = format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = {} AND backend_xid = '{xid32}'::xid",
+                mark.pid
+            );
+            let ended = in_flight.conn().client().simple_query(&terminate).await;
+            return match ended {
+                Ok(_) => {
+                    in_flight.release(false);
+                    Ok(Answer::InProgress)
+                }
+                Err(e) if e.code().is_some() => {
+                    in_flight.release(false);
+                    Ok(Answer::InProgress)
+                }
+                Err(e) => Err(in_flight.fail(e, crate::outcome::Stage::Sent)),
+            };
+        }
+        _ => Answer::Final(Resolution::Unknown(
+            "the server no longer knows the transaction id (too old)".into(),
+        )),
+    };
+    in_flight.release(false);
+    Ok(answer)
+}
+
+/// The error (or response) a caller gets for a marked write whose reply was lost, once resolved.
+/// `kind` and `lost`: what failed, said as the plain path would ("connection to ... was lost ...").
+pub(crate) fn settled(
+    resolution: Resolution,
+    kind: ErrorKind,
+    lost: &str,
+    returns_rows: bool,
+) -> Settled {
+    match resolution {
+        Resolution::Committed if returns_rows => Settled::Err(Error::new(
+            ErrorKind::ReplyLost,
+            Classification::Permanent,
+            format!(
+                "{lost}; the write was applied (the server says its transaction committed), but the \
+                 rows it returned were lost with the reply: read them again"
+            ),
+        )),
+        Resolution::Committed => Settled::Applied,
+        Resolution::NotApplied(why) => Settled::Err(Error::new(
+            kind,
+            Classification::Transient,
+            format!("{lost}; not applied: {why}"),
+        )),
+        Resolution::Unknown(why) => Settled::Err(Error::new(
+            kind,
+            Classification::Ambiguous,
+            format!("{lost}; {why}"),
+        )),
+    }
+}
+
+/// A resolved lost reply, for the caller.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// Applied, nothing to return: [`Response::reply_lost`](crate::Response::reply_lost).
+    Applied,
+    Err(Error),
+}
+
+/// How many lost replies of plain writes a stack has looked up, by answer ([`Db::resolved`]).
+///
+/// [`Db::resolved`]: crate::Db::resolved
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// Applied: the server said the transaction committed.
+    pub committed: u64,
+    /// Not applied (the transaction rolled back, or its `COMMIT` was never sent), and so retried.
+    pub not_applied: u64,
+    /// No certain answer: reported as outcome unknown.
+    pub unknown: u64,
+}
+
+impl Resolved {
+    /// What was looked up since `earlier` (a snapshot of the same stack).
+    pub fn since(&self, earlier: &Resolved) -> Resolved {
+        Resolved {
+            committed: self.committed.saturating_sub(earlier.committed),
+            not_applied: self.not_applied.saturating_sub(earlier.not_applied),
+            unknown: self.unknown.saturating_sub(earlier.unknown),
+        }
+    }
+
+    /// Every lost reply looked up: those that would have been "outcome unknown" without resolution.
+    pub fn total(&self) -> u64 {
+        self.committed + self.not_applied + self.unknown
+    }
+}
+
+/// How many lost replies a stack resolved, by answer.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) committed: AtomicU64,
+    pub(crate) not_applied: AtomicU64,
+    pub(crate) unknown: AtomicU64,
+}
+
+impl Counts {
+    pub(crate) fn record(&self, label: &str) {
+        let counter = match label {
+            "committed" => &self.committed,
+            "aborted" => &self.not_applied,
+            _ => &self.unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Resolved {
+        Resolved {
+            committed: self.committed.load(Ordering::Relaxed),
+            not_applied: self.not_applied.load(Ordering::Relaxed),
+            unknown: self.unknown.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_between_lookups_grow_and_stay_short() {
+        assert_eq!(pause(0), Duration::from_millis(10));
+        assert_eq!(pause(2), Duration::from_millis(40));
+        assert_eq!(pause(30), Duration::from_millis(160));
+    }
+}
