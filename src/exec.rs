@@ -111,12 +111,18 @@ pub(crate) fn typed<'a>(
 /// the server session.
 #[derive(Debug, Default)]
 pub(crate) struct ParamTypes {
-    cache: SqlCache<Arc<[Type]>>,
+    /// The parameter types, and whether the statement returns rows.
+    cache: SqlCache<(Arc<[Type]>, bool)>,
 }
 
 impl ParamTypes {
     pub(crate) fn get(&self, sql: &str) -> Option<Arc<[Type]>> {
-        self.cache.get(sql)
+        self.cache.get(sql).map(|(types, _)| types)
+    }
+
+    /// Whether `sql`, once learned, returns rows (has result columns).
+    pub(crate) fn returns_rows(&self, sql: &str) -> Option<bool> {
+        self.cache.get(sql).map(|(_, rows)| rows)
     }
 
     /// The parameter types of `sql`, from the cache or by preparing it on `client`, which must be inside
@@ -132,7 +138,9 @@ impl ParamTypes {
         }
         let statement = client.prepare(sql).await?;
         let types: Arc<[Type]> = statement.params().into();
-        self.cache.insert(sql.into(), types.clone());
+        let returns_rows = !statement.columns().is_empty();
+        self.cache
+            .insert(sql.into(), (types.clone(), returns_rows));
         Ok(types)
     }
 }

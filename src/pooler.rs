@@ -10,13 +10,19 @@ use crate::exec::{set_local_timeout, unnamed};
 use crate::outcome::{Link, Stage, connection_gone, failure};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
+use crate::resolve;
+use crate::session::Effect;
+use crate::xact::{Flavour, begin_sql, parse_mark};
 
 /// Runs `query` on `in_flight`'s connection without leaving anything in the server session: see the
-/// [module docs](self). Returns the connection to the pool (or discards it) as the outcome says.
+/// [module docs](self). Returns the connection to the pool (or discards it) as the outcome says. A plain
+/// write of a stack that resolves lost replies runs marked ([`crate::resolve`]): its transaction's
+/// opening reads its id, and `COMMIT` follows once that is in.
 pub(crate) async fn run(
     pool: &Pool,
     mut in_flight: InFlight,
     query: &Query,
+    effect: Effect,
 ) -> Result<Response, Error> {
     let sql = query.sql();
     let params = query.params();
@@ -25,45 +31,81 @@ pub(crate) async fn run(
         .map(|d| d.saturating_duration_since(Instant::now()));
     let cache = pool.param_types();
     let known = cache.get(sql);
+    let flavour = if resolve::applies(query, effect) {
+        match resolve::flavour(pool, in_flight.conn().client()).await {
+            Ok(flavour) => flavour,
+            Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
+        }
+    } else {
+        Flavour::Unsupported
+    };
+    let marked = matches!(flavour, Flavour::Modern | Flavour::Legacy);
 
     let client: &tokio_postgres::Client = in_flight.conn().client();
-    let (types, begin) = match (known, remaining) {
+    let set_local = match remaining {
+        Some(_) => format!("{}; ", set_local_timeout(remaining)),
+        None => String::new(),
+    };
+    let begin = if marked {
+        begin_sql(flavour, remaining, &set_local)
+    } else {
+        format!("BEGIN; {set_local}")
+    };
+    let (types, begin, mark) = match (known, remaining) {
         // No deadline and the types known: one unnamed statement, nothing else.
-        (Some(types), None) => {
+        (Some(types), None) if !marked => {
             query.mark_sent();
             let outcome = unnamed(client, sql, params, &types).await;
             return in_flight.finish(outcome, Stage::Sent);
         }
-        (known, remaining) => {
-            let begin = match remaining {
-                Some(_) => format!("BEGIN; {}", set_local_timeout(remaining)),
-                None => "BEGIN".to_owned(),
-            };
-            match known {
-                // `begin` is `None` once sent (while the types were learned).
-                Some(types) => (types, Some(begin)),
-                None => {
-                    // First time this SQL is seen: learn its types inside the transaction.
-                    let (began, types) = futures_util::future::join(
-                        client.batch_execute(&begin),
-                        cache.learn(client, sql),
-                    )
+        // `begin` is `None` once sent (while the types were learned).
+        (Some(types), _) => (types, Some(begin), None),
+        (None, _) => {
+            // First time this SQL is seen: learn its types inside the transaction (a marked one reads
+            // its id in the same reply).
+            let (began, types) =
+                futures_util::future::join(client.simple_query(&begin), cache.learn(client, sql))
                     .await;
-                    match began.and(types) {
-                        Ok(types) => (types, None),
-                        Err(e) => {
-                            // Nothing of the statement ran; end the (aborted) transaction.
-                            let rolled_back = connection_gone(&e)
-                                || client.batch_execute("ROLLBACK").await.is_ok();
-                            let failed = failure(e, Stage::NotSent, Link::Own, pool.server());
-                            in_flight.release(failed.gone || !rolled_back);
-                            return Err(failed.error);
-                        }
+            match began.and_then(|replies| types.map(|types| (replies, types))) {
+                Ok((replies, types)) => {
+                    let mark = if marked {
+                        parse_mark(&replies, flavour)
+                    } else {
+                        None
+                    };
+                    if marked && mark.is_none() {
+                        in_flight.release(true);
+                        return Err(resolve::no_mark(pool.server()));
                     }
+                    (types, None, mark)
+                }
+                Err(e) => {
+                    // Nothing of the statement ran; end the (aborted) transaction.
+                    let rolled_back =
+                        connection_gone(&e) || client.batch_execute("ROLLBACK").await.is_ok();
+                    let failed = failure(e, Stage::NotSent, Link::Own, pool.server());
+                    in_flight.release(failed.gone || !rolled_back);
+                    return Err(failed.error);
                 }
             }
         }
     };
+    query.mark_sent();
+    if marked {
+        let returns_rows = cache.returns_rows(sql).unwrap_or(true);
+        let (head, outcome) = resolve::commit_after_mark(
+            client,
+            query,
+            begin.as_deref(),
+            mark,
+            flavour,
+            returns_rows,
+            unnamed(client, sql, params, &types),
+        )
+        .await;
+        return resolve::finish_marked(pool, in_flight, query, head, outcome, false, returns_rows)
+            .await;
+    }
     let begin = async {
         match &begin {
             Some(sql) => client.batch_execute(sql).await,
@@ -71,7 +113,6 @@ pub(crate) async fn run(
         }
     };
     // One round trip: BEGIN (if not sent yet), the statement and COMMIT, pipelined.
-    query.mark_sent();
     let (began, outcome, committed) = futures_util::future::join3(
         begin,
         unnamed(client, sql, params, &types),

@@ -180,14 +180,7 @@ pub(crate) async fn finish_marked(
             (Err(HeadError::Pg(e)), Ok(_)) => Err(in_flight.fail_keeping(e, Stage::NotSent, true)),
             (Err(HeadError::NoMark), Ok(_)) => {
                 in_flight.release(true);
-                Err(Error::new(
-                    ErrorKind::Other,
-                    Classification::Permanent,
-                    format!(
-                        "{} answered a write's opening without its transaction id; nothing was committed",
-                        pool.server()
-                    ),
-                ))
+                Err(no_mark(pool.server()))
             }
         };
     };
@@ -201,6 +194,15 @@ pub(crate) async fn finish_marked(
         Settled::Applied => Ok(Response::applied_reply_lost()),
         Settled::Err(e) => Err(e),
     }
+}
+
+/// The error for a server that answered a marked write's opening without its id: nothing committed.
+pub(crate) fn no_mark(server: &str) -> Error {
+    Error::new(
+        ErrorKind::Other,
+        Classification::Permanent,
+        format!("{server} answered a write's opening without its transaction id; nothing was committed"),
+    )
 }
 
 /// What the server says of a marked write whose reply was lost.

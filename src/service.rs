@@ -178,7 +178,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
             }
         } else {
             if pool.pg_config().pooler_mode() == PoolerMode::Transaction {
-                return crate::pooler::run(&pool, in_flight, &query).await;
+                return crate::pooler::run(&pool, in_flight, &query, effect).await;
             }
             // Preparing sends only a Parse: if the link fails here the statement never ran.
             match in_flight.conn().prepare(query.sql()).await {
