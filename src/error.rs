@@ -164,6 +164,11 @@ impl Error {
         self
     }
 
+    /// The message alone, without the SQLSTATE, attempts and outcome that `Display` adds.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -139,8 +139,7 @@ impl ParamTypes {
         let statement = client.prepare(sql).await?;
         let types: Arc<[Type]> = statement.params().into();
         let returns_rows = !statement.columns().is_empty();
-        self.cache
-            .insert(sql.into(), (types.clone(), returns_rows));
+        self.cache.insert(sql.into(), (types.clone(), returns_rows));
         Ok(types)
     }
 }

@@ -201,7 +201,9 @@ pub(crate) fn no_mark(server: &str) -> Error {
     Error::new(
         ErrorKind::Other,
         Classification::Permanent,
-        format!("{server} answered a write's opening without its transaction id; nothing was committed"),
+        format!(
+            "{server} answered a write's opening without its transaction id; nothing was committed"
+        ),
     )
 }
 

@@ -95,7 +95,6 @@ pub(crate) fn begin_sql(flavour: Flavour, remaining: Option<Duration>, prelude: 
 }
 
 /// The select that reads the [`Mark`] inside a transaction already begun (the transactor's).
-#[allow(dead_code)] // the transactor reads it next
 pub(crate) fn mark_sql(flavour: Flavour) -> &'static str {
     match flavour {
         Flavour::Legacy => {
@@ -103,6 +102,19 @@ pub(crate) fn mark_sql(flavour: Flavour) -> &'static str {
         }
         _ => {
             "SELECT pg_current_xact_id()::text, pg_backend_pid()::text, pg_postmaster_start_time()::text"
+        }
+    }
+}
+
+/// The select that reads the [`Mark`] of a transaction begun earlier, if it was assigned an id (it
+/// wrote something): a `NULL` id otherwise, which [`parse_mark`] reads as no mark.
+pub(crate) fn mark_if_assigned_sql(flavour: Flavour) -> &'static str {
+    match flavour {
+        Flavour::Legacy => {
+            "SELECT txid_current_if_assigned()::text, pg_backend_pid()::text, pg_postmaster_start_time()::text"
+        }
+        _ => {
+            "SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()::text, pg_postmaster_start_time()::text"
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::error::{Error, ErrorKind};
 use crate::exec::set_local_timeout;
 use crate::outcome::{Link, Stage, failure};
 use crate::pool::{InFlight, Pool};
+use crate::resolve::{Resolution, resolve};
 use crate::sync::lock;
+use crate::xact::{Flavour, Mark};
 
 mod transaction;
 
@@ -44,8 +46,11 @@ pub use self::transaction::{Params, Tx, TxFuture};
 /// it rolls back, waits out the retry schedule, and runs the whole closure again on a fresh transaction.
 ///
 /// `COMMIT` is the one point where the outcome can be unknown: if the link fails after `COMMIT` was sent,
-/// the transaction may or may not have committed. That is reported as
-/// [`is_outcome_unknown`](crate::Error::is_outcome_unknown), never re-run.
+/// the transaction may or may not have committed. The transactor learns each transaction's id with its
+/// first statement (pipelined with it: no extra round trip), so such a lost reply is looked up on the
+/// server ([`resolve_outcomes`](Transactor::resolve_outcomes), on by default): committed, the run's
+/// value is returned — it was computed before `COMMIT`; rolled back, the closure runs again; no certain
+/// answer, it is reported as [`is_outcome_unknown`](crate::Error::is_outcome_unknown) and never re-run.
 ///
 /// The re-runs are [`rampart_layers::retry`]'s, the loop every stack uses, not a second one: each run is
 /// one call to a small service, and the retry layer's policy (attempts, backoff, budget, time limit) and
@@ -80,6 +85,7 @@ pub struct Transactor<B = Exponential> {
     budget: Option<RetryBudget>,
     attempt_timeout: Option<Duration>,
     max_elapsed: Option<Duration>,
+    resolve: bool,
     runs: Arc<AtomicU64>,
 }
 
@@ -102,6 +108,7 @@ impl Transactor<Exponential> {
             budget: None,
             attempt_timeout: Some(Duration::from_secs(30)),
             max_elapsed: None,
+            resolve: true,
             runs: Arc::default(),
         }
     }
@@ -111,6 +118,13 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
     /// The isolation level of every transaction.
     pub fn isolation(mut self, level: IsolationLevel) -> Self {
         self.isolation = Some(level);
+        self
+    }
+
+    /// Whether a transaction whose `COMMIT` reply is lost is looked up on the server (default on; see
+    /// the [type docs](Transactor)). Off, or for a read-only transactor, such a run is outcome unknown.
+    pub fn resolve_outcomes(mut self, on: bool) -> Self {
+        self.resolve = on;
         self
     }
 
@@ -140,6 +154,7 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
             budget: self.budget,
             attempt_timeout: self.attempt_timeout,
             max_elapsed: self.max_elapsed,
+            resolve: self.resolve,
             runs: self.runs,
         }
     }
@@ -228,14 +243,61 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        let committing = AtomicBool::new(false);
-        let run = self.run_once(f, &committing);
-        match self.attempt_timeout {
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .unwrap_or_else(|_| Err(self.timed_out(limit, committing.load(Ordering::SeqCst)))),
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        // Kept outside the run, which a timeout drops: what a lost COMMIT is looked up with.
+        let run_state = RunState::default();
+        let run = self.run_once(f, &run_state);
+        let result = match self.attempt_timeout {
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Err(self.timed_out(limit, run_state.committing.load(Ordering::SeqCst)))
+            }),
             None => run.await,
+        };
+        match result {
+            Err(e) if e.is_outcome_unknown() && run_state.committing.load(Ordering::SeqCst) => {
+                self.resolve_lost_commit(e, run_state).await
+            }
+            other => other,
+        }
+    }
+
+    /// A run whose `COMMIT` reply was lost (`lost`): what the server says of its transaction.
+    async fn resolve_lost_commit<T>(&self, lost: Error, run: RunState<T>) -> Result<T, Error> {
+        let Some(marked) = lock(&run.mark).take() else {
+            return Err(lost);
+        };
+        let resolution = match marked {
+            Some(mark) => {
+                let limit = self.attempt_timeout.unwrap_or(Duration::from_secs(30));
+                let per_try = limit.min(crate::resolve::LOOKUP_TRY);
+                resolve(
+                    &self.pool,
+                    Some(&mark),
+                    Some(Instant::now() + limit),
+                    per_try,
+                )
+                .await
+            }
+            None => {
+                let nothing = Resolution::NotApplied(
+                    "it had written nothing (no transaction id was assigned)".to_owned(),
+                );
+                crate::resolve::count(self.pool.server(), &nothing);
+                nothing
+            }
+        };
+        match resolution {
+            Resolution::Committed => run.take_value(self.pool.server()),
+            Resolution::NotApplied(why) => Err(Error::new(
+                lost.kind(),
+                Classification::Transient,
+                format!("{}; not applied: {why}", lost.message()),
+            )),
+            Resolution::Unknown(why) => Err(Error::new(
+                lost.kind(),
+                Classification::Ambiguous,
+                format!("{}; {why}", lost.message()),
+            )),
         }
     }
 
@@ -261,7 +323,7 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         }
     }
 
-    async fn run_once<T, F>(&self, f: &Mutex<F>, committing: &AtomicBool) -> Result<T, Error>
+    async fn run_once<T, F>(&self, f: &Mutex<F>, run: &RunState<T>) -> Result<T, Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
@@ -277,6 +339,16 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         // direct connection, one a deadline pushed down earlier. Either way, this transaction sets its own.
         let prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
             .then(|| set_local_timeout(self.attempt_timeout));
+        // Marked: the transaction's id is read with its first statement (see `resolve.rs`).
+        let flavour = if self.resolve && !self.read_only {
+            match crate::resolve::flavour(&self.pool, guard.conn().client()).await {
+                Ok(flavour) => flavour,
+                Err(e) => return Err(guard.fail(e, Stage::NotSent)),
+            }
+        } else {
+            Flavour::Unsupported
+        };
+        let marking = matches!(flavour, Flavour::Modern | Flavour::Legacy).then_some(flavour);
         let (outcome, gone) = {
             let (client, statements) = guard.conn().split();
             let mut builder = client.build_transaction().read_only(self.read_only);
@@ -295,6 +367,8 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
                         statements,
                         unnamed: pooled.then(|| self.pool.param_types()),
                         prelude: Mutex::new(prelude),
+                        marking: Mutex::new(marking),
+                        mark: &run.mark,
                         gone: AtomicBool::new(false),
                     };
                     let body = {
@@ -309,22 +383,62 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
                             drop(tx);
                             (Err(e), gone)
                         }
-                        Ok(value) => {
-                            committing.store(true, Ordering::SeqCst);
-                            match tx.inner.commit().await {
-                                Ok(()) => (Ok(value), false),
-                                Err(e) => {
-                                    let failed = failure(e, Stage::Committing, Link::Own, &server);
-                                    (Err(failed.error), failed.gone)
+                        Ok(value) => match tx.before_commit().await {
+                            Err(e) => (Err(e), tx.gone.load(Ordering::Relaxed)),
+                            Ok(()) => {
+                                // The value is kept outside the run: a lost COMMIT that committed returns it.
+                                *lock(&run.value) = Some(value);
+                                run.committing.store(true, Ordering::SeqCst);
+                                match tx.inner.commit().await {
+                                    Ok(()) => (run.take_value(&server), false),
+                                    Err(e) => {
+                                        let failed =
+                                            failure(e, Stage::Committing, Link::Own, &server);
+                                        (Err(failed.error), failed.gone)
+                                    }
                                 }
                             }
-                        }
+                        },
                     }
                 }
             }
         };
         guard.release(gone);
         outcome
+    }
+}
+
+/// What one run leaves outside itself (a timeout drops the run): whether `COMMIT` was sent, the
+/// transaction's id, and the closure's value, for a lost `COMMIT` to be looked up and, if it committed,
+/// answered with the value.
+struct RunState<T> {
+    committing: AtomicBool,
+    /// `None`: not marked; `Some(None)`: marked, but the transaction was assigned no id (it wrote
+    /// nothing); `Some(Some(mark))`: its id.
+    mark: Mutex<Option<Option<Mark>>>,
+    value: Mutex<Option<T>>,
+}
+
+impl<T> Default for RunState<T> {
+    fn default() -> Self {
+        Self {
+            committing: AtomicBool::new(false),
+            mark: Mutex::new(None),
+            value: Mutex::new(None),
+        }
+    }
+}
+
+impl<T> RunState<T> {
+    /// The value kept before `COMMIT`.
+    fn take_value(&self, server: &str) -> Result<T, Error> {
+        lock(&self.value).take().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                Classification::Permanent,
+                format!("the transaction on {server} committed, but its value was already taken"),
+            )
+        })
     }
 }
 

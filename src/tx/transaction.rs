@@ -14,6 +14,7 @@ use crate::exec::{ParamTypes, typed};
 use crate::outcome::{Link, Stage, failure};
 use crate::pool::prepare_cached;
 use crate::sync::lock;
+use crate::xact::{Flavour, Mark, mark_if_assigned_sql, mark_sql, parse_mark};
 
 /// A transaction in progress, handed to the closure of [`Transactor::run`](crate::Transactor::run). Its methods return
 /// [`Error`]s classified for a transaction: a lost connection inside it is safe to re-run.
@@ -26,6 +27,10 @@ pub struct Tx<'a> {
     pub(super) unnamed: Option<&'a ParamTypes>,
     /// `SET LOCAL statement_timeout`, still to be sent (pipelined with the first statement).
     pub(super) prelude: Mutex<Option<String>>,
+    /// For a marked transaction, until its id is read: the server's functions for it.
+    pub(super) marking: Mutex<Option<Flavour>>,
+    /// Where the id is kept once read (see `RunState` in `mod.rs`).
+    pub(super) mark: &'a Mutex<Option<Option<Mark>>>,
     /// A statement's failure ended the connection.
     pub(super) gone: AtomicBool,
 }
@@ -51,20 +56,50 @@ impl Tx<'_> {
     }
 
     /// Runs `statement`, with the pending `SET LOCAL` pipelined in front of it the first time.
+    /// Sends `statement`, with what must go first pipelined before it: the prelude (`SET LOCAL`) and,
+    /// for a marked transaction, the select of its id (one round trip for all).
     async fn send<T>(
         &self,
         statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, Error> {
         let prelude = lock(&self.prelude).take();
-        match prelude {
-            None => statement.await.map_err(|e| self.err(e)),
-            Some(set) => {
+        let marking = lock(&self.marking).take();
+        match (prelude, marking) {
+            (None, None) => statement.await.map_err(|e| self.err(e)),
+            (Some(set), None) => {
                 let (set, result) =
                     futures_util::future::join(self.inner.batch_execute(&set), statement).await;
                 set.map_err(|e| self.err(e))?;
                 result.map_err(|e| self.err(e))
             }
+            (prelude, Some(flavour)) => {
+                let head = match prelude {
+                    Some(set) => format!("{set}; {}", mark_sql(flavour)),
+                    None => mark_sql(flavour).to_owned(),
+                };
+                let (head, result) =
+                    futures_util::future::join(self.inner.simple_query(&head), statement).await;
+                let replies = head.map_err(|e| self.err(e))?;
+                *lock(self.mark) = Some(parse_mark(&replies, flavour));
+                result.map_err(|e| self.err(e))
+            }
         }
+    }
+
+    /// Before `COMMIT` of a marked transaction (`marking`) whose id was not read with a statement (the
+    /// closure used only [`Tx::client`]): read it now, if one was assigned — one round trip, in that
+    /// case only.
+    pub(super) async fn before_commit(&self) -> Result<(), Error> {
+        let Some(flavour) = lock(&self.marking).take() else {
+            return Ok(());
+        };
+        let replies = self
+            .inner
+            .simple_query(mark_if_assigned_sql(flavour))
+            .await
+            .map_err(|e| self.err(e))?;
+        *lock(self.mark) = Some(parse_mark(&replies, flavour));
+        Ok(())
     }
 
     /// Runs a statement and returns its rows (statements are prepared once per connection and cached;
