@@ -14,6 +14,7 @@ use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::error::Error;
 use crate::param::IntoParam;
+use crate::resolve::Counts;
 use crate::row::{self, FromRow};
 use crate::xact::Mark;
 
@@ -194,11 +195,11 @@ impl Query {
         self.read
     }
 
-    /// Starts tracking the request's attempts (see [`Tracking`]); `resolve`: whether the stack resolves
-    /// lost replies of plain writes.
-    pub(crate) fn track(&mut self, resolve: bool) -> Arc<Tracking> {
+    /// Starts tracking the request's attempts (see [`Tracking`]); `resolve`: where the stack counts the
+    /// lost replies of plain writes it resolves, if it does.
+    pub(crate) fn track(&mut self, resolve: Option<&Arc<Counts>>) -> Arc<Tracking> {
         self.tracking
-            .get_or_insert_with(|| Arc::new(Tracking::new(resolve)))
+            .get_or_insert_with(|| Arc::new(Tracking::new(resolve.cloned())))
             .clone()
     }
 
@@ -275,17 +276,17 @@ pub(crate) struct Tracking {
     /// The last failed attempt's error, as shown (for a deadline error, which ends the request while the
     /// retry layer holds that error).
     last_failure: Mutex<Option<String>>,
-    /// The stack resolves lost replies of plain writes ([`crate::resolve`]).
-    resolve: bool,
+    /// Where the stack counts the lost replies of plain writes it resolves ([`crate::resolve`]); `None`:
+    /// it does not resolve them.
+    resolve: Option<Arc<Counts>>,
     /// Whether the current attempt runs as a marked write, and how far it got.
     marked: Mutex<Marked>,
-    /// The answers of the lookups made for this request's lost replies, in order.
-    resolutions: Mutex<Vec<&'static str>>,
 }
 
 impl Tracking {
-    /// Tracking for a stack that resolves lost replies of plain writes, or not.
-    pub(crate) fn new(resolve: bool) -> Self {
+    /// Tracking for a stack that resolves lost replies of plain writes (counting them in `resolve`), or
+    /// not.
+    pub(crate) fn new(resolve: Option<Arc<Counts>>) -> Self {
         Self {
             resolve,
             ..Self::default()
@@ -301,7 +302,7 @@ impl Tracking {
 
     /// Whether the stack resolves lost replies of plain writes.
     pub(crate) fn resolves(&self) -> bool {
-        self.resolve
+        self.resolve.is_some()
     }
 
     /// The current attempt runs as a marked write: its opening is about to be written.
@@ -323,12 +324,9 @@ impl Tracking {
 
     /// A lost reply of this request was looked up, with this answer (`committed`, `aborted`, `unknown`).
     pub(crate) fn resolved(&self, label: &'static str) {
-        crate::sync::lock(&self.resolutions).push(label);
-    }
-
-    /// The answers of the lookups made for this request.
-    pub(crate) fn resolutions(&self) -> Vec<&'static str> {
-        crate::sync::lock(&self.resolutions).clone()
+        if let Some(counts) = &self.resolve {
+            counts.record(label);
+        }
     }
 
     /// The attempt ended with an answer: nothing of it is left running.

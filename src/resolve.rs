@@ -70,8 +70,14 @@ pub(crate) async fn flavour(
             let version = first_row(&messages).and_then(|r| r.first().map(|v| v.to_string()));
             Flavour::of_version(version.as_deref())
         }
-        // The server answered with an error: not a PostgreSQL that has the setting.
-        Err(e) if e.code().is_some() => Flavour::Unsupported,
+        // The server does not know the setting or the statement: not a PostgreSQL that has it. Any other
+        // error (a pooler's wait timeout, a lost link) says nothing of the server: not remembered.
+        Err(e)
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "42704" | "42601" | "0A000" | "42883")) =>
+        {
+            Flavour::Unsupported
+        }
         Err(e) => return Err(e),
     };
     pool.xact_flavour().set(flavour);

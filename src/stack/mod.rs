@@ -468,8 +468,7 @@ impl StackBuilder {
         let resolved = Arc::new(Counts::default());
         let context = Arc::new(settle::Known {
             outcomes: outcomes.clone(),
-            resolve: self.resolve,
-            resolved: resolved.clone(),
+            resolved: self.resolve.then(|| resolved.clone()),
             breaker: breaker.clone(),
             server,
             deadline: self.deadline,

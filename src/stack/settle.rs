@@ -35,9 +35,8 @@ use super::db::Services;
 /// What the top of a stack knows besides the request.
 pub(super) struct Known {
     pub(super) outcomes: Arc<Outcomes>,
-    /// Whether lost replies of plain writes are resolved, and what they were resolved to.
-    pub(super) resolve: bool,
-    pub(super) resolved: Arc<Counts>,
+    /// Where lost replies of plain writes are counted as they are resolved; `None`: not resolved.
+    pub(super) resolved: Option<Arc<Counts>>,
     pub(super) breaker: Option<BreakerHandle>,
     pub(super) server: Arc<str>,
     pub(super) deadline: Duration,
@@ -72,7 +71,7 @@ where
     }
 
     fn call(&mut self, mut query: Query) -> Self::Future {
-        let tracking = query.track(self.context.resolve);
+        let tracking = query.track(self.context.resolved.as_ref());
         let request = Request {
             read: query.is_read(),
             limit: query.granted().unwrap_or(self.context.deadline),
@@ -98,7 +97,10 @@ impl Request {
     /// (a read is the same either way). An idempotent write is still retried: the retry layer replays
     /// `Ambiguous` failures of idempotent requests.
     fn unknown_if_cut(&self) -> bool {
-        cut_leaves_outcome_unknown(self.read, self.tracking.was_sent())
+        // A marked write whose COMMIT was never sent cannot have committed (see `resolve.rs`); one whose
+        // COMMIT was sent has no time left to be looked up.
+        let never_committed = matches!(self.tracking.marked(), Marked::Opening { .. });
+        cut_leaves_outcome_unknown(self.read, self.tracking.was_sent()) && !never_committed
     }
 }
 
@@ -132,9 +134,6 @@ where
             }
         });
         this.context.outcomes.record(&result);
-        for label in this.request.tracking.resolutions() {
-            this.context.resolved.record(label);
-        }
         Poll::Ready(result)
     }
 }

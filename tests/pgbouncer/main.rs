@@ -387,7 +387,8 @@ async fn pgbouncer_errors_are_classified() {
     assert_eq!(err.classification(), Classification::Transient, "{err}");
     drop((holder, once, bouncer));
 
-    // The server connection lost under a statement: the outcome is unknown, and said so.
+    // The server connection lost under a statement: the outcome is unknown, and said so (with lost
+    // replies not resolved; `tests/scenarios/resolved.rs` has them resolved behind PgBouncer).
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
     let bouncer = PgBouncer::builder()
         .server_addr(proxy.addr())
@@ -396,6 +397,7 @@ async fn pgbouncer_errors_are_classified() {
         .unwrap();
     let once = Stack::pooler(&bouncer.url())
         .max_attempts(1)
+        .resolve_outcomes(false)
         .build()
         .unwrap();
     let write = tokio::spawn({

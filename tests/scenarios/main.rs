@@ -18,4 +18,5 @@ mod s15_s19;
 mod matrix;
 mod mux;
 mod outcomes;
+mod resolved;
 mod ride;

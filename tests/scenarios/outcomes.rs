@@ -21,11 +21,13 @@ async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replaye
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
     // One connection, on which the statement is already prepared: with the fault on, the first thing
     // sent is the statement itself (a statement still to be prepared would be cut while preparing, before
-    // it was sent, and retried: the next test).
+    // it was sent, and retried: the next test). Lost replies not resolved (`resolve_outcomes(false)`):
+    // the last test here is the same write with them resolved.
     let db = stack(&proxy.url(&cluster))
         .pool(PoolConfig::builder().max_size(1).build().unwrap())
         .attempt_timeout(Duration::from_millis(300))
         .deadline(Duration::from_secs(10))
+        .resolve_outcomes(false)
         .build()
         .unwrap();
     let insert = Query::write("INSERT INTO t (v) VALUES ($1)");
@@ -66,6 +68,60 @@ async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replaye
         &format!(
             "plain write, reply slower than the attempt timeout: `{}`, outcome unknown, 1 attempt, {rows} row(s)",
             err.kind().as_str()
+        ),
+        "-",
+    );
+}
+
+/// The same slow link, with lost replies resolved (the default): the transaction id comes back after
+/// the attempt timeout, so COMMIT is never sent and each attempt is certainly not applied — retried,
+/// and when the deadline ends it the error says "not applied", which the empty table confirms.
+#[tokio::test]
+async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_resolved_not_applied() {
+    let cluster = Cluster::new().await.unwrap();
+    connect(&cluster.url())
+        .await
+        .batch_execute("CREATE TABLE t (v int)")
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let db = stack(&proxy.url(&cluster))
+        .pool(PoolConfig::builder().max_size(1).build().unwrap())
+        .attempt_timeout(Duration::from_millis(300))
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let insert = Query::write("INSERT INTO t (v) VALUES ($1)");
+    db.run(insert.clone().bind(0)).await.unwrap();
+    proxy.set_fault(Fault::Latency(Duration::from_millis(200)));
+    let err = db
+        .run(insert.bind(1))
+        .await
+        .expect_err("every reply comes after the attempt timeout");
+    proxy.set_fault(Fault::PassThrough);
+    assert!(!err.is_outcome_unknown(), "COMMIT was never sent: {err}");
+    assert!(err.attempts().is_some_and(|a| a > 1), "retried: {err:?}");
+    let resolved = db.resolved();
+    assert!(resolved.not_applied >= 1, "{resolved:?}");
+    assert_eq!(resolved.unknown, 0, "{resolved:?}");
+    // Nothing committed, then or later (the old transactions end with their links or their idle limit).
+    until_count_is(
+        &cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+        |n| n == 0,
+        "0",
+    )
+    .await;
+    assert_eq!(
+        count(&cluster, "SELECT count(*) FROM t WHERE v = 1").await,
+        0
+    );
+    report(
+        "O1r",
+        &format!(
+            "plain write, reply slower than the attempt timeout, lost replies resolved: `{}` not applied after {} attempts, 0 rows",
+            err.kind().as_str(),
+            err.attempts().unwrap_or(1)
         ),
         "-",
     );

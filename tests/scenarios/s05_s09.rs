@@ -27,9 +27,14 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
     let db = stack(&proxy.url(&cluster)).build().unwrap();
     db.run(Query::read("SELECT 1")).await.unwrap();
+    // Without resolving lost replies (`resolve_outcomes(false)`): what every driver and pool does.
+    let unresolved = stack(&proxy.url(&cluster))
+        .resolve_outcomes(false)
+        .build()
+        .unwrap();
 
     // Not idempotent: the reset leaves the outcome unknown, and it is reported, not replayed.
-    let write = db.run(Query::write(
+    let write = unresolved.run(Query::write(
         "INSERT INTO w (request_id) SELECT 'plain' FROM pg_sleep(2) /* s5-plain */",
     ));
     let reset = async {
@@ -61,6 +66,37 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
     .await;
     assert!(plain_rows <= 1);
 
+    // The same plain write through the default stack: the lost reply is looked up on the server (the
+    // statement still running: its backend ended, its transaction rolled back, so it is retried), and the
+    // caller gets a definite answer — applied exactly once.
+    let write = db.run(Query::write(
+        "INSERT INTO w (request_id) SELECT 'resolved' FROM pg_sleep(1) /* s5-resolved */",
+    ));
+    let reset = async {
+        until_running(&cluster, "s5-resolved").await;
+        proxy.reset_all();
+    };
+    let (resolved, ()) = tokio::join!(write, reset);
+    let resolved = resolved.expect("a definite answer: applied");
+    let looked_up = db.resolved();
+    assert_eq!(looked_up.unknown, 0, "{looked_up:?}");
+    assert_eq!(looked_up.total(), 1, "{looked_up:?}");
+    until_count(
+        &cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%s5-resolved%' AND state = 'active' AND pid <> pg_backend_pid()",
+        0,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &cluster,
+            "SELECT count(*) FROM w WHERE request_id = 'resolved'"
+        )
+        .await,
+        1,
+        "applied exactly once"
+    );
+
     // Marked idempotent with a key the statement deduplicates on: replayed, applied exactly once.
     let keyed = Query::write(
         "INSERT INTO w (request_id) SELECT $1 FROM pg_sleep(2) ON CONFLICT (request_id) DO NOTHING /* s5-keyed */",
@@ -85,8 +121,15 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
     report(
         "S5",
         &format!(
-            "plain write: `{}` after 1 attempt (row applied: {plain_rows}); keyed write: retried, 1 row",
-            err.kind().as_str()
+            "plain write, lost replies not resolved: `{}` after 1 attempt (row applied: {plain_rows}); resolved (the default): Ok{}, 1 row ({} committed, {} not applied and retried); keyed write: retried, 1 row",
+            err.kind().as_str(),
+            if resolved.reply_lost() {
+                ", reply lost"
+            } else {
+                ""
+            },
+            looked_up.committed,
+            looked_up.not_applied
         ),
         "-",
     );
