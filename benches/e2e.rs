@@ -12,6 +12,9 @@
 //! interleaved runs a row is the median of, 3 by default, `-- --mux` for the multiplexing comparison
 //! only: the shared raw client, deadpool Fast, bb8 and rampart multiplexed, `-- --mux-connections N` for
 //! the number of shared connections, 1 by default, as `MuxConfig::default()`).
+//! `-- --writes`: a plain `INSERT` (no idempotency key) at 1, 8 and 32 callers through raw tokio-postgres,
+//! deadpool-postgres Fast and rampart's stack with lost replies resolved (the default: each write in a
+//! transaction of its own whose id is read before `COMMIT`) and without (`resolve_outcomes(false)`).
 //! The server is a throwaway cluster of the test harness (fsync off), on loopback.
 
 use std::sync::Arc;
@@ -35,6 +38,8 @@ static MUX_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 enum Work {
     SelectOne,
     IndexedRead,
+    /// A plain insert, not idempotent.
+    Insert,
 }
 
 impl Work {
@@ -42,6 +47,7 @@ impl Work {
         match self {
             Work::SelectOne => "SELECT 1",
             Work::IndexedRead => "indexed read",
+            Work::Insert => "plain INSERT",
         }
     }
     /// The statement with a parameter, for clients with prepared statements.
@@ -49,6 +55,7 @@ impl Work {
         match self {
             Work::SelectOne => "SELECT 1",
             Work::IndexedRead => "SELECT v FROM kv WHERE k = $1",
+            Work::Insert => "INSERT INTO events (v) VALUES ($1)",
         }
     }
     /// The same statement as one simple query, for bb8 (no per-connection statement cache).
@@ -56,6 +63,18 @@ impl Work {
         match self {
             Work::SelectOne => "SELECT 1".to_owned(),
             Work::IndexedRead => format!("SELECT v FROM kv WHERE k = {key}"),
+            Work::Insert => format!("INSERT INTO events (v) VALUES ({key})"),
+        }
+    }
+}
+
+impl Work {
+    /// The request as rampart takes it: a read, or a plain write.
+    fn query(self, key: i32) -> Query {
+        match self {
+            Work::SelectOne => Query::read(self.sql()),
+            Work::IndexedRead => Query::read(self.sql()).bind(key),
+            Work::Insert => Query::write(self.sql()).bind(key),
         }
     }
 }
@@ -80,14 +99,14 @@ impl Target {
                 let (client, stmt) = &clients[caller % clients.len()];
                 match work {
                     Work::SelectOne => client.query(stmt, &[]).await.is_ok(),
-                    Work::IndexedRead => client.query(stmt, &[&key]).await.is_ok(),
+                    Work::IndexedRead | Work::Insert => client.query(stmt, &[&key]).await.is_ok(),
                 }
             }
             Target::Shared(shared) => {
                 let (client, stmt) = &**shared;
                 match work {
                     Work::SelectOne => client.query(stmt, &[]).await.is_ok(),
-                    Work::IndexedRead => client.query(stmt, &[&key]).await.is_ok(),
+                    Work::IndexedRead | Work::Insert => client.query(stmt, &[&key]).await.is_ok(),
                 }
             }
             Target::Deadpool(pool) => {
@@ -99,7 +118,7 @@ impl Target {
                 };
                 match work {
                     Work::SelectOne => client.query(&stmt, &[]).await.is_ok(),
-                    Work::IndexedRead => client.query(&stmt, &[&key]).await.is_ok(),
+                    Work::IndexedRead | Work::Insert => client.query(&stmt, &[&key]).await.is_ok(),
                 }
             }
             Target::Bb8(pool) => {
@@ -109,18 +128,10 @@ impl Target {
                 client.simple_query(&work.simple(key)).await.is_ok()
             }
             Target::Rampart(db) => {
-                let query = match work {
-                    Work::SelectOne => Query::read(work.sql()),
-                    Work::IndexedRead => Query::read(work.sql()).bind(key),
-                };
-                db.run(query).await.is_ok()
+                db.run(work.query(key)).await.is_ok()
             }
             Target::PgService(svc) => {
-                let query = match work {
-                    Work::SelectOne => Query::read(work.sql()),
-                    Work::IndexedRead => Query::read(work.sql()).bind(key),
-                };
-                svc.clone().oneshot(query).await.is_ok()
+                svc.clone().oneshot(work.query(key)).await.is_ok()
             }
         }
     }
@@ -180,7 +191,7 @@ async fn measure(target: &Target, work: Work, callers: usize, secs: f64) -> Outc
     }
 }
 
-const CLIENTS: [&str; 8] = [
+const CLIENTS: [&str; 9] = [
     "raw tokio-postgres (16 clients)",
     "deadpool-postgres Fast",
     "deadpool-postgres Verified",
@@ -189,7 +200,11 @@ const CLIENTS: [&str; 8] = [
     "rampart PgService alone (pool with validation, no layers)",
     "raw tokio-postgres, one shared client (pipelined)",
     "rampart Stack::server multiplexed (shared connections)",
+    "rampart Stack::server, lost replies not resolved",
 ];
+
+/// The clients of the plain-write comparison (`--writes`).
+const WRITE_SET: [usize; 4] = [0, 1, 8, 4];
 
 /// The clients of the multiplexing comparison (`--mux`).
 const MUX_SET: [usize; 4] = [6, 1, 3, 7];
@@ -264,6 +279,12 @@ async fn build(which: usize, work: Work, url: &str) -> Target {
             )
             .expect("pool"),
         )),
+        8 => Target::Rampart(
+            pooled_stack(url)
+                .resolve_outcomes(false)
+                .build()
+                .expect("stack"),
+        ),
         _ => Target::Rampart(pooled_stack(url).build().expect("stack")),
     }
 }
@@ -288,6 +309,7 @@ fn main() {
         .unwrap_or(2.0);
     let quick = args.iter().any(|a| a == "--quick");
     let mux_only = args.iter().any(|a| a == "--mux");
+    let writes = args.iter().any(|a| a == "--writes");
     if let Some(n) = args
         .iter()
         .position(|a| a == "--mux-connections")
@@ -334,7 +356,13 @@ fn main() {
             Some(proxy) => proxy.url(&cluster),
             None => cluster.url(),
         };
-        let levels: &[usize] = if quick { &[32] } else { &[1, 8, 32, 128] };
+        let levels: &[usize] = if quick {
+            &[32]
+        } else if writes {
+            &[1, 8, 32]
+        } else {
+            &[1, 8, 32, 128]
+        };
         println!(
             "pool size {POOL_SIZE}, {} shared connections when multiplexed, {secs} s per run, median of {rounds} interleaved runs per row",
             MUX_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
@@ -342,7 +370,9 @@ fn main() {
         println!();
         println!("| query | callers | client | queries/s | p50 | p99 | max | errors |");
         println!("|---|---:|---|---:|---:|---:|---:|---:|");
-        let works: &[Work] = if quick {
+        let works: &[Work] = if writes {
+            &[Work::Insert]
+        } else if quick {
             &[Work::SelectOne]
         } else {
             &[Work::SelectOne, Work::IndexedRead]
@@ -356,6 +386,8 @@ fn main() {
                     for (which, name) in CLIENTS.iter().enumerate() {
                         if only.as_ref().is_some_and(|o| !name.contains(o.as_str()))
                             || (mux_only && !MUX_SET.contains(&which))
+                            || (writes && !WRITE_SET.contains(&which))
+                            || (!writes && which == 8)
                         {
                             continue;
                         }

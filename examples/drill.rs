@@ -335,6 +335,8 @@ struct Recorder {
     failed: AtomicU64,
     acknowledged: Mutex<Vec<String>>,
     paused: AtomicBool,
+    /// The stack's count of lost replies looked up, taken as each phase starts and once at the end.
+    resolved: Mutex<Vec<rampart::Resolved>>,
 }
 
 impl Recorder {
@@ -358,12 +360,60 @@ impl Recorder {
     }
 }
 
+/// Lost replies of plain writes looked up on the server, by answer.
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+struct ResolvedReport {
+    committed: u64,
+    not_applied: u64,
+    unknown: u64,
+}
+
+impl ResolvedReport {
+    fn of(r: rampart::Resolved) -> Self {
+        Self {
+            committed: r.committed,
+            not_applied: r.not_applied,
+            unknown: r.unknown,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.committed + self.not_applied + self.unknown
+    }
+
+    fn add(&mut self, other: &ResolvedReport) {
+        self.committed += other.committed;
+        self.not_applied += other.not_applied;
+        self.unknown += other.unknown;
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} committed, {} not applied, {} unknown",
+            self.committed, self.not_applied, self.unknown
+        )
+    }
+}
+
+/// How many of `failures` said the outcome is unknown.
+fn unknown_in(failures: &BTreeMap<String, u64>) -> u64 {
+    failures
+        .iter()
+        .filter(|(k, _)| k.contains("outcome unknown"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 #[derive(Debug, Serialize)]
 struct PhaseReport {
     phase: String,
     requests: u64,
     succeeded: u64,
     failed: u64,
+    /// Failures that said the outcome is unknown.
+    outcome_unknown: u64,
+    /// Lost replies looked up during the phase (rampart only).
+    resolved: Option<ResolvedReport>,
     failures: BTreeMap<String, u64>,
     p50_ms: f64,
     p99_ms: f64,
@@ -376,6 +426,8 @@ struct StackReport {
     requests: u64,
     succeeded: u64,
     failed: u64,
+    outcome_unknown: u64,
+    resolved: Option<ResolvedReport>,
     hung: u64,
     lost: u64,
     duplicated: u64,
@@ -431,7 +483,18 @@ impl Target for RampartTarget {
             }
         };
         match n % 10 {
-            0..=5 => {
+            3..=5 => {
+                // A plain write: no key, never replayed blindly; a lost reply is looked up.
+                let tag = format!("w{worker}-{n}");
+                let sql = format!("INSERT INTO {}_events (tag) VALUES ($1)", self.table);
+                self.db
+                    .run(Query::write(sql).bind(tag.clone()))
+                    .await
+                    .map_err(class)?;
+                acked.lock().unwrap().push(format!("ev:{tag}"));
+                Ok(())
+            }
+            0..=2 => {
                 let key = format!("w{worker}-{n}");
                 let sql = format!(
                     "INSERT INTO {}_signups (request_id, email) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING",
@@ -511,7 +574,16 @@ impl Target for BareTarget {
         }
         let client = slot.as_mut().expect("connected above");
         let result = match n % 10 {
-            0..=5 => {
+            3..=5 => {
+                let tag = format!("w{worker}-{n}");
+                let sql = format!("INSERT INTO {}_events (tag) VALUES ($1)", self.table);
+                let r = client.execute(&sql, &[&tag]).await.map(drop);
+                if r.is_ok() {
+                    acked.lock().unwrap().push(format!("ev:{tag}"));
+                }
+                r
+            }
+            0..=2 => {
                 let key = format!("w{worker}-{n}");
                 let sql = format!(
                     "INSERT INTO {}_signups (request_id, email) VALUES ($1, $2) ON CONFLICT (request_id) DO NOTHING",
@@ -602,8 +674,9 @@ impl Drill {
     async fn setup_tables(&self, table: &str) -> Result<(), String> {
         let conn = direct_client(&self.direct_url).await?;
         conn.batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}_signups, {table}_accounts;
+                "DROP TABLE IF EXISTS {table}_signups, {table}_accounts, {table}_events;
                  CREATE TABLE {table}_signups (id bigserial PRIMARY KEY, request_id text UNIQUE NOT NULL, email text NOT NULL);
+                 CREATE TABLE {table}_events (id bigserial PRIMARY KEY, tag text NOT NULL);
                  CREATE TABLE {table}_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
                  INSERT INTO {table}_accounts SELECT g, {OPENING_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;"
             ))
@@ -611,40 +684,57 @@ impl Drill {
             .map_err(|e| format!("cannot create the drill's tables: {e}"))
     }
 
-    /// Lost, duplicated, and how far the money is off, counted on the server.
+    /// Lost, duplicated, and how far the money is off, counted on the server. `acknowledged` holds the
+    /// sign-ups' request ids and the plain writes' tags (prefixed `ev:`).
     async fn audit(&self, table: &str, acknowledged: &[String]) -> Result<(u64, u64, i64), String> {
         let client = direct_client(&self.direct_url).await?;
-        let present: i64 = client
-            .query_one(&format!("SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"), &[&acknowledged])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        let distinct: i64 = client
-            .query_one(
-                &format!("SELECT count(*) - count(DISTINCT request_id) FROM {table}_signups"),
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        let total: i64 = client
-            .query_one(
-                &format!("SELECT sum(balance)::bigint FROM {table}_accounts"),
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
+        let (events, signups): (Vec<String>, Vec<String>) =
+            acknowledged.iter().cloned().partition(|a| a.starts_with("ev:"));
+        let events: Vec<String> = events.into_iter().map(|e| e[3..].to_owned()).collect();
+        let number = |sql: String, keys: Vec<String>| {
+            let client = &client;
+            async move {
+                let row = if keys.is_empty() && !sql.contains("$1") {
+                    client.query_one(&sql, &[]).await
+                } else {
+                    client.query_one(&sql, &[&keys]).await
+                };
+                row.map(|r| r.get::<_, i64>(0)).map_err(|e| e.to_string())
+            }
+        };
+        let present = number(
+            format!("SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"),
+            signups.clone(),
+        )
+        .await?;
+        let present_events = number(
+            format!("SELECT count(DISTINCT tag) FROM {table}_events WHERE tag = ANY($1)"),
+            events.clone(),
+        )
+        .await?;
+        let duplicated = number(
+            format!(
+                "SELECT (SELECT count(*) - count(DISTINCT request_id) FROM {table}_signups) \
+                 + (SELECT count(*) - count(DISTINCT tag) FROM {table}_events)"
+            ),
+            Vec::new(),
+        )
+        .await?;
+        let total = number(
+            format!("SELECT sum(balance)::bigint FROM {table}_accounts"),
+            Vec::new(),
+        )
+        .await?;
         if self.options.database_url.is_some() {
             let _ = client
                 .batch_execute(&format!(
-                    "DROP TABLE IF EXISTS {table}_signups, {table}_accounts"
+                    "DROP TABLE IF EXISTS {table}_signups, {table}_accounts, {table}_events"
                 ))
                 .await;
         }
         Ok((
-            acknowledged.len() as u64 - present as u64,
-            distinct as u64,
+            (signups.len() as u64 - present as u64) + (events.len() as u64 - present_events as u64),
+            duplicated as u64,
             total - OPENING_BALANCE * ACCOUNTS as i64,
         ))
     }
@@ -742,7 +832,8 @@ impl Drill {
             })
         };
 
-        self.play_faults(&recorder, &format!("{name}_drill")).await;
+        self.play_faults(&recorder, &format!("{name}_drill"), db)
+            .await;
         stop.store(true, Ordering::Relaxed);
         while workers.join_next().await.is_some() {}
         progress.finish();
@@ -752,9 +843,17 @@ impl Drill {
 
     /// The fault script: a steady slot, one slot per fault (injected a tenth in, lifted when its window
     /// ends), and a recovery slot.
-    async fn play_faults(&self, recorder: &Recorder, table: &str) {
+    async fn play_faults(&self, recorder: &Recorder, table: &str, db: Option<&Db>) {
         let slot = self.slot();
-        let set_phase = |i: usize| *recorder.phase.lock().unwrap() = i;
+        let snapshot = || {
+            if let Some(db) = db {
+                recorder.resolved.lock().unwrap().push(db.resolved());
+            }
+        };
+        let set_phase = |i: usize| {
+            snapshot();
+            *recorder.phase.lock().unwrap() = i;
+        };
         set_phase(0);
         tokio::time::sleep(slot).await;
         for (i, fault) in self.options.faults.iter().enumerate() {
@@ -808,6 +907,7 @@ impl Drill {
         }
         set_phase(self.options.faults.len() + 1);
         tokio::time::sleep(slot).await;
+        snapshot();
     }
 }
 
@@ -819,17 +919,30 @@ fn stack_report(
     counters: (Option<u64>, Option<u64>, Option<u64>, u64),
 ) -> StackReport {
     let phases_stats = recorder.phases.lock().unwrap().clone();
+    let snapshots = recorder.resolved.lock().unwrap().clone();
+    let resolved_in = |i: usize| -> Option<ResolvedReport> {
+        let (start, end) = (snapshots.get(i)?, snapshots.get(i + 1)?);
+        Some(ResolvedReport::of(end.since(start)))
+    };
     let mut total = PhaseStats::default();
+    let mut total_resolved: Option<ResolvedReport> = None;
     let phases = phases_stats
         .iter()
         .zip(names)
-        .map(|(stats, name)| {
+        .enumerate()
+        .map(|(i, (stats, name))| {
             total.merge(stats);
+            let resolved = resolved_in(i);
+            if let Some(r) = &resolved {
+                total_resolved.get_or_insert_default().add(r);
+            }
             PhaseReport {
                 phase: name.clone(),
                 requests: stats.requests,
                 succeeded: stats.succeeded,
                 failed: stats.failed(),
+                outcome_unknown: unknown_in(&stats.failures),
+                resolved,
                 failures: stats.failures.clone(),
                 p50_ms: stats.percentile_ms(0.5),
                 p99_ms: stats.percentile_ms(0.99),
@@ -848,6 +961,8 @@ fn stack_report(
         requests: total.requests,
         succeeded: total.succeeded,
         failed: total.failed(),
+        outcome_unknown: unknown_in(&total.failures),
+        resolved: total_resolved,
         hung,
         lost: audit.0,
         duplicated: audit.1,
@@ -868,21 +983,21 @@ fn render(report: &Report, drill: &Drill) -> String {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     let _ = writeln!(
         out,
-        "\nrampart drill: {} s per stack, {} workers (60% sign-ups with idempotency keys, 30% reads, 10% transfers){}\n",
+        "\nrampart drill: {} s per stack, {} workers (30% sign-ups with idempotency keys, 30% plain writes without a key, 30% reads, 10% transfers){}\n",
         report.duration_s,
         report.concurrency,
         if report.multiplexed {
-            "; rampart multiplexed (statements pipelined over a shared connection, transfers on the pool)"
+            "; rampart multiplexed (reads and keyed writes pipelined over a shared connection, plain writes and transfers on the pool)"
         } else {
             ""
         }
     );
     let _ = writeln!(
         out,
-        "{:<11} {:<8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9}  failures",
-        "phase", "stack", "requests", "ok", "failed", "p50 ms", "p99 ms", "max ms"
+        "{:<11} {:<8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9}  {:<9} failures",
+        "phase", "stack", "requests", "ok", "failed", "unknown", "p50 ms", "p99 ms", "max ms", "resolved"
     );
-    let _ = writeln!(out, "{}", "-".repeat(110));
+    let _ = writeln!(out, "{}", "-".repeat(130));
     for (r, b) in report.rampart.phases.iter().zip(&report.baseline.phases) {
         for (label, p) in [("rampart", r), ("bare", b)] {
             let failures = if p.failures.is_empty() {
@@ -899,17 +1014,34 @@ fn render(report: &Report, drill: &Drill) -> String {
             } else {
                 ""
             };
+            // Lost replies looked up: committed / not applied / still unknown.
+            let resolved = p.resolved.map_or("-".to_owned(), |r| {
+                format!("{}/{}/{}", r.committed, r.not_applied, r.unknown)
+            });
             let _ = writeln!(
                 out,
-                "{phase:<11} {label:<8} {:>8} {:>8} {:>7} {:>8.1} {:>8.1} {:>9.1}  {failures}",
-                p.requests, p.succeeded, p.failed, p.p50_ms, p.p99_ms, p.max_ms
+                "{phase:<11} {label:<8} {:>8} {:>8} {:>7} {:>8} {:>8.1} {:>8.1} {:>9.1}  {resolved:<9} {failures}",
+                p.requests,
+                p.succeeded,
+                p.failed,
+                p.outcome_unknown,
+                p.p50_ms,
+                p.p99_ms,
+                p.max_ms
             );
         }
     }
-    let _ = writeln!(out, "{}", "-".repeat(110));
+    let _ = writeln!(out, "{}", "-".repeat(130));
+    let _ = writeln!(
+        out,
+        "unknown: failures that said the outcome is unknown; resolved: lost replies of plain writes looked up on the server (committed / not applied, retried / still unknown)"
+    );
     let (r, b) = (&report.rampart, &report.baseline);
     let _ = writeln!(out, "\n{:<24} {:>12} {:>12}", "", "rampart", "bare client");
-    let rows: [(&str, String, String); 12] = [
+    let resolved = r
+        .resolved
+        .map_or("-".to_owned(), |x| x.total().to_string());
+    let rows: [(&str, String, String); 14] = [
         ("requests", r.requests.to_string(), b.requests.to_string()),
         (
             "succeeded",
@@ -922,6 +1054,12 @@ fn render(report: &Report, drill: &Drill) -> String {
             r.hung.to_string(),
             b.hung.to_string(),
         ),
+        (
+            "  outcome unknown",
+            r.outcome_unknown.to_string(),
+            b.outcome_unknown.to_string(),
+        ),
+        ("lost replies resolved", resolved, "-".to_owned()),
         ("retries", opt(r.retries), opt(b.retries)),
         (
             "breaker opened",
@@ -957,6 +1095,9 @@ fn render(report: &Report, drill: &Drill) -> String {
     ];
     for (label, rv, bv) in rows {
         let _ = writeln!(out, "{label:<24} {rv:>12} {bv:>12}");
+    }
+    if let Some(x) = r.resolved.filter(|x| x.total() > 0) {
+        let _ = writeln!(out, "  lost replies, looked up on the server: {}", x.describe());
     }
     let _ = writeln!(out, "\nfaults, in order:");
     for f in &drill.options.faults {

@@ -4,7 +4,7 @@ use rampart::testing::Cluster;
 use tokio_postgres::NoTls;
 
 /// A throwaway loopback cluster of the test harness with the `kv` table of the indexed-read workload:
-/// 1,000 rows keyed 1..=1000.
+/// 1,000 rows keyed 1..=1000, and the `events` table of the plain-insert workload.
 pub(crate) async fn cluster_with_kv() -> Cluster {
     let cluster = Cluster::new()
         .await
@@ -21,7 +21,8 @@ pub(crate) async fn cluster_with_kv() -> Cluster {
         .batch_execute(
             "CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL);
              INSERT INTO kv SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
-             ANALYZE kv;",
+             ANALYZE kv;
+             CREATE TABLE events (v int NOT NULL);",
         )
         .await
         .expect("schema");
