@@ -127,12 +127,8 @@ impl Target {
                 };
                 client.simple_query(&work.simple(key)).await.is_ok()
             }
-            Target::Rampart(db) => {
-                db.run(work.query(key)).await.is_ok()
-            }
-            Target::PgService(svc) => {
-                svc.clone().oneshot(work.query(key)).await.is_ok()
-            }
+            Target::Rampart(db) => db.run(work.query(key)).await.is_ok(),
+            Target::PgService(svc) => svc.clone().oneshot(work.query(key)).await.is_ok(),
         }
     }
 }

@@ -688,8 +688,10 @@ impl Drill {
     /// sign-ups' request ids and the plain writes' tags (prefixed `ev:`).
     async fn audit(&self, table: &str, acknowledged: &[String]) -> Result<(u64, u64, i64), String> {
         let client = direct_client(&self.direct_url).await?;
-        let (events, signups): (Vec<String>, Vec<String>) =
-            acknowledged.iter().cloned().partition(|a| a.starts_with("ev:"));
+        let (events, signups): (Vec<String>, Vec<String>) = acknowledged
+            .iter()
+            .cloned()
+            .partition(|a| a.starts_with("ev:"));
         let events: Vec<String> = events.into_iter().map(|e| e[3..].to_owned()).collect();
         let number = |sql: String, keys: Vec<String>| {
             let client = &client;
@@ -703,7 +705,9 @@ impl Drill {
             }
         };
         let present = number(
-            format!("SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"),
+            format!(
+                "SELECT count(DISTINCT request_id) FROM {table}_signups WHERE request_id = ANY($1)"
+            ),
             signups.clone(),
         )
         .await?;
@@ -995,7 +999,16 @@ fn render(report: &Report, drill: &Drill) -> String {
     let _ = writeln!(
         out,
         "{:<11} {:<8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9}  {:<9} failures",
-        "phase", "stack", "requests", "ok", "failed", "unknown", "p50 ms", "p99 ms", "max ms", "resolved"
+        "phase",
+        "stack",
+        "requests",
+        "ok",
+        "failed",
+        "unknown",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "resolved"
     );
     let _ = writeln!(out, "{}", "-".repeat(130));
     for (r, b) in report.rampart.phases.iter().zip(&report.baseline.phases) {
@@ -1021,13 +1034,7 @@ fn render(report: &Report, drill: &Drill) -> String {
             let _ = writeln!(
                 out,
                 "{phase:<11} {label:<8} {:>8} {:>8} {:>7} {:>8} {:>8.1} {:>8.1} {:>9.1}  {resolved:<9} {failures}",
-                p.requests,
-                p.succeeded,
-                p.failed,
-                p.outcome_unknown,
-                p.p50_ms,
-                p.p99_ms,
-                p.max_ms
+                p.requests, p.succeeded, p.failed, p.outcome_unknown, p.p50_ms, p.p99_ms, p.max_ms
             );
         }
     }
@@ -1038,9 +1045,7 @@ fn render(report: &Report, drill: &Drill) -> String {
     );
     let (r, b) = (&report.rampart, &report.baseline);
     let _ = writeln!(out, "\n{:<24} {:>12} {:>12}", "", "rampart", "bare client");
-    let resolved = r
-        .resolved
-        .map_or("-".to_owned(), |x| x.total().to_string());
+    let resolved = r.resolved.map_or("-".to_owned(), |x| x.total().to_string());
     let rows: [(&str, String, String); 14] = [
         ("requests", r.requests.to_string(), b.requests.to_string()),
         (
@@ -1097,7 +1102,11 @@ fn render(report: &Report, drill: &Drill) -> String {
         let _ = writeln!(out, "{label:<24} {rv:>12} {bv:>12}");
     }
     if let Some(x) = r.resolved.filter(|x| x.total() > 0) {
-        let _ = writeln!(out, "  lost replies, looked up on the server: {}", x.describe());
+        let _ = writeln!(
+            out,
+            "  lost replies, looked up on the server: {}",
+            x.describe()
+        );
     }
     let _ = writeln!(out, "\nfaults, in order:");
     for f in &drill.options.faults {

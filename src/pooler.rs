@@ -10,7 +10,7 @@ use crate::exec::{set_local_timeout, unnamed};
 use crate::outcome::{Link, Stage, connection_gone, failure};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
-use crate::resolve;
+use crate::resolve::{self, Opening};
 use crate::session::Effect;
 use crate::xact::{Flavour, begin_sql, parse_mark};
 
@@ -93,11 +93,18 @@ pub(crate) async fn run(
     query.mark_sent();
     if marked {
         let returns_rows = cache.returns_rows(sql).unwrap_or(true);
+        let opening = match (mark, begin.as_deref()) {
+            (Some(mark), _) => Opening::Known(mark),
+            (None, Some(begin)) => Opening::Simple(begin),
+            (None, None) => {
+                in_flight.release(true);
+                return Err(resolve::no_mark(pool.server()));
+            }
+        };
         let (head, outcome) = resolve::commit_after_mark(
             client,
             query,
-            begin.as_deref(),
-            mark,
+            opening,
             flavour,
             returns_rows,
             unnamed(client, sql, params, &types),

@@ -47,14 +47,14 @@ use futures_util::future::join;
 use rampart_layers::Classification;
 use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use crate::error::{Error, ErrorKind};
 use crate::outcome::{Stage, connection_gone, lost_in_flight};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 use crate::session::{Effect, first_word};
-use crate::xact::{Flavour, Mark, first_row, parse_mark};
+use crate::xact::{Flavour, Mark, first_row, mark_of, parse_mark};
 
 /// The flavour of `pool`'s server, asked on `client` the first time (one round trip per pool).
 pub(crate) async fn flavour(
@@ -112,15 +112,28 @@ impl From<tokio_postgres::Error> for HeadError {
     }
 }
 
-/// Runs `work` (the statement) pipelined after the opening `begin` and commits once the [`Mark`] is in
-/// (recorded on the query's tracking just before `COMMIT` is written). `known`: the mark, when the
-/// transaction was opened earlier (the pooler mode's first sight of a statement).
-#[allow(clippy::too_many_arguments)]
+/// How a marked write's transaction is opened and its id read.
+pub(crate) enum Opening<'a> {
+    /// One simple query, [`begin_sql`](crate::xact::begin_sql) (behind a pooler: nothing named may
+    /// outlive the transaction).
+    Simple(&'a str),
+    /// `BEGIN` and the select of the id as statements prepared on the connection (parsed and planned
+    /// once per connection, not once per write), and `COMMIT` likewise.
+    Prepared {
+        begin: &'a Statement,
+        mark: &'a Statement,
+        commit: &'a Statement,
+    },
+    /// Opened earlier, the id already read (the pooler mode's first sight of a statement).
+    Known(Mark),
+}
+
+/// Runs `work` (the statement) pipelined after `opening`, and commits once the [`Mark`] is in (recorded
+/// on the query's tracking just before `COMMIT` is written).
 pub(crate) async fn commit_after_mark<T>(
     client: &Client,
     query: &Query,
-    begin: Option<&str>,
-    known: Option<Mark>,
+    opening: Opening<'_>,
     flavour: Flavour,
     returns_rows: bool,
     work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -129,22 +142,45 @@ pub(crate) async fn commit_after_mark<T>(
         tracking.opening(returns_rows);
     }
     let head = async {
-        let mark = match (known, begin) {
-            (Some(mark), _) => mark,
-            (None, Some(begin)) => {
+        let (mark, commit) = match opening {
+            Opening::Known(mark) => (mark, None),
+            Opening::Simple(begin) => {
                 let replies = client.simple_query(begin).await?;
-                parse_mark(&replies, flavour).ok_or(HeadError::NoMark)?
+                (
+                    parse_mark(&replies, flavour).ok_or(HeadError::NoMark)?,
+                    None,
+                )
             }
-            (None, None) => return Err(HeadError::NoMark),
+            Opening::Prepared {
+                begin,
+                mark,
+                commit,
+            } => {
+                let (began, row) =
+                    join(client.execute(begin, &[]), client.query_one(mark, &[])).await;
+                began?;
+                let row = row?;
+                let text = |i| row.try_get::<_, Option<&str>>(i).ok().flatten();
+                let mark = mark_of(text(0), text(1), text(2), flavour).ok_or(HeadError::NoMark)?;
+                (mark, Some(commit))
+            }
         };
         if let Some(tracking) = query.tracking() {
             tracking.committing(mark);
         }
-        client.batch_execute("COMMIT").await?;
+        match commit {
+            Some(commit) => client.execute(commit, &[]).await.map(drop)?,
+            None => client.batch_execute("COMMIT").await?,
+        }
         Ok(())
     };
     join(head, work).await
 }
+
+/// How long a marked write's transaction may sit idle before the server ends it (a client gone before
+/// its COMMIT): the session's `idle_in_transaction_session_timeout` on a pooled connection, set with its
+/// first marked write. A transactor whose runs may be idle longer turns it off for its transactions.
+pub(crate) const MARKED_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long one lookup may take when the service itself asks (the link broke under the request): a
 /// lookup connection that does not answer within this is replaced.
@@ -506,6 +542,94 @@ impl Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lookup against a real server, in both flavours of functions (PostgreSQL 13+'s and 10–12's,
+    /// which newer servers still have): committed, rolled back, still running (ended, then rolled back),
+    /// and a committed id asked after a restart (no longer certain).
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn the_server_answers_what_became_of_a_transaction_in_both_flavours() {
+        use crate::config::PgConfig;
+        use crate::pool::PoolConfig;
+        use crate::testing::Cluster;
+        use crate::xact::begin_sql;
+
+        let cluster = Cluster::new().await.unwrap();
+        let pool = Pool::new(
+            PgConfig::from_url(&cluster.url()).unwrap(),
+            PoolConfig::default(),
+        )
+        .unwrap();
+        let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let deadline = || Some(Instant::now() + Duration::from_secs(20));
+        let try_limit = Duration::from_secs(2);
+        for flavour in [Flavour::Modern, Flavour::Legacy] {
+            async fn open(client: &Client, flavour: Flavour) -> Mark {
+                let replies = client
+                    .simple_query(&begin_sql(flavour, None, ""))
+                    .await
+                    .unwrap();
+                parse_mark(&replies, flavour).expect("a mark")
+            }
+            let committed = open(&client, flavour).await;
+            client.batch_execute("COMMIT").await.unwrap();
+            let rolled_back = open(&client, flavour).await;
+            client.batch_execute("ROLLBACK").await.unwrap();
+            assert_eq!(
+                resolve(&pool, Some(&committed), deadline(), try_limit).await,
+                Resolution::Committed,
+                "{flavour:?}"
+            );
+            assert!(
+                matches!(
+                    resolve(&pool, Some(&rolled_back), deadline(), try_limit).await,
+                    Resolution::NotApplied(_)
+                ),
+                "{flavour:?}"
+            );
+            // Still open on another backend: the lookup ends that backend, and then it is rolled back.
+            let (other, connection) =
+                tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            let ended = tokio::spawn(connection);
+            let running = open(&other, flavour).await;
+            assert!(
+                matches!(
+                    resolve(&pool, Some(&running), deadline(), try_limit).await,
+                    Resolution::NotApplied(_)
+                ),
+                "{flavour:?}"
+            );
+            let _ = ended.await;
+            assert!(other.is_closed(), "its backend was terminated");
+        }
+        // A server that restarted since may have given a lost id to another transaction.
+        let committed = {
+            let replies = client
+                .simple_query(&begin_sql(Flavour::Modern, None, ""))
+                .await
+                .unwrap();
+            client.batch_execute("COMMIT").await.unwrap();
+            parse_mark(&replies, Flavour::Modern).unwrap()
+        };
+        cluster.restart().await.unwrap();
+        assert!(
+            matches!(
+                resolve(&pool, Some(&committed), deadline(), try_limit).await,
+                Resolution::Unknown(_)
+            ),
+            "committed before a restart is no longer certain"
+        );
+        // No COMMIT was sent: not applied, without asking.
+        assert!(matches!(
+            resolve(&pool, None, deadline(), try_limit).await,
+            Resolution::NotApplied(_)
+        ));
+    }
 
     #[test]
     fn waits_between_lookups_grow_and_stay_short() {

@@ -19,9 +19,9 @@ use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
 use crate::outcome::{Stage, closed_before_send, connection_gone};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
-use crate::resolve;
+use crate::resolve::{self, MARKED_IDLE_LIMIT, Opening};
 use crate::session::{Effect, effect};
-use crate::xact::{Flavour, begin_sql};
+use crate::xact::{Flavour, mark_sql};
 
 /// The database as a `tower::Service`: [`Query`] in, [`Response`] out.
 ///
@@ -209,45 +209,82 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         Flavour::Unsupported
     };
     let marked = matches!(flavour, Flavour::Modern | Flavour::Legacy);
+    // A marked write's opening, mark and COMMIT are prepared once per connection (three round trips on
+    // its first marked write, none after).
+    let opening = if marked {
+        let conn = in_flight.conn();
+        let prepared = async {
+            Ok::<_, tokio_postgres::Error>((
+                conn.prepare("BEGIN").await?,
+                conn.prepare(mark_sql(flavour)).await?,
+                conn.prepare("COMMIT").await?,
+            ))
+        };
+        match prepared.await {
+            Ok(statements) => Some(statements),
+            Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
+        }
+    } else {
+        None
+    };
 
     let remaining = query
         .deadline()
         .map(|d| d.saturating_duration_since(Instant::now()));
     let set_timeout = statement_timeout_for(remaining, in_flight.conn().statement_timeout_ms());
+    // The server ends a transaction left idle past this on its own (a client gone before COMMIT): set
+    // once per connection, with its first marked write.
+    let set_idle_limit = marked && !in_flight.conn().idle_limit_set();
 
     let (set_result, head, result) = {
         let client = in_flight.conn().client();
-        // The SET is pipelined with the statement: one round trip for both.
+        // The SETs are pipelined with the statement: one round trip for all.
         let set = async {
-            match set_timeout {
-                Some(ms) => client
-                    .simple_query(&format!("SET statement_timeout = {ms}"))
-                    .await
-                    .map(|_| Some(ms)),
-                None => Ok(None),
+            let mut sql = String::new();
+            if let Some(ms) = set_timeout {
+                sql.push_str(&format!("SET statement_timeout = {ms}; "));
+            }
+            if set_idle_limit {
+                sql.push_str(&format!(
+                    "SET idle_in_transaction_session_timeout = {}",
+                    MARKED_IDLE_LIMIT.as_millis()
+                ));
+            }
+            if sql.is_empty() {
+                Ok(None)
+            } else {
+                client.simple_query(&sql).await.map(|_| set_timeout)
             }
         };
         query.mark_sent();
         let rows = exec::prepared(client, &statement, query.params());
-        if marked {
-            let begin = begin_sql(flavour, remaining, "");
-            let returns_rows = !statement.columns().is_empty();
-            let marked = resolve::commit_after_mark(
-                client,
-                &query,
-                Some(&begin),
-                None,
-                flavour,
-                returns_rows,
-                rows,
-            );
-            let (set, (head, rows)) = join(set, marked).await;
-            (set, Some(head), rows)
-        } else {
-            let (set, rows) = join(set, rows).await;
-            (set, None, rows)
+        match &opening {
+            Some((begin, mark, commit)) => {
+                let returns_rows = !statement.columns().is_empty();
+                let marked = resolve::commit_after_mark(
+                    client,
+                    &query,
+                    Opening::Prepared {
+                        begin,
+                        mark,
+                        commit,
+                    },
+                    flavour,
+                    returns_rows,
+                    rows,
+                );
+                let (set, (head, rows)) = join(set, marked).await;
+                (set, Some(head), rows)
+            }
+            None => {
+                let (set, rows) = join(set, rows).await;
+                (set, None, rows)
+            }
         }
     };
+    if set_idle_limit && set_result.is_ok() {
+        in_flight.conn().idle_limit_was_set();
+    }
     match set_result {
         Ok(Some(ms)) => in_flight.conn().set_statement_timeout_ms(ms),
         Ok(None) => {}

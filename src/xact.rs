@@ -123,14 +123,25 @@ pub(crate) fn mark_if_assigned_sql(flavour: Flavour) -> &'static str {
 pub(crate) fn parse_mark(messages: &[SimpleQueryMessage], flavour: Flavour) -> Option<Mark> {
     let row = first_row(messages)?;
     match row.as_slice() {
-        [xid, pid, boot] => Some(Mark {
-            xid: xid.parse().ok()?,
-            pid: pid.parse().ok()?,
-            boot: (*boot).into(),
-            flavour,
-        }),
+        [xid, pid, boot] => mark_of(Some(xid), Some(pid), Some(boot), flavour),
         _ => None,
     }
+}
+
+/// The [`Mark`] of the three columns of [`mark_sql`] (as text); `None` if the id is `NULL` (none was
+/// assigned) or anything does not read.
+pub(crate) fn mark_of(
+    xid: Option<&str>,
+    pid: Option<&str>,
+    boot: Option<&str>,
+    flavour: Flavour,
+) -> Option<Mark> {
+    Some(Mark {
+        xid: xid?.parse().ok()?,
+        pid: pid?.parse().ok()?,
+        boot: boot?.into(),
+        flavour,
+    })
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub(crate) struct PgConn {
     last_ok: Option<Instant>,
     pub(super) expires_at: Option<Instant>,
     statement_timeout_ms: u64,
+    /// The session's `idle_in_transaction_session_timeout` was set for marked writes.
+    idle_limit: bool,
 }
 
 impl fmt::Debug for PgConn {
@@ -72,6 +74,15 @@ impl PgConn {
 
     pub(crate) fn set_statement_timeout_ms(&mut self, ms: u64) {
         self.statement_timeout_ms = ms;
+    }
+
+    /// Whether the session's `idle_in_transaction_session_timeout` is set ([`crate::resolve`]).
+    pub(crate) fn idle_limit_set(&self) -> bool {
+        self.idle_limit
+    }
+
+    pub(crate) fn idle_limit_was_set(&mut self) {
+        self.idle_limit = true;
     }
 }
 
@@ -128,6 +139,7 @@ impl managed::Manager for Manager {
                     last_ok: Some(Instant::now()),
                     expires_at: self.expiry(),
                     statement_timeout_ms: 0,
+                    idle_limit: false,
                 })
             }
             Err(e) => {

@@ -337,8 +337,21 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         let pooled = self.pool.pg_config().pooler_mode() == PoolerMode::Transaction;
         // Behind a transaction pooler the server session may carry anyone's `statement_timeout`; on a
         // direct connection, one a deadline pushed down earlier. Either way, this transaction sets its own.
-        let prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
+        let mut prelude = (pooled || guard.conn().statement_timeout_ms() != 0)
             .then(|| set_local_timeout(self.attempt_timeout));
+        // The session may end transactions idle past the marked writes' limit: not this one, if its runs
+        // may last longer.
+        if guard.conn().idle_limit_set()
+            && self
+                .attempt_timeout
+                .is_none_or(|t| t > crate::resolve::MARKED_IDLE_LIMIT)
+        {
+            let off = "SET LOCAL idle_in_transaction_session_timeout = 0";
+            prelude = Some(match prelude {
+                Some(set) => format!("{set}; {off}"),
+                None => off.to_owned(),
+            });
+        }
         // Marked: the transaction's id is read with its first statement (see `resolve.rs`).
         let flavour = if self.resolve && !self.read_only {
             match crate::resolve::flavour(&self.pool, guard.conn().client()).await {
