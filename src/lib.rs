@@ -50,6 +50,7 @@
 //! | error | status | why |
 //! |---|---|---|
 //! | `is_outcome_unknown()` | 202 Accepted, or 409 for a create, with the key to check or resend | a write may or may not have been applied: resending the same idempotency key tells which |
+//! | `ReplyLost` (`was_applied()`) | the success status, after reading the rows again (or 202 if they cannot be) | the write was applied; only its reply, with its `RETURNING` rows, was lost |
 //! | `CircuitOpen` | 503 with `Retry-After` from `retry_in()` | nothing was sent; the database is failing |
 //! | `Timeout`, `DeadlineExceeded` (transient) | 503 with `Retry-After` (or 504 behind a gateway) | the database did not answer in time |
 //! | other transient (`Connect`, `ConnectionLost` before sending, `PoolExhausted`) | 503 with `Retry-After` | try again shortly |
@@ -66,6 +67,7 @@
 //!
 //! | name | kind | labels | unit | what |
 //! |---|---|---|---|---|
+//! | `rampart_outcomes_resolved_total` | counter | `server`, `result` (`committed`, `aborted`, `unknown`) | lost replies | of plain writes and transactions, looked up on the server ([`StackBuilder::resolve_outcomes`]) |
 //! | `rampart_pool_max_size` | gauge | `server` | connections | the most the pool opens |
 //! | `rampart_pool_connections` | gauge | `server` | connections | open now |
 //! | `rampart_pool_idle` | gauge | `server` | connections | open and idle in the pool |
@@ -112,15 +114,16 @@
 //! | `stream.rs` | streamed reads: retried until the first row, never after |
 //! | `service.rs` | a query's path: to a shared connection or a pooled one |
 //! | `mux/` | multiplexing: which statements share a connection, and where each goes |
-//! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
 //! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
+//! | `resolve.rs` | lost replies of plain writes: which writes are marked, when COMMIT may go, what the server's answer means |
+//! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
 //! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead, lifetime, eviction, what becomes of a connection after a request |
 //! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
 //! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
 //! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
 //! | `error.rs` | the one error type; layers' errors converted once |
 //! | `row.rs` | how a row becomes a typed value, and what a row that does not fit is |
-//! | `query.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, settings (libpq's keywords), TLS connectors and their failures, the bounded SQL cache, locks |
+//! | `query.rs`, `xact.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, a marked write's transaction id, settings (libpq's keywords), TLS connectors and their failures, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
@@ -172,9 +175,9 @@ pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
 pub use param::IntoParam;
 pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};
 pub use query::{Param, Query, Response};
-pub use resolve::Resolved;
 pub use row::{DecodeError, FromRow};
 pub use service::PgService;
 pub use stack::{Db, DbFuture, Stack, StackBuilder};
 pub use stream::RowStream;
 pub use tx::{IsolationLevel, Params, Transactor, Tx, TxFuture};
+pub use xact::Resolved;

@@ -14,8 +14,8 @@ use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::error::Error;
 use crate::param::IntoParam;
-use crate::resolve::Counts;
 use crate::row::{self, FromRow};
+use crate::xact::Counts;
 use crate::xact::Mark;
 
 /// A bound parameter: any `ToSql` value, shared so that cloning a query for a retry copies no data.

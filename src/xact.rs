@@ -2,7 +2,7 @@
 //! transaction ids, the statements that open such a transaction and read its id, and the [`Mark`] read.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
@@ -142,6 +142,63 @@ pub(crate) fn mark_of(
         boot: boot?.into(),
         flavour,
     })
+}
+
+/// How many lost replies of plain writes a stack has looked up, by answer ([`Db::resolved`]).
+///
+/// [`Db::resolved`]: crate::Db::resolved
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// Applied: the server said the transaction committed.
+    pub committed: u64,
+    /// Not applied (the transaction rolled back, or its `COMMIT` was never sent), and so retried.
+    pub not_applied: u64,
+    /// No certain answer: reported as outcome unknown.
+    pub unknown: u64,
+}
+
+impl Resolved {
+    /// What was looked up since `earlier` (a snapshot of the same stack).
+    pub fn since(&self, earlier: &Resolved) -> Resolved {
+        Resolved {
+            committed: self.committed.saturating_sub(earlier.committed),
+            not_applied: self.not_applied.saturating_sub(earlier.not_applied),
+            unknown: self.unknown.saturating_sub(earlier.unknown),
+        }
+    }
+
+    /// Every lost reply looked up: those that would have been "outcome unknown" without resolution.
+    pub fn total(&self) -> u64 {
+        self.committed + self.not_applied + self.unknown
+    }
+}
+
+/// How many lost replies a stack resolved, by answer.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) committed: AtomicU64,
+    pub(crate) not_applied: AtomicU64,
+    pub(crate) unknown: AtomicU64,
+}
+
+impl Counts {
+    pub(crate) fn record(&self, label: &str) {
+        let counter = match label {
+            "committed" => &self.committed,
+            "aborted" => &self.not_applied,
+            _ => &self.unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Resolved {
+        Resolved {
+            committed: self.committed.load(Ordering::Relaxed),
+            not_applied: self.not_applied.load(Ordering::Relaxed),
+            unknown: self.unknown.load(Ordering::Relaxed),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use self::db::{Services, new_service};
 use self::request::RequestScope;
 use self::settle::{Attempt, Resolver, Settle};
 use self::slow::ServerCut;
-use crate::resolve::Counts;
+use crate::xact::Counts;
 
 /// Builds a [`Db`]: the recommended stack over a pool. Start from [`Stack::server`] or
 /// [`Stack::serverless`]; every setting can be changed before [`build`](StackBuilder::build).

@@ -28,7 +28,8 @@ use crate::error::{Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::outcome::cut_leaves_outcome_unknown;
 use crate::query::{Marked, Query, Response, Tracking};
-use crate::resolve::{Counts, Resolution, Settled, resolve, settled};
+use crate::resolve::{Resolution, Settled, resolve, settled};
+use crate::xact::Counts;
 
 use super::db::Services;
 
