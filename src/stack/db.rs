@@ -100,6 +100,8 @@ pub struct Db {
     pub(super) services: Services,
     pub(super) outcomes: Arc<Outcomes>,
     pub(super) resolved: Arc<Counts>,
+    /// Where resolved lost replies are counted, if the stack resolves them.
+    pub(super) resolve: Option<Arc<Counts>>,
     pub(super) breaker: Option<BreakerHandle>,
     pub(super) retries: Arc<AtomicU64>,
     pub(super) attempt_timeout: Duration,
@@ -152,10 +154,15 @@ impl Db {
     pub fn transactor(&self) -> Transactor {
         // Like the stack's own retries, re-runs are bounded by the deadline rather than a small count, so a
         // restart that takes a second is ridden out.
-        Transactor::new(self.pool())
+        let transactor = Transactor::new(self.pool())
             .attempt_timeout(Some(self.attempt_timeout))
             .max_elapsed(Some(self.deadline))
-            .max_attempts(100)
+            .max_attempts(100);
+        // Its lost COMMITs are looked up as the stack's plain writes are, and counted with them.
+        match &self.resolve {
+            Some(counts) => transactor.counting_resolved(counts.clone()),
+            None => transactor.resolve_outcomes(false),
+        }
     }
 
     /// How many times the pool has been rebuilt after consecutive connection failures.

@@ -493,6 +493,7 @@ impl StackBuilder {
             inner: BoxCloneSyncService::new(inner),
             services,
             outcomes,
+            resolve: self.resolve.then(|| resolved.clone()),
             resolved,
             breaker,
             retries,

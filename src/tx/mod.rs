@@ -27,7 +27,7 @@ use crate::outcome::{Link, Stage, failure};
 use crate::pool::{InFlight, Pool};
 use crate::resolve::{Resolution, resolve};
 use crate::sync::lock;
-use crate::xact::{Flavour, Mark};
+use crate::xact::{Counts, Flavour, Mark};
 
 mod transaction;
 
@@ -86,6 +86,8 @@ pub struct Transactor<B = Exponential> {
     attempt_timeout: Option<Duration>,
     max_elapsed: Option<Duration>,
     resolve: bool,
+    /// Where a stack counts the lost replies it resolves ([`Db::resolved`](crate::Db::resolved)).
+    counts: Option<Arc<Counts>>,
     runs: Arc<AtomicU64>,
 }
 
@@ -109,6 +111,7 @@ impl Transactor<Exponential> {
             attempt_timeout: Some(Duration::from_secs(30)),
             max_elapsed: None,
             resolve: true,
+            counts: None,
             runs: Arc::default(),
         }
     }
@@ -125,6 +128,12 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
     /// the [type docs](Transactor)). Off, or for a read-only transactor, such a run is outcome unknown.
     pub fn resolve_outcomes(mut self, on: bool) -> Self {
         self.resolve = on;
+        self
+    }
+
+    /// Counts the lost replies this transactor resolves where a stack counts its own.
+    pub(crate) fn counting_resolved(mut self, counts: Arc<Counts>) -> Self {
+        self.counts = Some(counts);
         self
     }
 
@@ -155,6 +164,7 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
             attempt_timeout: self.attempt_timeout,
             max_elapsed: self.max_elapsed,
             resolve: self.resolve,
+            counts: self.counts,
             runs: self.runs,
         }
     }
@@ -286,6 +296,9 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
                 nothing
             }
         };
+        if let Some(counts) = &self.counts {
+            counts.record(resolution.label());
+        }
         match resolution {
             Resolution::Committed => run.take_value(self.pool.server()),
             Resolution::NotApplied(why) => Err(Error::new(

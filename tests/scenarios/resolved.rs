@@ -281,6 +281,7 @@ async fn a_transaction_whose_commit_reply_is_lost_returns_its_value_once() {
     commits_wait(&rig.cluster, false).await;
     assert_eq!(value.expect("committed: its value"), 42);
     assert_eq!(transactor.runs(), 1, "run once");
+    assert_eq!(rig.db.resolved().committed, 1, "counted with the stack's");
     assert_eq!(rows_of(&rig.cluster, 5).await, 1, "applied once");
 
     // Off: the same lost reply is outcome unknown, as without resolution.
