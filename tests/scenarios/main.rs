@@ -15,6 +15,7 @@ mod s05_s09;
 mod s10_s14;
 mod s15_s19;
 
+mod failover;
 mod matrix;
 mod mux;
 mod outcomes;
