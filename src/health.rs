@@ -328,6 +328,7 @@ mod tests {
             evicted_suspect: 0,
             evicted_lifetime: 0,
             evicted_idle: 0,
+            evicted_read_only: 0,
             discarded: 0,
             checkout_timeouts: 0,
         }

@@ -77,7 +77,7 @@
 //! | `rampart_pool_validated_total` | counter | `server` | checkouts | that ran a validation round trip |
 //! | `rampart_pool_discarded_total` | counter | `server` | connections | discarded after a failed or abandoned request |
 //! | `rampart_pool_checkout_timeouts_total` | counter | `server` | checkouts | that gave up waiting |
-//! | `rampart_pool_evicted_total` | counter | `server`, `reason` (`closed`, `validation`, `lifetime`, `idle`) | connections | dropped by the pool |
+//! | `rampart_pool_evicted_total` | counter | `server`, `reason` (`closed`, `validation`, `lifetime`, `idle`, `read_only`) | connections | dropped by the pool |
 //! | `rampart_pool_rebuilds_total` | counter | `server` | rebuilds | of the whole pool after consecutive connection failures |
 //! | `rampart_breaker_state` | gauge | `name`, `state` | 1 or 0 | 1 for the breaker's current state, 0 for the others |
 //! | `rampart_mux_connections` | gauge | `server` | connections | shared connections open (multiplexed stacks) |

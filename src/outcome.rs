@@ -9,6 +9,7 @@
 //! | error | stage | classification | connection gone |
 //! |---|---|---|---|
 //! | a server error (SQLSTATE) | any | the SQLSTATE's ([`crate::classify`]); a `08` outcome-unknown code is `Transient` unless the statement was sent | only if `FATAL`/`PANIC` (the server, or a pooler, hangs up after it) |
+//! | `25006` (read-only transaction) | any | `Transient`: the write was refused, not applied | yes, and every connection to its server ([`takes_no_writes`]): a failover demoted it, and a new connection finds the writer |
 //! | `57014` on a [shared](Link::Shared) connection | sent | `Permanent` [`ErrorKind::Timeout`]: nothing cancels a shared connection's statement but its session `statement_timeout`, and a retry would hit it again | no |
 //! | refused by tokio-postgres before sending (a parameter that cannot be encoded, a wrong count) | any | `Permanent` [`ErrorKind::InvalidRequest`] | no |
 //! | no SQLSTATE: I/O, closed, reset | connect | `Transient` [`ErrorKind::Connect`] | — |
@@ -116,7 +117,9 @@ pub(crate) fn decide(
             } else {
                 ErrorKind::Db
             };
-            (kind, class, *fatal)
+            // A server that refuses writes will refuse the retry's too: this connection is no use.
+            let gone = *fatal || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+            (kind, class, gone)
         }
         Observed::Refused => (ErrorKind::InvalidRequest, Classification::Permanent, false),
         Observed::LinkFailed => match stage {
@@ -204,6 +207,15 @@ pub(crate) fn failure(
         error: error.with_source(err),
         gone,
     }
+}
+
+/// Whether `error` says its server no longer takes writes (`25006`, read-only transaction): a failover
+/// demoted it, or left the connection on a standby. Every connection to that server is then of no use
+/// for writes, and a write is not applied, so a retry on a new connection (through
+/// `target_session_attrs=read-write`, or a writer endpoint whose DNS name has moved) is safe. Every path
+/// that keeps connections asks this after a failure: the pool and the multiplexer drop them all.
+pub(crate) fn takes_no_writes(error: &Error) -> bool {
+    error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
 }
 
 /// The error of a connect that failed: nothing was sent.
@@ -332,6 +344,26 @@ mod tests {
                 "{stage:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_write_is_retried_on_a_new_connection() {
+        for link in [Link::Own, SHARED] {
+            for stage in STAGES {
+                let (_, class, gone) = decide(&server("25006", false), stage, link);
+                assert_eq!(
+                    (class, gone),
+                    (Classification::Transient, true),
+                    "{stage:?} on {link:?}"
+                );
+            }
+        }
+        let refused = Error::new(ErrorKind::Db, Classification::Transient, "read-only")
+            .with_code(SqlState::READ_ONLY_SQL_TRANSACTION);
+        assert!(takes_no_writes(&refused));
+        let other = Error::new(ErrorKind::Db, Classification::Permanent, "dup")
+            .with_code(SqlState::UNIQUE_VIOLATION);
+        assert!(!takes_no_writes(&other));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) struct PgConn {
     /// limit.
     statements: SqlCache<Statement>,
     last_ok: Option<Instant>,
+    /// When it was made: a connection made before a write was refused with `25006` is retired.
+    pub(super) created_at: Instant,
     pub(super) expires_at: Option<Instant>,
     statement_timeout_ms: u64,
 }
@@ -126,6 +128,7 @@ impl managed::Manager for Manager {
                     client,
                     statements: SqlCache::default(),
                     last_ok: Some(Instant::now()),
+                    created_at: Instant::now(),
                     expires_at: self.expiry(),
                     statement_timeout_ms: 0,
                 })
@@ -148,6 +151,16 @@ impl managed::Manager for Manager {
             self.suspicion.found_dead(conn.last_ok);
             tracing::info!(target: "rampart::pool", server = %self.server, "closed connection dropped");
             return Err(RecycleError::message("connection closed"));
+        }
+        if self.suspicion.retired(conn.created_at) {
+            bump(&self.counters.evicted_read_only);
+            tracing::info!(
+                target: "rampart::pool", server = %self.server,
+                "connection made before a write was refused as read-only (25006): dropped"
+            );
+            return Err(RecycleError::message(
+                "its server no longer takes writes (25006)",
+            ));
         }
         if conn.expires_at.is_some_and(|at| Instant::now() >= at) {
             bump(&self.counters.evicted_lifetime);

@@ -250,6 +250,28 @@ impl Pool {
         self.discard(conn);
     }
 
+    /// A request on a connection of this pool met `25006`: the server it is on no longer takes writes (a
+    /// failover demoted it). Every connection made until now may be on it: the idle ones are closed now,
+    /// those in use when next checked out (see `suspect.rs`), and new ones are made through
+    /// `target_session_attrs` (or a writer endpoint's DNS name) to the server that takes writes now.
+    pub(crate) fn server_takes_no_writes(&self) {
+        let suspicion = &self.shared.suspicion;
+        suspicion.found_read_only();
+        let counters = &self.shared.counters;
+        self.inner.retain(|conn, _| {
+            let keep = !suspicion.retired(conn.created_at);
+            if !keep {
+                bump(&counters.evicted_read_only);
+            }
+            keep
+        });
+        tracing::warn!(
+            target: "rampart::pool", server = %self.shared.server,
+            "a write was refused as read-only (25006): the server no longer takes writes; \
+             dropping every connection made until now and reconnecting"
+        );
+    }
+
     /// Asks the server to cancel whatever `token`'s connection is running, in the background: for a
     /// request whose caller gave up or whose deadline passed, so no backend is left running it.
     pub(crate) fn cancel_in_background(&self, token: tokio_postgres::CancelToken) {

@@ -10,6 +10,12 @@
 //! black-holed link would cost the whole check timeout, one after another.
 //!
 //! A connection that was used successfully after the thresholds is trusted again; a new one always is.
+//!
+//! A request that meets `25006` (read-only transaction) says something of another kind: its *server* no
+//! longer takes writes (a failover demoted it, or left it a standby). Every connection made before then
+//! may be on it, and no check at checkout would find out (it answers reads), so each is *retired*:
+//! dropped at checkout, and at once if idle. New connections go through `target_session_attrs` (or the
+//! DNS name a managed writer endpoint moves) to the server that takes writes now.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,6 +41,8 @@ pub(super) struct Suspicion {
     margin: Duration,
     suspect_until: AtomicU64,
     doomed_until: AtomicU64,
+    /// Connections made no later than this are on a server that refused a write.
+    retired_until: AtomicU64,
 }
 
 impl Suspicion {
@@ -44,6 +52,7 @@ impl Suspicion {
             margin,
             suspect_until: AtomicU64::new(0),
             doomed_until: AtomicU64::new(0),
+            retired_until: AtomicU64::new(0),
         }
     }
 
@@ -74,6 +83,17 @@ impl Suspicion {
         let at = self.threshold(last_ok);
         self.suspect_until.fetch_max(at, Ordering::Relaxed);
         self.doomed_until.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// A request met `25006` now: every connection made until now is retired.
+    pub(super) fn found_read_only(&self) {
+        self.retired_until
+            .fetch_max(self.encode(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Whether a connection made at `created_at` is retired (see [`found_read_only`](Self::found_read_only)).
+    pub(super) fn retired(&self, created_at: Instant) -> bool {
+        self.encode(created_at) <= self.retired_until.load(Ordering::Relaxed)
     }
 
     /// What to do with an idle connection last used successfully at `last_ok` (`None`: never).
@@ -117,6 +137,26 @@ mod tests {
         s.found_black_holed(Some(old));
         assert_eq!(s.verdict(Some(younger)), Verdict::Doomed);
         assert_eq!(s.verdict(Some(fresh)), Verdict::Trusted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_retires_every_connection_made_until_then() {
+        let s = Suspicion::new(Duration::from_millis(500));
+        let old = Instant::now();
+        assert!(!s.retired(old));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.found_read_only();
+        assert!(s.retired(old));
+        assert_eq!(
+            s.verdict(Some(old)),
+            Verdict::Trusted,
+            "retirement is not suspicion"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !s.retired(Instant::now()),
+            "a connection made since is trusted"
+        );
     }
 
     #[tokio::test(start_paused = true)]

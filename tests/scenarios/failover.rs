@@ -117,12 +117,10 @@ fn stack_for(url: &str, multiplexed: bool) -> Db {
 
 /// Client backends on `cluster` other than the one asking.
 async fn connections_on(cluster: &Cluster) -> i64 {
-    count(
-        cluster,
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-    )
-    .await
+    count(cluster, OTHER_BACKENDS).await
 }
+
+const OTHER_BACKENDS: &str = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fault {
@@ -166,6 +164,17 @@ async fn failover(fault: Fault, multiplexed: bool) {
     for task in tasks {
         task.await.unwrap();
     }
+    if fault == Fault::Demoted {
+        // The closed connections' backends take a moment to exit.
+        until_count_is(
+            &primary,
+            OTHER_BACKENDS,
+            |n| n == 0,
+            "0 (none left on the demoted writer)",
+        )
+        .await;
+    }
+    let stats = db.pool().stats();
 
     let f = figures.lock().unwrap();
     let first_on_new = f.first_write_on[&new_port].saturating_duration_since(promoted);
@@ -173,7 +182,8 @@ async fn failover(fault: Fault, multiplexed: bool) {
     println!(
         "SCENARIO failover {fault:?} {path} | reads: {} sent, {} failed {:?} | writes: {} sent, {} failed {:?} \
          ({} outcome unknown) | first write on the new primary {:.1} ms after promotion | \
-         writes on old {}, on new {} | connections left on the old server: {left_on_old} | samples: {:?}",
+         writes on old {}, on new {} | connections left on the old server when writes were back: {left_on_old} | \
+         pool: {} made, {} failed connects, {} dropped as read-only | retries {} | samples: {:?}",
         f.reads.sent,
         f.reads.failed(),
         f.reads.errors,
@@ -184,6 +194,10 @@ async fn failover(fault: Fault, multiplexed: bool) {
         first_on_new.as_secs_f64() * 1000.0,
         f.first_write_on.contains_key(&old_port),
         f.first_write_on.contains_key(&new_port),
+        stats.created,
+        stats.connect_failures,
+        stats.evicted_read_only,
+        db.retries(),
         f.samples,
     );
     assert_eq!(f.reads.failed(), 0, "no read fails: {:?}", f.samples);
@@ -193,15 +207,15 @@ async fn failover(fault: Fault, multiplexed: bool) {
         "no write fails but those whose outcome is unknown: {:?}",
         f.samples
     );
+    assert!(
+        f.first_write_on.contains_key(&new_port),
+        "writes reach the new primary"
+    );
     if fault == Fault::Demoted {
         assert_eq!(
             f.writes.errors.get(UNKNOWN),
             None,
             "a 25006 was not applied: nothing is unknown"
-        );
-        assert_eq!(
-            left_on_old, 0,
-            "every connection to the demoted writer is dropped"
         );
     }
 }
