@@ -167,7 +167,7 @@ pub(crate) fn failure(
                 None => err.to_string(),
             };
             match stage {
-                Stage::Connect => format!("could not connect to {server}: {message}"),
+                Stage::Connect => format!("{message} (could not connect to {server})"),
                 _ => message,
             }
         }
@@ -175,7 +175,7 @@ pub(crate) fn failure(
         (Observed::LinkFailed, _) => {
             let cause = describe_io(&err);
             match stage {
-                Stage::Connect => format!("could not connect to {server}: {cause}"),
+                Stage::Connect => format!("{cause} (could not connect to {server})"),
                 Stage::NotSent => closed_before_send_message(server),
                 Stage::InTransaction => format!(
                     "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {cause}"
@@ -216,6 +216,16 @@ pub(crate) fn failure(
 /// that keeps connections asks this after a failure: the pool and the multiplexer drop them all.
 pub(crate) fn takes_no_writes(error: &Error) -> bool {
     error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+}
+
+/// Whether a failed connect met a server of the wrong kind for `target_session_attrs` (a standby, or a
+/// demoted writer, for `read-write`) rather than a server that is down: a failover is under way, and
+/// the writer takes connections the moment it is promoted, so a retry should not wait long.
+pub(crate) fn met_a_standby(error: &Error) -> bool {
+    error.kind() == ErrorKind::Connect
+        && std::error::Error::source(error)
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .is_some_and(crate::tls::wrong_kind_of_session)
 }
 
 /// The error of a connect that failed: nothing was sent.

@@ -287,7 +287,7 @@ impl Mux {
                     statement
                 }
                 Err(e) => {
-                    let failed = failure(e, Stage::NotSent, self.link(), &self.server);
+                    let failed = failure(e, Stage::NotSent, self.link(), &conn.named);
                     if failed.gone {
                         self.lost(index, conn, "lost while preparing");
                         return Tried::NotSent;
@@ -321,7 +321,7 @@ impl Mux {
                 Ok(response)
             }
             Err(e) => {
-                let failed = failure(e, Stage::Sent, self.link(), &self.server);
+                let failed = failure(e, Stage::Sent, self.link(), &conn.named);
                 if takes_no_writes(&failed.error) {
                     self.server_takes_no_writes();
                 } else if failed.gone {

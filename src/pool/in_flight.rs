@@ -71,7 +71,12 @@ impl InFlight {
 impl InFlight {
     /// Ends the request with the failure `err`, met at `stage` (see [`finish`](Self::finish)).
     pub(crate) fn fail(self, err: tokio_postgres::Error, stage: Stage) -> Error {
-        let failed = failure(err, stage, Link::Own, self.pool.server());
+        let host = self
+            .conn
+            .as_ref()
+            .map(|c| super::host_of(c.host(), self.pool.server()))
+            .unwrap_or_else(|| self.pool.server().to_owned());
+        let failed = failure(err, stage, Link::Own, &host);
         self.settle(failed)
     }
 

@@ -24,7 +24,7 @@ use rampart_layers::rng::SplitMix64;
 
 pub use self::config::{PoolConfig, PoolConfigBuilder};
 pub(crate) use self::in_flight::InFlight;
-pub(crate) use self::manager::prepare_cached;
+pub(crate) use self::manager::{host_of, prepare_cached};
 pub use self::stats::PoolStats;
 
 use self::manager::Manager;
@@ -124,6 +124,8 @@ impl Pool {
         );
         let manager = Manager {
             inner: inner_manager,
+            connector: connector.clone(),
+            pg: pg.pg_config().clone(),
             config: config.clone(),
             server: server.to_string(),
             counters: counters.clone(),
@@ -173,14 +175,18 @@ impl Pool {
     /// keepalives): for what does not belong on a pooled connection (`COPY`, `LISTEN`, a session you
     /// keep). Nothing rampart does applies to it; its type is [`crate::postgres::Client`].
     pub async fn dedicated_client(&self) -> Result<tokio_postgres::Client, Error> {
-        use deadpool_postgres::Connect;
-        let (client, _task) = self
+        match self
             .shared
             .connector
-            .connect(self.shared.pg.pg_config())
+            .connect_to(self.shared.pg.pg_config())
             .await
-            .map_err(|e| connect_failed(e, &self.shared.server))?;
-        Ok(client)
+        {
+            Ok(connected) => Ok(connected.client),
+            Err(refused) => Err(connect_failed(
+                refused.error,
+                &host_of(&refused.host, &self.shared.server),
+            )),
+        }
     }
 
     /// Checks out a connection, waiting at most the pool's wait timeout or `limit`, whichever is shorter
@@ -198,7 +204,7 @@ impl Pool {
             .map_err(|e| self.checkout_error(e, wait))
     }
 
-    fn checkout_error(&self, err: PoolError<tokio_postgres::Error>, waited: Duration) -> Error {
+    fn checkout_error(&self, err: PoolError<Error>, waited: Duration) -> Error {
         match err {
             PoolError::Timeout(TimeoutType::Wait) => {
                 bump(&self.shared.counters.checkout_timeouts);
@@ -219,9 +225,9 @@ impl Pool {
             PoolError::Timeout(_) => Error::new(
                 ErrorKind::Connect,
                 Classification::Transient,
-                format!("could not connect to {}: timed out", self.shared.server),
+                format!("timed out (could not connect to {})", self.shared.server),
             ),
-            PoolError::Backend(e) => connect_failed(e, &self.shared.server),
+            PoolError::Backend(e) => e,
             PoolError::Closed => Error::new(
                 ErrorKind::PoolClosed,
                 Classification::Permanent,

@@ -20,6 +20,7 @@ use crate::config::{PgConfig, PoolerMode, Preset};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::mux::MuxConfig;
+use crate::outcome::met_a_standby;
 use crate::pool::PoolConfig;
 
 mod db;
@@ -103,7 +104,7 @@ impl fmt::Debug for StackBuilder {
 /// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
 /// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
 /// | attempts | a failed connect (refused, `57P03` starting up, too many connections): until the deadline (the retry budget and the breaker bound them); any other failure: 4; a statement the server cut at the attempt timeout: 2 ([`slow_statement_retries`](StackBuilder::slow_statement_retries)) | same |
-/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect | 100 ms doubling to 5 s, full jitter; same exceptions |
+/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect, 50 ms after a connect that found only standbys (`target_session_attrs=read-write` during a failover) | 100 ms doubling to 5 s, full jitter; same exceptions |
 /// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 1 s open (constant, so it closes within about a second of the database answering again), 3 probes | same |
 /// | recreate | after 8 consecutive lost pooled links | same |
 /// | pool idle timeout | 10 min (TCP keepalives every 30 s keep NAT and load-balancer flows alive: AWS NLB forgets after 350 s, Azure LB after 4 min) | 3 min, swept every 30 s: under Azure LB's 4 min, AWS NLB's 350 s and Neon's 5 min suspend, so a suspend finds no connection to leave stale |
@@ -203,6 +204,12 @@ impl<Res> rampart_layers::classify::Classify<Res, BoxError> for RetryClassifier 
 /// this long of its listening again, whatever the schedule's cap.
 const CONNECT_RETRY_CAP: Duration = Duration::from_millis(500);
 
+/// The longest wait before retrying a connect that found only servers of the wrong kind for
+/// `target_session_attrs` (a standby where a writer is wanted): a failover is under way, and the writer
+/// takes connections the moment it is promoted, so the first write lands within this of it. The
+/// breaker bounds what a long failover costs (it opens on the failed connects, then probes).
+const FAILOVER_RETRY_CAP: Duration = Duration::from_millis(50);
+
 /// The wait before a retry, where the error says better than the schedule (the retry layer's
 /// `delay_generator`): none after a pooled connection lost under the first attempt (that connection
 /// failed, not the database: the next attempt takes one the pool has checked, or a new one), and at most
@@ -214,6 +221,7 @@ fn retry_delay(event: &rampart_layers::retry::RetryEvent<'_>) -> Option<Duration
         ErrorKind::ConnectionLost if !error.is_on_shared_connection() && event.attempt() == 1 => {
             Some(Duration::ZERO)
         }
+        ErrorKind::Connect if met_a_standby(error) => Some(event.delay().min(FAILOVER_RETRY_CAP)),
         ErrorKind::Connect => Some(event.delay().min(CONNECT_RETRY_CAP)),
         _ => None,
     }

@@ -239,3 +239,35 @@ async fn failover_demoted_writer_pooled() {
 async fn failover_demoted_writer_multiplexed() {
     failover(Fault::Demoted, true).await;
 }
+
+/// With no host taking writes, the error says why first and names the host that answered (the standby),
+/// not the one that refused last, in the URL as given (`target_session_attrs` kept).
+#[tokio::test]
+async fn failover_error_names_the_host_that_answered() {
+    let (primary, standby) = pair().await;
+    primary.kill().unwrap();
+    let url = Cluster::url_of_all(&[&standby, &primary], "target_session_attrs=read-write");
+    let db = Stack::server(&url)
+        .deadline(Duration::from_millis(500))
+        .attempt_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let err = db
+        .run(Query::write(
+            "INSERT INTO failover (caller, n) VALUES (0, 0)",
+        ))
+        .await
+        .unwrap_err();
+    let shown = err.to_string();
+    println!("SCENARIO failover error | {shown}");
+    assert!(!err.is_outcome_unknown(), "{shown}");
+    assert!(
+        shown.starts_with("database does not allow writes"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("{} (of postgres://", standby.addr())),
+        "{shown}"
+    );
+    assert!(shown.contains("target_session_attrs=read-write"), "{shown}");
+}
