@@ -106,6 +106,8 @@ pub struct Db {
     pub(super) record_statements: bool,
     /// The stack's retry policy, for streamed reads (which retry only until their first row).
     pub(super) stream_policy: Arc<RetryPolicy<PgClassifier, Exponential>>,
+    /// The replicas' pool, if reads go to replicas ([`StackBuilder::replicas`](super::StackBuilder::replicas)).
+    pub(super) replica_pool: Option<Pool>,
 }
 
 impl fmt::Debug for Db {
@@ -126,6 +128,12 @@ impl Db {
     /// The current pool.
     pub fn pool(&self) -> Pool {
         self.service().pool().clone()
+    }
+
+    /// The replicas' pool, if the stack sends reads to replicas
+    /// ([`StackBuilder::replicas`](super::StackBuilder::replicas)): its statistics, its server.
+    pub fn replica_pool(&self) -> Option<&Pool> {
+        self.replica_pool.as_ref()
     }
 
     /// The circuit breaker's handle (to read its state or force it), if the stack has one.

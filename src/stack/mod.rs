@@ -13,7 +13,7 @@ use rampart_layers::recreate::{Recreate, RecreateConfig};
 use rampart_layers::retry::backoff::{Exponential, Jitter};
 use rampart_layers::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use tower::util::{BoxCloneSyncService, Either};
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 
 use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
@@ -24,12 +24,14 @@ use crate::outcome::met_a_standby;
 use crate::pool::PoolConfig;
 
 mod db;
+mod replica;
 mod request;
 mod settle;
 mod slow;
 
 pub use self::db::{Db, DbFuture};
 use self::db::{Services, new_service};
+use self::replica::{ReplicaService, Replicated};
 use self::request::RequestScope;
 use self::settle::{Attempt, Settle};
 use self::slow::ServerCut;
@@ -50,6 +52,8 @@ pub struct StackBuilder {
     breaker: Option<BreakerConfig>,
     recreate_after: Option<u32>,
     mux: Option<MuxConfig>,
+    /// Replica hosts for reads ([`StackBuilder::replicas`]).
+    replicas: Option<Result<PgConfig, ConfigError>>,
 }
 
 impl fmt::Debug for StackBuilder {
@@ -243,20 +247,7 @@ impl StackBuilder {
                 exponential(50, 2_000),
             )
         };
-        let breaker = BreakerConfig::builder()
-            .name(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default())
-            .failure_rate(0.5)
-            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
-            .minimum_calls(20)
-            // Constant and short: a database that is restarting is back within seconds, and a doubling
-            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
-            // three probes a second.
-            .wait_in_open(Duration::from_secs(1))
-            .wait_multiplier(1.0)
-            .max_wait_in_open(Duration::from_secs(1))
-            .half_open_calls(3)
-            .build()
-            .expect("constant breaker settings are valid");
+        let breaker = default_breaker(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default());
         let pool = if serverless {
             serverless_pool()
         } else {
@@ -281,7 +272,65 @@ impl StackBuilder {
             breaker: Some(breaker),
             recreate_after: Some(8),
             mux: None,
+            replicas: None,
         }
+    }
+}
+
+/// The stacks' breaker, named `name` (see the table in the [`Stack`] docs).
+fn default_breaker(name: String) -> BreakerConfig {
+    {
+        BreakerConfig::builder()
+            .name(name)
+            .failure_rate(0.5)
+            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
+            .minimum_calls(20)
+            // Constant and short: a database that is restarting is back within seconds, and a doubling
+            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
+            // three probes a second.
+            .wait_in_open(Duration::from_secs(1))
+            .wait_multiplier(1.0)
+            .max_wait_in_open(Duration::from_secs(1))
+            .half_open_calls(3)
+            .build()
+            .expect("constant breaker settings are valid")
+    }
+}
+
+impl StackBuilder {
+    /// Sends [`Query::read`](crate::Query::read)s to replicas: `url` names the replica hosts (one, or
+    /// several tried in turn; add `load_balance_hosts=random` to spread connections over them, or
+    /// `target_session_attrs=read-only` to take only standbys), with the primary's preset. Writes,
+    /// reads marked [`Query::primary`](crate::Query::primary) (to see the caller's own writes: a replica
+    /// lags), transactions and streams go to the primary. A read the replica fails (down, refusing, too
+    /// slow) is sent to the primary in the same attempt; the replicas have a circuit breaker of their
+    /// own, with the stack's default settings, so once a dead replica has opened it reads go straight
+    /// to the primary until it answers again. The replica pool has the primary's pool settings and is
+    /// not multiplexed. A bad URL fails [`build`](Self::build) naming `replicas`.
+    ///
+    /// ```no_run
+    /// use rampart::Stack;
+    /// # fn demo() -> Result<(), rampart::ConfigError> {
+    /// let db = Stack::server("postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write")
+    ///     .replicas("postgres://app@db-b:5432,db-c:5432/app?load_balance_hosts=random")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicas(mut self, url: &str) -> Self {
+        let preset = self
+            .pg
+            .as_ref()
+            .map(|c| c.preset())
+            .unwrap_or(Preset::Server);
+        let config = match preset {
+            Preset::Serverless => PgConfig::serverless(url),
+            _ => PgConfig::server(url),
+        };
+        self.replicas =
+            Some(config.map_err(|e| {
+                ConfigError::new("replicas", format!("{}: {}", e.field(), e.reason()))
+            }));
+        self
     }
 
     /// Multiplexes independent statements over a few shared connections instead of giving each its own
@@ -451,6 +500,29 @@ impl StackBuilder {
             ),
         };
 
+        // Reads to the replicas, under their own breaker; everything else to the primary.
+        let replica_pool = match self.replicas {
+            Some(replicas) => Some(crate::Pool::new(replicas?, self.pool.clone())?),
+            None => None,
+        };
+        let bottom = match &replica_pool {
+            Some(pool) => {
+                let service = crate::PgService::new(pool.clone())
+                    .map_err(BoxError::from as fn(Error) -> BoxError);
+                let replica: ReplicaService = if self.breaker.is_some() {
+                    BoxCloneSyncService::new(
+                        CircuitBreakerLayer::new(default_breaker(pool.server().to_owned()))
+                            .with_classifier(BreakerClassifier)
+                            .layer(service),
+                    )
+                } else {
+                    BoxCloneSyncService::new(service)
+                };
+                Either::Left(Replicated::new(bottom, replica))
+            }
+            None => Either::Right(bottom),
+        };
+
         let breaker_layer = self
             .breaker
             .map(|c| CircuitBreakerLayer::new(c).with_classifier(BreakerClassifier));
@@ -485,6 +557,7 @@ impl StackBuilder {
             deadline: self.deadline,
             record_statements: false,
             stream_policy,
+            replica_pool,
         })
     }
 }

@@ -19,4 +19,5 @@ mod failover;
 mod matrix;
 mod mux;
 mod outcomes;
+mod replicas;
 mod ride;
