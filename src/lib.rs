@@ -165,7 +165,7 @@ pub use config::{ChannelBinding, PgConfig, PoolerMode, Preset, RootCert, TlsMode
 pub use error::{ConfigError, Error, ErrorKind};
 #[cfg(feature = "metrics")]
 pub use gauges::MetricsPublisher;
-pub use health::{BreakerReport, HealthReport, RecentError, Status};
+pub use health::{BreakerReport, HealthReport, RecentError, ServerReport, Status};
 pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
 pub use param::IntoParam;
 pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};

@@ -147,6 +147,7 @@ impl managed::Manager for Manager {
         match self.connector.connect_to(&self.pg).await {
             Ok(Connected { client, task, host }) => {
                 bump(&self.counters.created);
+                *crate::sync::lock(&self.counters.latest_host) = Some(host.clone());
                 tracing::info!(target: "rampart::pool", server = %self.server, host = %host, "connection created");
                 Ok(PgConn {
                     client: ClientWrapper::new(client, task),

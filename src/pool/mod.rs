@@ -308,6 +308,14 @@ impl Pool {
         &self.shared.server
     }
 
+    /// The host (`host:port`) the latest connection was made to, if one was: for a URL naming a primary
+    /// and its standbys with `target_session_attrs=read-write`, the server that takes writes.
+    pub fn latest_host(&self) -> Option<String> {
+        crate::sync::lock(&self.shared.counters.latest_host)
+            .as_deref()
+            .map(str::to_owned)
+    }
+
     /// The connection settings.
     pub fn pg_config(&self) -> &PgConfig {
         &self.shared.pg

@@ -18,6 +18,8 @@ pub(super) struct Counters {
     pub(super) evicted_read_only: AtomicU64,
     pub(super) discarded: AtomicU64,
     pub(super) checkout_timeouts: AtomicU64,
+    /// The host (`host:port`) the latest connection was made to.
+    pub(super) latest_host: std::sync::Mutex<Option<std::sync::Arc<str>>>,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {

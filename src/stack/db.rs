@@ -108,6 +108,8 @@ pub struct Db {
     pub(super) stream_policy: Arc<RetryPolicy<PgClassifier, Exponential>>,
     /// The replicas' pool, if reads go to replicas ([`StackBuilder::replicas`](super::StackBuilder::replicas)).
     pub(super) replica_pool: Option<Pool>,
+    /// The replicas' own breaker.
+    pub(super) replica_breaker: Option<BreakerHandle>,
 }
 
 impl fmt::Debug for Db {
@@ -134,6 +136,12 @@ impl Db {
     /// ([`StackBuilder::replicas`](super::StackBuilder::replicas)): its statistics, its server.
     pub fn replica_pool(&self) -> Option<&Pool> {
         self.replica_pool.as_ref()
+    }
+
+    fn replica(&self) -> Option<(&Pool, Option<&BreakerHandle>)> {
+        self.replica_pool
+            .as_ref()
+            .map(|pool| (pool, self.replica_breaker.as_ref()))
     }
 
     /// The circuit breaker's handle (to read its state or force it), if the stack has one.
@@ -174,6 +182,7 @@ impl Db {
             self.breaker.as_ref(),
             probe,
             false,
+            self.replica(),
         )
         .await
     }
@@ -187,6 +196,7 @@ impl Db {
             self.breaker.as_ref(),
             Some(probe),
             true,
+            self.replica(),
         )
         .await
     }

@@ -505,16 +505,16 @@ impl StackBuilder {
             Some(replicas) => Some(crate::Pool::new(replicas?, self.pool.clone())?),
             None => None,
         };
+        let mut replica_breaker = None;
         let bottom = match &replica_pool {
             Some(pool) => {
                 let service = crate::PgService::new(pool.clone())
                     .map_err(BoxError::from as fn(Error) -> BoxError);
                 let replica: ReplicaService = if self.breaker.is_some() {
-                    BoxCloneSyncService::new(
-                        CircuitBreakerLayer::new(default_breaker(pool.server().to_owned()))
-                            .with_classifier(BreakerClassifier)
-                            .layer(service),
-                    )
+                    let layer = CircuitBreakerLayer::new(default_breaker(pool.server().to_owned()))
+                        .with_classifier(BreakerClassifier);
+                    replica_breaker = Some(layer.handle());
+                    BoxCloneSyncService::new(layer.layer(service))
                 } else {
                     BoxCloneSyncService::new(service)
                 };
@@ -558,6 +558,7 @@ impl StackBuilder {
             record_statements: false,
             stream_policy,
             replica_pool,
+            replica_breaker,
         })
     }
 }

@@ -175,6 +175,14 @@ async fn failover(fault: Fault, multiplexed: bool) {
         .await;
     }
     let stats = db.pool().stats();
+    let health = db.health(None).await;
+    assert_eq!(health.servers.len(), 1);
+    assert_eq!(health.servers[0].role, "primary");
+    assert_eq!(
+        health.servers[0].host.as_deref(),
+        Some(standby.addr().to_string().as_str()),
+        "health names the new writer"
+    );
 
     let f = figures.lock().unwrap();
     let first_on_new = f.first_write_on[&new_port].saturating_duration_since(promoted);

@@ -118,6 +118,20 @@ async fn replica_dies(multiplexed: bool) {
     for task in tasks {
         task.await.unwrap();
     }
+    let health = db.health(None).await;
+    let roles: Vec<(&str, Option<String>, Option<&str>)> = health
+        .servers
+        .iter()
+        .map(|s| (s.role, s.host.clone(), s.breaker.as_ref().map(|b| b.state)))
+        .collect();
+    println!("SCENARIO replica dies | health: {roles:?}");
+    assert_eq!(
+        roles.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>(),
+        [
+            ("primary", Some(primary.addr().to_string())),
+            ("replica", Some(standby.addr().to_string()))
+        ]
+    );
     let s = seen.lock().unwrap();
     let replica = db.replica_pool().unwrap().stats();
     let path = if multiplexed { "multiplexed" } else { "pooled" };
