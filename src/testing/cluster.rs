@@ -626,7 +626,7 @@ impl Cluster {
     ///     standby.port()
     /// );
     /// primary.kill()?; // a crash
-    /// standby.promote()?; // the failover
+    /// standby.promote().await?; // the failover
     /// # let _ = url; Ok(()) }
     /// ```
     pub async fn standby(&self) -> Result<Cluster, HarnessError> {
@@ -670,13 +670,38 @@ impl Cluster {
         Ok(standby)
     }
 
-    /// Promotes a standby to a primary (`pg_ctl promote -w`), and waits until it takes writes.
-    pub fn promote(&self) -> Result<(), HarnessError> {
-        let mut cmd = command(&self.bin.join("pg_ctl"), self.user);
-        cmd.args(["promote", "-w", "-t", "30", "-D"])
-            .arg(&self.data);
-        // `-w` waits until the server has left recovery: it takes writes when this returns.
-        run(cmd, "pg_ctl promote")
+    /// Promotes a standby to a primary (`pg_promote`), and returns within about a millisecond of its
+    /// leaving recovery (it takes writes from then): the moment to time a failover from. (`pg_ctl
+    /// promote -w` and `pg_promote(true)` notice only at their next 100 ms poll.)
+    pub async fn promote(&self) -> Result<(), HarnessError> {
+        let admin = self.socket_client().await?;
+        let failed = |e: tokio_postgres::Error| {
+            let cause = e
+                .as_db_error()
+                .map_or(e.to_string(), |db| db.message().to_owned());
+            HarnessError::new(format!("promoting the standby failed: {cause}"))
+        };
+        admin
+            .execute("SELECT pg_promote(false)", &[])
+            .await
+            .map_err(failed)?;
+        let started = std::time::Instant::now();
+        loop {
+            let row = admin
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(failed)?;
+            if !row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(HarnessError::new(format!(
+                    "the standby did not leave recovery within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    self.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Whether the server is a standby (`pg_is_in_recovery()`).

@@ -387,7 +387,7 @@ async fn a_standby_streams_from_its_primary_and_takes_writes_once_promoted() {
         .unwrap();
 
     primary.kill().unwrap();
-    standby.promote().unwrap();
+    standby.promote().await.unwrap();
     assert!(!standby.is_in_recovery().await.unwrap());
     replica
         .execute("INSERT INTO t VALUES (4)", &[])
