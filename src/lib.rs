@@ -106,7 +106,7 @@
 //! | file | the decision it holds |
 //! |---|---|
 //! | `gauges.rs` | which figures of a stack are published as metrics (feature `metrics`) |
-//! | `stack/` | the ready-made stacks: which layers, in what order, with which defaults (`mod.rs`); `Db` (`db.rs`); the layers that know a request: its outcome settled and its attempts recorded (`settle.rs`), its log line (`request.rs`), a slow statement cut by the server (`slow.rs`) |
+//! | `stack/` | the ready-made stacks: which layers, in what order, with which defaults (`mod.rs`); `Db` (`db.rs`); the layers that know a request: its outcome settled and its attempts recorded (`settle.rs`), its log line (`request.rs`), a slow statement cut by the server (`slow.rs`), reads sent to replicas and falling back to the primary (`replica.rs`) |
 //! | `health.rs` | the health verdict, from the outcomes recorded at the top of a stack |
 //! | `tx/` | transactions re-run whole, through the retry layer; `Tx`, the transaction a closure sees |
 //! | `stream.rs` | streamed reads: retried until the first row, never after |
@@ -114,13 +114,13 @@
 //! | `mux/` | multiplexing: which statements share a connection, and where each goes |
 //! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
 //! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
-//! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead, lifetime, eviction, what becomes of a connection after a request |
+//! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead (and which are retired after a write refused as read-only), lifetime, eviction, what becomes of a connection after a request |
 //! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
 //! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
 //! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
 //! | `error.rs` | the one error type; layers' errors converted once |
 //! | `row.rs` | how a row becomes a typed value, and what a row that does not fit is |
-//! | `query.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, settings (libpq's keywords), TLS connectors and their failures, the bounded SQL cache, locks |
+//! | `query.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, settings (libpq's keywords; several hosts taken one at a time, `config/hosts.rs`), TLS connectors (one host at a time, naming the host that answered) and their failures, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 

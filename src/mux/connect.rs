@@ -76,19 +76,21 @@ impl Mux {
                 .simple_query(&format!("SET statement_timeout = {ms}"))
                 .await
                 .map_err(|e| connect_failed(e, &named))?;
-            Ok((connected.client, named))
+            Ok((connected.client, connected.host, named))
         };
-        let (client, named) = tokio::time::timeout(limit, connecting)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Connect,
-                    Classification::Transient,
-                    format!("timed out (could not connect to {})", self.server),
-                )
-            })??;
+        let (client, host, named) =
+            tokio::time::timeout(limit, connecting)
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        Classification::Transient,
+                        format!("timed out (could not connect to {})", self.server),
+                    )
+                })??;
         Ok(Conn {
             client,
+            host,
             named,
             statements: SqlCache::default(),
             expires_at: self.pool.expiry(&self.rng),

@@ -179,12 +179,12 @@ impl Mux {
     /// The slot to send the next request to: the least-loaded ready one that is neither full nor stalled;
     /// `None` if none can take it (the request then goes to the pool, which a stall on a shared
     /// connection does not hold up). Starts connecting empty slots it passes.
-    /// A statement on a shared connection met `25006`: its server no longer takes writes (a failover
-    /// demoted it). Every shared connection may be on it (they were made the same way), so all are
-    /// replaced; new ones go through `target_session_attrs` to the server that takes writes now.
-    fn server_takes_no_writes(&self) {
+    /// A statement on a shared connection to `host` met `25006`: that server no longer takes writes (a
+    /// failover demoted it). Every shared connection to it is replaced; new ones go through
+    /// `target_session_attrs` to the server that takes writes now.
+    fn server_takes_no_writes(&self, host: &str) {
         for (index, slot) in self.slots.iter().enumerate() {
-            if let Some(conn) = slot.current() {
+            if let Some(conn) = slot.current().filter(|c| &*c.host == host) {
                 self.lost(index, &conn, "its server no longer takes writes (25006)");
             }
         }
@@ -323,7 +323,7 @@ impl Mux {
             Err(e) => {
                 let failed = failure(e, Stage::Sent, self.link(), &conn.named);
                 if takes_no_writes(&failed.error) {
-                    self.server_takes_no_writes();
+                    self.server_takes_no_writes(&conn.host);
                 } else if failed.gone {
                     self.lost(index, conn, "lost with requests in flight");
                 } else {

@@ -83,8 +83,10 @@ impl InFlight {
     /// Releases the connection as `failed` says, and tells the pool when its server no longer takes
     /// writes (every connection to it must go, not only this one).
     fn settle(self, failed: Failure) -> Error {
-        if takes_no_writes(&failed.error) {
-            self.pool.server_takes_no_writes();
+        if takes_no_writes(&failed.error)
+            && let Some(conn) = &self.conn
+        {
+            self.pool.server_takes_no_writes(conn.host());
         }
         self.release(failed.gone);
         failed.error

@@ -52,7 +52,7 @@ impl PgConn {
     }
 
     /// The host it was made to, `host:port`: what its errors name.
-    pub(crate) fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &Arc<str> {
         &self.host
     }
 
@@ -175,7 +175,7 @@ impl managed::Manager for Manager {
             tracing::info!(target: "rampart::pool", server = %self.server, "closed connection dropped");
             return Err(RecycleError::message("connection closed"));
         }
-        if self.suspicion.retired(conn.created_at) {
+        if self.suspicion.retired(&conn.host, conn.created_at) {
             bump(&self.counters.evicted_read_only);
             tracing::info!(
                 target: "rampart::pool", server = %self.server,

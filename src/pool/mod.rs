@@ -256,25 +256,25 @@ impl Pool {
         self.discard(conn);
     }
 
-    /// A request on a connection of this pool met `25006`: the server it is on no longer takes writes (a
-    /// failover demoted it). Every connection made until now may be on it: the idle ones are closed now,
+    /// A request on a connection of this pool to `host` met `25006`: that server no longer takes writes
+    /// (a failover demoted it). Every connection to it made until now goes: the idle ones are closed now,
     /// those in use when next checked out (see `suspect.rs`), and new ones are made through
     /// `target_session_attrs` (or a writer endpoint's DNS name) to the server that takes writes now.
-    pub(crate) fn server_takes_no_writes(&self) {
+    pub(crate) fn server_takes_no_writes(&self, host: &Arc<str>) {
         let suspicion = &self.shared.suspicion;
-        suspicion.found_read_only();
+        suspicion.found_read_only(host);
         let counters = &self.shared.counters;
         self.inner.retain(|conn, _| {
-            let keep = !suspicion.retired(conn.created_at);
+            let keep = !suspicion.retired(conn.host(), conn.created_at);
             if !keep {
                 bump(&counters.evicted_read_only);
             }
             keep
         });
         tracing::warn!(
-            target: "rampart::pool", server = %self.shared.server,
-            "a write was refused as read-only (25006): the server no longer takes writes; \
-             dropping every connection made until now and reconnecting"
+            target: "rampart::pool", server = %self.shared.server, host = %host,
+            "a write was refused as read-only (25006): the host no longer takes writes; \
+             dropping every connection to it and reconnecting"
         );
     }
 
