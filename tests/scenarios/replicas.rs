@@ -26,8 +26,11 @@ async fn pair() -> (Cluster, Cluster) {
     (primary, standby)
 }
 
+/// The replicas' URL names both servers with `target_session_attrs=read-only`, as one would for a set of
+/// servers whose roles change: its connections go to the standby only.
 fn with_replica(primary: &Cluster, standby: &Cluster, multiplexed: bool) -> Db {
-    let builder = Stack::server(&primary.url()).replicas(&standby.url());
+    let replicas = Cluster::url_of_all(&[primary, standby], "target_session_attrs=read-only");
+    let builder = Stack::server(&primary.url()).replicas(&replicas);
     let builder = if multiplexed {
         builder.multiplex(MuxConfig::default())
     } else {
