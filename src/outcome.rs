@@ -177,14 +177,15 @@ pub(crate) fn failure(
             match stage {
                 Stage::Connect => format!("{cause} (could not connect to {server})"),
                 Stage::NotSent => closed_before_send_message(server),
+                // The cause first, then where: the host matters less than what happened.
                 Stage::InTransaction => format!(
-                    "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {cause}"
+                    "{cause}: the connection to {server} was lost inside an uncommitted transaction (the server rolls it back)"
                 ),
                 Stage::Sent => format!(
-                    "connection to {server} was lost while the request was in flight: {cause}"
+                    "{cause}: the connection to {server} was lost while the request was in flight"
                 ),
                 Stage::Committing => {
-                    format!("connection to {server} was lost during COMMIT: {cause}")
+                    format!("{cause}: the connection to {server} was lost during COMMIT")
                 }
             }
         }
