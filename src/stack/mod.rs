@@ -279,22 +279,20 @@ impl StackBuilder {
 
 /// The stacks' breaker, named `name` (see the table in the [`Stack`] docs).
 fn default_breaker(name: String) -> BreakerConfig {
-    {
-        BreakerConfig::builder()
-            .name(name)
-            .failure_rate(0.5)
-            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
-            .minimum_calls(20)
-            // Constant and short: a database that is restarting is back within seconds, and a doubling
-            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
-            // three probes a second.
-            .wait_in_open(Duration::from_secs(1))
-            .wait_multiplier(1.0)
-            .max_wait_in_open(Duration::from_secs(1))
-            .half_open_calls(3)
-            .build()
-            .expect("constant breaker settings are valid")
-    }
+    BreakerConfig::builder()
+        .name(name)
+        .failure_rate(0.5)
+        .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
+        .minimum_calls(20)
+        // Constant and short: a database that is restarting is back within seconds, and a doubling
+        // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
+        // three probes a second.
+        .wait_in_open(Duration::from_secs(1))
+        .wait_multiplier(1.0)
+        .max_wait_in_open(Duration::from_secs(1))
+        .half_open_calls(3)
+        .build()
+        .expect("constant breaker settings are valid")
 }
 
 impl StackBuilder {

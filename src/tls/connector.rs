@@ -245,47 +245,44 @@ impl Connector {
         &self,
         pg_config: &tokio_postgres::Config,
     ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-        let pg_config = pg_config.clone();
-        {
-            let handshake = self.tls.clone().map(|inner| Handshake {
-                inner,
-                direct: self.direct,
-                done: Arc::new(AtomicBool::new(false)),
-            });
-            let tls = handshake.as_ref();
-            let tls_was_used = || {
-                handshake
-                    .as_ref()
-                    .is_some_and(|h| h.done.load(Ordering::Relaxed))
-            };
-            match self.mode {
-                TlsMode::Disable => connect_once(&pg_config, None, SslMode::Disable).await,
-                // libpq: plain text first; if the server answers with an error (a `hostssl`-only
-                // pg_hba.conf, say), once more with TLS.
-                TlsMode::Allow => match connect_once(&pg_config, None, SslMode::Disable).await {
-                    Err(e) if e.as_db_error().is_some() => {
-                        connect_once(&pg_config, tls, SslMode::Prefer).await
-                    }
-                    done => done,
-                },
-                // libpq: TLS if offered; if the handshake fails or the server answers the TLS
-                // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
-                // When that fails too, a TLS failure is the error that explains it.
-                TlsMode::Prefer => match connect_once(&pg_config, tls, SslMode::Prefer).await {
-                    Err(first)
-                        if handshake_failed(&first)
-                            || (first.as_db_error().is_some() && tls_was_used()) =>
-                    {
-                        match connect_once(&pg_config, None, SslMode::Disable).await {
-                            Err(_) if handshake_failed(&first) => Err(first),
-                            done => done,
-                        }
-                    }
-                    done => done,
-                },
-                TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
-                    connect_once(&pg_config, tls, SslMode::Require).await
+        let handshake = self.tls.clone().map(|inner| Handshake {
+            inner,
+            direct: self.direct,
+            done: Arc::new(AtomicBool::new(false)),
+        });
+        let tls = handshake.as_ref();
+        let tls_was_used = || {
+            handshake
+                .as_ref()
+                .is_some_and(|h| h.done.load(Ordering::Relaxed))
+        };
+        match self.mode {
+            TlsMode::Disable => connect_once(pg_config, None, SslMode::Disable).await,
+            // libpq: plain text first; if the server answers with an error (a `hostssl`-only
+            // pg_hba.conf, say), once more with TLS.
+            TlsMode::Allow => match connect_once(pg_config, None, SslMode::Disable).await {
+                Err(e) if e.as_db_error().is_some() => {
+                    connect_once(pg_config, tls, SslMode::Prefer).await
                 }
+                done => done,
+            },
+            // libpq: TLS if offered; if the handshake fails or the server answers the TLS
+            // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
+            // When that fails too, a TLS failure is the error that explains it.
+            TlsMode::Prefer => match connect_once(pg_config, tls, SslMode::Prefer).await {
+                Err(first)
+                    if handshake_failed(&first)
+                        || (first.as_db_error().is_some() && tls_was_used()) =>
+                {
+                    match connect_once(pg_config, None, SslMode::Disable).await {
+                        Err(_) if handshake_failed(&first) => Err(first),
+                        done => done,
+                    }
+                }
+                done => done,
+            },
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                connect_once(pg_config, tls, SslMode::Require).await
             }
         }
     }
