@@ -5,6 +5,7 @@
 //! cargo run --release --example drill                       # a throwaway local cluster, about a minute
 //! cargo run --release --example drill -- --duration 30s --faults idle-kill,black-hole
 //! cargo run --release --example drill -- --json             # the report as one JSON document
+//! cargo run --release --example drill -- --failover         # and a crash failover to a promoted standby
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --release --example drill
 //! ```
 //!
@@ -22,6 +23,12 @@
 //! The URL takes libpq's TLS keywords (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`): rampart's links
 //! through the proxy and the drill's own setup connection use them; the bare client has no TLS and
 //! connects in plain text.
+//!
+//! With `--failover` the drill then runs a failover: a throwaway primary and a streaming standby named in
+//! one URL with `target_session_attrs=read-write`, the workers writing (`INSERT ... RETURNING`) and
+//! reading; a third of the way in the primary crashes (immediate shutdown) and a second later the
+//! standby is promoted. It reports failed requests by kind and the time from the promotion to the first
+//! write on the new primary, for rampart and for a bare client that reconnects through the same URL.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,7 +45,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
 const USAGE: &str = "\
-usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [--database-url URL] [--json] [--log-format pretty|json]
+usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [--failover] [--database-url URL] [--json] [--log-format pretty|json]
 
   --duration       how long each stack runs (default 60s; accepts 90s, 2m, 500ms)
   --faults         comma-separated, in order: idle-kill, idle-drop, restart, black-hole, reset, refuse, slow
@@ -47,6 +54,8 @@ usage: drill [--duration 60s] [--faults LIST] [--concurrency N] [--multiplex] [-
   --concurrency    concurrent workers (default 8)
   --multiplex      run rampart's statements pipelined over one shared connection instead of the pool
                    (transfers still use the pool)
+  --failover       then crash a primary and promote its standby under the workload (throwaway clusters
+                   only; at most 10 s per stack)
   --database-url   drill this server instead of a throwaway cluster (loopback only; also DATABASE_URL)
   --json           print the report as one JSON document
   --log-format     also print rampart's logs to stderr, as text or JSON (default: no logs)";
@@ -130,6 +139,7 @@ struct Options {
     json: bool,
     log_format: Option<String>,
     multiplex: bool,
+    failover: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -162,6 +172,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
         json: false,
         log_format: None,
         multiplex: false,
+        failover: false,
     };
     let mut faults_given = false;
     let mut args = args.into_iter();
@@ -197,6 +208,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--database-url" => options.database_url = Some(value()?),
             "--json" => options.json = true,
             "--multiplex" => options.multiplex = true,
+            "--failover" => options.failover = true,
             "--log-format" => {
                 let v = value()?;
                 if v != "pretty" && v != "json" {
@@ -207,6 +219,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if options.failover && options.database_url.is_some() {
+        return Err(
+            "--failover crashes and promotes servers of its own: it needs the throwaway clusters, not --database-url"
+                .into(),
+        );
     }
     if !faults_given {
         options.faults = FaultKind::ALL.to_vec();
@@ -452,6 +470,224 @@ struct Report {
     #[serde(flatten)]
     rampart: StackReport,
     baseline: StackReport,
+    /// The failover (`--failover`): rampart, then the bare client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failover: Vec<FailoverReport>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The failover (--failover)
+
+/// What one stack saw through a crash of the primary and the promotion of its standby.
+#[derive(Debug, Default, Serialize)]
+struct FailoverReport {
+    stack: &'static str,
+    reads_ok: u64,
+    writes_ok: u64,
+    /// Failed requests, by `read`/`write` and the failure's class.
+    failed: BTreeMap<String, u64>,
+    /// From the promotion (the standby leaving recovery) to the first write acknowledged by the new
+    /// primary.
+    first_write_on_new_primary_ms: Option<f64>,
+}
+
+#[derive(Default)]
+struct FailoverTally {
+    report: FailoverReport,
+    first_on_new: Option<Instant>,
+}
+
+impl FailoverTally {
+    fn read(&mut self, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.report.reads_ok += 1,
+            Err(class) => {
+                *self
+                    .report
+                    .failed
+                    .entry(format!("read {class}"))
+                    .or_default() += 1
+            }
+        }
+    }
+
+    fn write(&mut self, result: Result<i32, String>, new_port: i32) {
+        match result {
+            Ok(port) => {
+                self.report.writes_ok += 1;
+                if port == new_port && self.first_on_new.is_none() {
+                    self.first_on_new = Some(Instant::now());
+                }
+            }
+            Err(class) => {
+                *self
+                    .report
+                    .failed
+                    .entry(format!("write {class}"))
+                    .or_default() += 1
+            }
+        }
+    }
+}
+
+const FAILOVER_TABLE: &str = "CREATE TABLE failover_drill (id bigserial PRIMARY KEY, worker int)";
+const FAILOVER_WRITE: &str =
+    "INSERT INTO failover_drill (worker) VALUES ($1) RETURNING inet_server_port()";
+const FAILOVER_READ: &str = "SELECT count(*) FROM failover_drill WHERE worker = $1";
+
+/// One stack's run through a failover: `rampart` through the ready-made stack, or a bare client.
+async fn failover_run(
+    stack: &'static str,
+    options: &Options,
+    bar: &ProgressBar,
+) -> Result<FailoverReport, String> {
+    let primary = Cluster::new().await.map_err(|e| e.to_string())?;
+    direct_client(&primary.url())
+        .await?
+        .batch_execute(FAILOVER_TABLE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let standby = primary.standby().await.map_err(|e| e.to_string())?;
+    let url = Cluster::url_of_all(&[&primary, &standby], "target_session_attrs=read-write");
+    let new_port = i32::from(standby.port());
+    let length = options.duration.min(Duration::from_secs(10));
+    let tally = Arc::new(Mutex::new(FailoverTally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let db = match stack {
+        "rampart" => Some(Stack::server(&url).build().map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let workers: Vec<_> = (0..options.concurrency as i32)
+        .map(|worker| {
+            let (tally, stop, db, url) = (tally.clone(), stop.clone(), db.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut bare: Option<Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let (written, read) = match &db {
+                        Some(db) => {
+                            let class = |e: rampart::Error| {
+                                if e.is_outcome_unknown() {
+                                    "outcome unknown".to_owned()
+                                } else {
+                                    e.kind().as_str().to_owned()
+                                }
+                            };
+                            let written = db
+                                .run(Query::write(FAILOVER_WRITE).bind(worker))
+                                .await
+                                .and_then(|r| r.scalar::<i32>())
+                                .map_err(class);
+                            let read = db
+                                .run(Query::read(FAILOVER_READ).bind(worker))
+                                .await
+                                .map(drop)
+                                .map_err(class);
+                            (written, read)
+                        }
+                        None => {
+                            // What a service without rampart does: reconnect through the same URL after
+                            // an error, and pass the error on.
+                            if bare.as_ref().is_none_or(|c| c.is_closed()) {
+                                bare = match tokio_postgres::connect(&url, NoTls).await {
+                                    Ok((client, connection)) => {
+                                        tokio::spawn(connection);
+                                        Some(client)
+                                    }
+                                    Err(_) => None,
+                                };
+                            }
+                            match &bare {
+                                None => {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    (Err("connect".to_owned()), Err("connect".to_owned()))
+                                }
+                                Some(client) => {
+                                    let class = |e: tokio_postgres::Error| match e.code() {
+                                        Some(code) => format!("SQLSTATE {}", code.code()),
+                                        None => "connection lost".to_owned(),
+                                    };
+                                    let written = client
+                                        .query_one(FAILOVER_WRITE, &[&worker])
+                                        .await
+                                        .map(|row| row.get::<_, i32>(0))
+                                        .map_err(class);
+                                    let read = client
+                                        .query_one(FAILOVER_READ, &[&worker])
+                                        .await
+                                        .map(drop)
+                                        .map_err(class);
+                                    if written.is_err() {
+                                        bare = None;
+                                    }
+                                    (written, read)
+                                }
+                            }
+                        }
+                    };
+                    let mut t = tally.lock().unwrap();
+                    t.write(written, new_port);
+                    t.read(read);
+                }
+            })
+        })
+        .collect();
+    bar.set_message(format!("{stack}: failover"));
+    let started = Instant::now();
+    let tick = |bar: &ProgressBar| bar.set_position(started.elapsed().as_millis() as u64);
+    tokio::time::sleep(length / 3).await;
+    tick(bar);
+    primary.kill().map_err(|e| e.to_string())?;
+    bar.set_message(format!("{stack}: primary crashed"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    standby.promote().await.map_err(|e| e.to_string())?;
+    // Within about a millisecond of the standby leaving recovery.
+    let promoted = Instant::now();
+    bar.set_message(format!("{stack}: standby promoted"));
+    while started.elapsed() < length {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tick(bar);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    bar.finish_and_clear();
+    let mut tally = std::mem::take(&mut *tally.lock().unwrap());
+    tally.report.stack = stack;
+    tally.report.first_write_on_new_primary_ms = tally
+        .first_on_new
+        .map(|at| at.saturating_duration_since(promoted).as_secs_f64() * 1000.0);
+    Ok(tally.report)
+}
+
+fn render_failover(reports: &[FailoverReport]) -> String {
+    let mut out = String::from(
+        "
+failover: the primary crashed a third of the way in, its standby promoted 1 s later (one URL, \
+         target_session_attrs=read-write)\n",
+    );
+    for r in reports {
+        let failed = if r.failed.is_empty() {
+            "none".to_owned()
+        } else {
+            r.failed
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let first = r
+            .first_write_on_new_primary_ms
+            .map_or("never".to_owned(), |ms| {
+                format!("{ms:.1} ms after the promotion")
+            });
+        let _ = writeln!(
+            out,
+            "  {:<8} {} reads ok, {} writes ok; failed: {failed}; first write on the new primary: {first}",
+            r.stack, r.reads_ok, r.writes_ok
+        );
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1257,7 +1493,15 @@ async fn main_inner(options: Options) -> Result<(), String> {
         ),
     );
 
+    let mut failover = Vec::new();
+    if drill.options.failover {
+        for stack in ["rampart", "bare"] {
+            failover.push(failover_run(stack, &drill.options, &bar(stack)).await?);
+        }
+    }
+
     let report = Report {
+        failover,
         duration_s: drill.options.duration.as_secs_f64(),
         concurrency: drill.options.concurrency,
         multiplexed: drill.options.multiplex,
@@ -1272,6 +1516,9 @@ async fn main_inner(options: Options) -> Result<(), String> {
         );
     } else {
         print!("{}", render(&report, &drill));
+        if !report.failover.is_empty() {
+            print!("{}", render_failover(&report.failover));
+        }
     }
     Ok(())
 }

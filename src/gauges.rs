@@ -152,6 +152,7 @@ impl Db {
             ("validation", stats.evicted_validation),
             ("lifetime", stats.evicted_lifetime),
             ("idle", stats.evicted_idle),
+            ("read_only", stats.evicted_read_only),
         ] {
             counter!("rampart_pool_evicted_total", "server" => server.clone(), "reason" => reason)
                 .absolute(value);

@@ -14,7 +14,7 @@ use rampart_layers::Classification;
 use crate::config::Preset;
 use crate::error::{Error, ErrorKind};
 use crate::mux::MuxStats;
-use crate::pool::PoolStats;
+use crate::pool::{Pool, PoolStats};
 use crate::query::Query;
 use crate::service::PgService;
 use crate::sync::lock;
@@ -169,10 +169,42 @@ pub struct HealthReport {
     pub breaker: Option<BreakerReport>,
     /// The shared connections, if the service is multiplexed.
     pub multiplex: Option<MuxStats>,
+    /// Each server the stack sends requests to, with its role: the primary, and the replicas if reads
+    /// go to replicas ([`StackBuilder::replicas`](crate::StackBuilder::replicas)).
+    pub servers: Vec<ServerReport>,
     /// Why no probe was made although one was asked for: a probe of a serverless host wakes a
     /// suspended compute (and keeps it billed), so the serverless preset reports the last known state
     /// unless told to probe ([`Db::health_waking`](crate::Db::health_waking)).
     pub probe_skipped: Option<&'static str>,
+}
+
+/// One server of a stack and its role, in a [`HealthReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ServerReport {
+    /// `primary` (writes, transactions, reads marked `Query::primary`) or `replica` (reads).
+    pub role: &'static str,
+    /// The server as configured, with the password redacted (every host, for a multi-host URL).
+    pub server: String,
+    /// The host (`host:port`) its latest connection was made to: of several, the one that answered
+    /// (for the primary, the server that takes writes).
+    pub host: Option<String>,
+    /// Its pool's statistics.
+    pub pool: PoolStats,
+    /// Its own breaker, for a replica (the primary's is [`HealthReport::breaker`]).
+    pub breaker: Option<BreakerReport>,
+}
+
+impl ServerReport {
+    pub(crate) fn of(role: &'static str, pool: &Pool, breaker: Option<&BreakerHandle>) -> Self {
+        ServerReport {
+            role,
+            server: pool.server().to_owned(),
+            host: pool.latest_host(),
+            pool: pool.stats(),
+            breaker: breaker.map(|b| BreakerReport::of(b).0),
+        }
+    }
 }
 
 impl BreakerReport {
@@ -200,6 +232,7 @@ struct Parts {
     last_error: Option<(RecentError, Duration)>,
     probe: Option<Result<Duration, ()>>,
     probe_skipped: Option<&'static str>,
+    servers: Vec<ServerReport>,
 }
 
 impl HealthReport {
@@ -213,6 +246,7 @@ impl HealthReport {
         breaker: Option<&BreakerHandle>,
         probe: Option<Duration>,
         may_wake: bool,
+        replica: Option<(&Pool, Option<&BreakerHandle>)>,
     ) -> HealthReport {
         let serverless = service.pool().pg_config().preset() == Preset::Serverless;
         let (probe, probe_skipped) = match probe {
@@ -232,6 +266,9 @@ impl HealthReport {
             last_error,
             probe,
             probe_skipped,
+            servers: std::iter::once(ServerReport::of("primary", service.pool(), None))
+                .chain(replica.map(|(pool, breaker)| ServerReport::of("replica", pool, breaker)))
+                .collect(),
         })
     }
 
@@ -275,6 +312,7 @@ impl HealthReport {
             pool: parts.pool,
             breaker: parts.breaker.map(|(report, _)| report),
             multiplex: parts.multiplex,
+            servers: parts.servers,
             probe_skipped: parts.probe_skipped,
         }
     }
@@ -328,6 +366,7 @@ mod tests {
             evicted_suspect: 0,
             evicted_lifetime: 0,
             evicted_idle: 0,
+            evicted_read_only: 0,
             discarded: 0,
             checkout_timeouts: 0,
         }
@@ -343,6 +382,7 @@ mod tests {
             last_error: None,
             probe: None,
             probe_skipped: None,
+            servers: Vec::new(),
         }
     }
 

@@ -79,7 +79,7 @@
 //! | `rampart_pool_validated_total` | counter | `server` | checkouts | that ran a validation round trip |
 //! | `rampart_pool_discarded_total` | counter | `server` | connections | discarded after a failed or abandoned request |
 //! | `rampart_pool_checkout_timeouts_total` | counter | `server` | checkouts | that gave up waiting |
-//! | `rampart_pool_evicted_total` | counter | `server`, `reason` (`closed`, `validation`, `lifetime`, `idle`) | connections | dropped by the pool |
+//! | `rampart_pool_evicted_total` | counter | `server`, `reason` (`closed`, `validation`, `lifetime`, `idle`, `read_only`) | connections | dropped by the pool |
 //! | `rampart_pool_rebuilds_total` | counter | `server` | rebuilds | of the whole pool after consecutive connection failures |
 //! | `rampart_breaker_state` | gauge | `name`, `state` | 1 or 0 | 1 for the breaker's current state, 0 for the others |
 //! | `rampart_mux_connections` | gauge | `server` | connections | shared connections open (multiplexed stacks) |
@@ -108,7 +108,7 @@
 //! | file | the decision it holds |
 //! |---|---|
 //! | `gauges.rs` | which figures of a stack are published as metrics (feature `metrics`) |
-//! | `stack/` | the ready-made stacks: which layers, in what order, with which defaults (`mod.rs`); `Db` (`db.rs`); the layers that know a request: its outcome settled and its attempts recorded (`settle.rs`), its log line (`request.rs`), a slow statement cut by the server (`slow.rs`) |
+//! | `stack/` | the ready-made stacks: which layers, in what order, with which defaults (`mod.rs`); `Db` (`db.rs`); the layers that know a request: its outcome settled and its attempts recorded (`settle.rs`), its log line (`request.rs`), a slow statement cut by the server (`slow.rs`), reads sent to replicas and falling back to the primary (`replica.rs`) |
 //! | `health.rs` | the health verdict, from the outcomes recorded at the top of a stack |
 //! | `tx/` | transactions re-run whole, through the retry layer; `Tx`, the transaction a closure sees |
 //! | `stream.rs` | streamed reads: retried until the first row, never after |
@@ -117,13 +117,13 @@
 //! | `pooler.rs` | what a statement looks like behind a pooler in transaction mode |
 //! | `resolve.rs` | lost replies of plain writes: which writes are marked, when COMMIT may go, what the server's answer means |
 //! | `session.rs` | what a statement does to its session: shared, its own connection, closed after, or refused |
-//! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead, lifetime, eviction, what becomes of a connection after a request |
+//! | `pool/` | the pool: checkout, validation, which connections are suspect after one is found dead (and which are retired after a write refused as read-only), lifetime, eviction, what becomes of a connection after a request |
 //! | `exec.rs` | how a statement is sent on a connection, and the `statement_timeout` it carries |
 //! | `outcome.rs` | what a failure means for its request, and whether the connection survives it |
 //! | `classify.rs` | what a SQLSTATE or a pooler's message means; what the breaker and the rebuild count |
 //! | `error.rs` | the one error type; layers' errors converted once |
 //! | `row.rs` | how a row becomes a typed value, and what a row that does not fit is |
-//! | `query.rs`, `xact.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, a marked write's transaction id, settings (libpq's keywords), TLS connectors and their failures, the bounded SQL cache, locks |
+//! | `query.rs`, `xact.rs`, `param.rs`, `config/`, `tls/`, `cache.rs`, `sync.rs` | requests and their parameters, a marked write's transaction id, settings (libpq's keywords; several hosts taken one at a time, `config/hosts.rs`), TLS connectors (one host at a time, naming the host that answered) and their failures, the bounded SQL cache, locks |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
@@ -170,7 +170,7 @@ pub use config::{ChannelBinding, PgConfig, PoolerMode, Preset, RootCert, TlsMode
 pub use error::{ConfigError, Error, ErrorKind};
 #[cfg(feature = "metrics")]
 pub use gauges::MetricsPublisher;
-pub use health::{BreakerReport, HealthReport, RecentError, Status};
+pub use health::{BreakerReport, HealthReport, RecentError, ServerReport, Status};
 pub use mux::{MuxConfig, MuxConfigBuilder, MuxStats};
 pub use param::IntoParam;
 pub use pool::{Pool, PoolConfig, PoolConfigBuilder, PoolStats};

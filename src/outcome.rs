@@ -9,6 +9,7 @@
 //! | error | stage | classification | connection gone |
 //! |---|---|---|---|
 //! | a server error (SQLSTATE) | any | the SQLSTATE's ([`crate::classify`]); a `08` outcome-unknown code is `Transient` unless the statement was sent | only if `FATAL`/`PANIC` (the server, or a pooler, hangs up after it) |
+//! | `25006` (read-only transaction) | any | `Transient`: the write was refused, not applied | yes, and every connection to its server ([`takes_no_writes`]): a failover demoted it, and a new connection finds the writer |
 //! | `57014` on a [shared](Link::Shared) connection | sent | `Permanent` [`ErrorKind::Timeout`]: nothing cancels a shared connection's statement but its session `statement_timeout`, and a retry would hit it again | no |
 //! | refused by tokio-postgres before sending (a parameter that cannot be encoded, a wrong count) | any | `Permanent` [`ErrorKind::InvalidRequest`] | no |
 //! | no SQLSTATE: I/O, closed, reset | connect | `Transient` [`ErrorKind::Connect`] | — |
@@ -116,7 +117,9 @@ pub(crate) fn decide(
             } else {
                 ErrorKind::Db
             };
-            (kind, class, *fatal)
+            // A server that refuses writes will refuse the retry's too: this connection is no use.
+            let gone = *fatal || *code == SqlState::READ_ONLY_SQL_TRANSACTION;
+            (kind, class, gone)
         }
         Observed::Refused => (ErrorKind::InvalidRequest, Classification::Permanent, false),
         Observed::LinkFailed => match stage {
@@ -164,7 +167,7 @@ pub(crate) fn failure(
                 None => err.to_string(),
             };
             match stage {
-                Stage::Connect => format!("could not connect to {server}: {message}"),
+                Stage::Connect => format!("{message} (could not connect to {server})"),
                 _ => message,
             }
         }
@@ -172,16 +175,17 @@ pub(crate) fn failure(
         (Observed::LinkFailed, _) => {
             let cause = describe_io(&err);
             match stage {
-                Stage::Connect => format!("could not connect to {server}: {cause}"),
+                Stage::Connect => format!("{cause} (could not connect to {server})"),
                 Stage::NotSent => closed_before_send_message(server),
+                // The cause first, then where: the host matters less than what happened.
                 Stage::InTransaction => format!(
-                    "connection to {server} was lost inside an uncommitted transaction (the server rolls it back): {cause}"
+                    "{cause}: the connection to {server} was lost inside an uncommitted transaction (the server rolls it back)"
                 ),
                 Stage::Sent => format!(
-                    "connection to {server} was lost while the request was in flight: {cause}"
+                    "{cause}: the connection to {server} was lost while the request was in flight"
                 ),
                 Stage::Committing => {
-                    format!("connection to {server} was lost during COMMIT: {cause}")
+                    format!("{cause}: the connection to {server} was lost during COMMIT")
                 }
             }
         }
@@ -206,19 +210,39 @@ pub(crate) fn failure(
     }
 }
 
+/// Whether `error` says its server no longer takes writes (`25006`, read-only transaction): a failover
+/// demoted it, or left the connection on a standby. Every connection to that server is then of no use
+/// for writes, and a write is not applied, so a retry on a new connection (through
+/// `target_session_attrs=read-write`, or a writer endpoint whose DNS name has moved) is safe. Every path
+/// that keeps connections asks this after a failure: the pool and the multiplexer drop them all.
+pub(crate) fn takes_no_writes(error: &Error) -> bool {
+    error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+}
+
+/// Whether a failed connect met a server of the wrong kind for `target_session_attrs` (a standby, or a
+/// demoted writer, for `read-write`) rather than a server that is down: a failover is under way, and
+/// the writer takes connections the moment it is promoted, so a retry should not wait long.
+pub(crate) fn met_a_standby(error: &Error) -> bool {
+    error.kind() == ErrorKind::Connect
+        && std::error::Error::source(error)
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .is_some_and(crate::tls::wrong_kind_of_session)
+}
+
 /// The error of a connect that failed: nothing was sent.
 pub(crate) fn connect_failed(err: tokio_postgres::Error, server: &str) -> Error {
     failure(err, Stage::Connect, Link::Own, server).error
 }
 
-/// What a link lost under a request in flight is, said for its caller: "connection to ... was lost while
-/// the request was in flight: <cause>" (the cause an I/O error, or the server's `FATAL` message).
+/// What a link lost under a request in flight is, said for its caller as [`failure`] says it, the cause
+/// first: "<cause>: the connection to ... was lost while the request was in flight" (the cause an I/O
+/// error, or the server's `FATAL` message).
 pub(crate) fn lost_in_flight(err: &tokio_postgres::Error, server: &str) -> String {
     let cause = match err.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => describe_io(err),
     };
-    format!("connection to {server} was lost while the request was in flight: {cause}")
+    format!("{cause}: the connection to {server} was lost while the request was in flight")
 }
 
 /// The error for a connection found closed before the request was written: nothing was sent.
@@ -342,6 +366,26 @@ mod tests {
                 "{stage:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_write_is_retried_on_a_new_connection() {
+        for link in [Link::Own, SHARED] {
+            for stage in STAGES {
+                let (_, class, gone) = decide(&server("25006", false), stage, link);
+                assert_eq!(
+                    (class, gone),
+                    (Classification::Transient, true),
+                    "{stage:?} on {link:?}"
+                );
+            }
+        }
+        let refused = Error::new(ErrorKind::Db, Classification::Transient, "read-only")
+            .with_code(SqlState::READ_ONLY_SQL_TRANSACTION);
+        assert!(takes_no_writes(&refused));
+        let other = Error::new(ErrorKind::Db, Classification::Permanent, "dup")
+            .with_code(SqlState::UNIQUE_VIOLATION);
+        assert!(!takes_no_writes(&other));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Query {
     /// The time the caller granted with [`Query::timeout`].
     granted: Option<Duration>,
     exclusive: bool,
+    /// A read that must see the caller's own writes: never sent to a replica.
+    primary: bool,
     /// What a ready-made stack learns of this request's attempts, shared by its clones (see
     /// [`Tracking`]); `None` outside a stack.
     tracking: Option<Arc<Tracking>>,
@@ -74,6 +76,7 @@ impl fmt::Debug for Query {
             .field("idempotency_key", &self.idempotency_key)
             .field("deadline", &self.deadline)
             .field("exclusive", &self.exclusive)
+            .field("primary", &self.primary)
             .finish()
     }
 }
@@ -90,6 +93,7 @@ impl Query {
             deadline: None,
             granted: None,
             exclusive: false,
+            primary: false,
             tracking: None,
         }
     }
@@ -171,6 +175,14 @@ impl Query {
         self
     }
 
+    /// Runs a read on the primary even when the stack has replicas ([`StackBuilder::replicas`](crate::StackBuilder::replicas)):
+    /// for a read that must see the caller's own write, which a replica shows only once it has replayed
+    /// it (its replication lag). Writes and transactions always run on the primary.
+    pub fn primary(mut self) -> Self {
+        self.primary = true;
+        self
+    }
+
     /// Runs the statement on a connection of its own, never on a shared one of a multiplexed service
     /// ([`MuxConfig`](crate::MuxConfig)): for a statement that may be slow, or that uses session state rampart does not
     /// recognise from its first keyword (a function that sets a session variable, say). Without
@@ -191,6 +203,11 @@ impl Query {
     }
 
     /// Whether it was made with [`Query::read`]: it changes nothing.
+    /// Whether a read must run on the primary ([`Query::primary`]).
+    pub(crate) fn wants_primary(&self) -> bool {
+        self.primary
+    }
+
     pub(crate) fn is_read(&self) -> bool {
         self.read
     }

@@ -204,7 +204,7 @@ pub(crate) async fn finish_marked(
         (_, Err(e)) if connection_gone(e) => Some(lost_in_flight(e, pool.server())),
         (Err(HeadError::Pg(e)), _) if head_gone => Some(lost_in_flight(e, pool.server())),
         _ if also_gone => Some(format!(
-            "connection to {} was lost while the request was in flight",
+            "the connection to {} was lost while the request was in flight",
             pool.server()
         )),
         _ => None,
@@ -214,6 +214,11 @@ pub(crate) async fn finish_marked(
             (Ok(()), Ok(response)) => {
                 in_flight.release(false);
                 Ok(response)
+            }
+            // The opening itself failed (the statement then only met the aborted transaction): its
+            // error is the one that explains, and nothing ran.
+            (Err(HeadError::Pg(e)), _) if opening_failed(query) => {
+                Err(in_flight.fail_keeping(e, Stage::NotSent, true))
             }
             // The statement failed: its transaction was rolled back (COMMIT answered `ROLLBACK`); a
             // connection whose opening failed may still be inside it, and is not reused.
@@ -235,6 +240,13 @@ pub(crate) async fn finish_marked(
         Settled::Applied => Ok(Response::applied_reply_lost()),
         Settled::Err(e) => Err(e),
     }
+}
+
+/// Whether the marked write's opening failed before its COMMIT could be sent.
+fn opening_failed(query: &Query) -> bool {
+    query
+        .tracking()
+        .is_some_and(|t| matches!(t.marked(), crate::query::Marked::Opening { .. }))
 }
 
 /// The error for a server that answered a marked write's opening without its id: nothing committed.

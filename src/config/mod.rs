@@ -1,13 +1,16 @@
 //! Connection settings: from a URL or a builder, with the defaults tokio-postgres does not give.
 //!
 //! What users read is on [`PgConfig`] (the module is private: the flat list in `lib.rs` is the one public
-//! path). The files: `tls` (the TLS settings), `modes` (presets, pooler mode), `keywords` (rampart's own
+//! path). The files: `tls` (the TLS settings), `hosts` (a configuration naming several hosts, one host at a time), `modes` (presets, pooler mode), `keywords` (rampart's own
 //! keywords out of the connection string, and the checks of what the server would refuse), this one (the
 //! settings and their builder).
 
+mod hosts;
 mod keywords;
 mod modes;
 mod tls;
+
+pub(crate) use self::hosts::one_by_one;
 
 pub use self::modes::{PoolerMode, Preset};
 pub(crate) use self::tls::TlsOptions;
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::config::{Host, SslMode, SslNegotiation};
+use tokio_postgres::config::{SslMode, SslNegotiation, TargetSessionAttrs};
 
 use crate::ConfigError;
 
@@ -366,6 +369,12 @@ impl PgConfig {
         url.push_str(self.pg.get_dbname().or(self.pg.get_user()).unwrap_or(""));
         url.push_str("?sslmode=");
         url.push_str(self.tls.mode.as_str());
+        // Which of several hosts it takes is part of where it connects.
+        match self.pg.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => url.push_str("&target_session_attrs=read-write"),
+            TargetSessionAttrs::ReadOnly => url.push_str("&target_session_attrs=read-only"),
+            _ => {}
+        }
         url
     }
 
@@ -378,11 +387,7 @@ impl PgConfig {
             .enumerate()
             .map(|(i, host)| {
                 let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-                match host {
-                    Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
-                    Host::Tcp(h) => format!("{h}:{port}"),
-                    Host::Unix(path) => format!("{}:{port}", path.display()),
-                }
+                hosts::label(host, port)
             })
             .collect::<Vec<_>>()
             .join(",")

@@ -419,3 +419,26 @@ fn settings_the_server_would_refuse_every_time_are_config_errors() {
     PgConfig::from_url("postgres://u@h1:5432,h2:5433/db").expect("a port per host");
     PgConfig::from_url("postgres://u@h1,h2/db").expect("one port for all");
 }
+
+#[test]
+fn the_redacted_url_keeps_which_host_it_takes() {
+    let c = PgConfig::server(
+        "postgres://app:pw@db-a:5432,db-b:5433/app?target_session_attrs=read-write",
+    )
+    .unwrap();
+    assert_eq!(
+        c.redacted_url(),
+        "postgres://app:***@db-a:5432,db-b:5433/app?sslmode=prefer&target_session_attrs=read-write"
+    );
+    let c = PgConfig::server("postgres://app@db-b/app?target_session_attrs=read-only").unwrap();
+    assert!(
+        c.redacted_url()
+            .ends_with("&target_session_attrs=read-only")
+    );
+    let c = PgConfig::server("postgres://app@db/app").unwrap();
+    assert!(!c.redacted_url().contains("target_session_attrs"));
+    // libpq's `prefer-standby` is not one tokio-postgres knows: a typed error when the URL is read.
+    let err =
+        PgConfig::server("postgres://app@db/app?target_session_attrs=prefer-standby").unwrap_err();
+    assert_eq!(err.field(), "url");
+}

@@ -12,6 +12,10 @@ use crate::sync::read;
 /// One open shared connection.
 pub(super) struct Conn {
     pub(super) client: Client,
+    /// The host (`host:port`) it was made to.
+    pub(super) host: Arc<str>,
+    /// What its errors call it: its host among several (`host (of URL)`), or the URL.
+    pub(super) named: String,
     /// Statements prepared on this connection, by SQL text, bounded (see [`crate::cache`]).
     pub(super) statements: SqlCache<Statement>,
     pub(super) expires_at: Option<Instant>,

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use deadpool_postgres::Connect;
 use rampart_layers::Classification;
 use rampart_layers::backoff::{Backoff, Exponential, Jitter};
 use rampart_layers::rng::SplitMix64;
@@ -21,6 +20,7 @@ use super::stats::bump;
 use crate::cache::SqlCache;
 use crate::error::{Error, ErrorKind};
 use crate::outcome::connect_failed;
+use crate::pool::host_of;
 use crate::sync::write;
 
 /// The wait between failed connects of one slot.
@@ -64,29 +64,34 @@ impl Mux {
             .get_connect_timeout()
             .map_or(Duration::from_secs(30), |t| *t + Duration::from_secs(1));
         let connecting = async {
-            let (client, _task) = self
+            let connected = self
                 .connector
-                .connect(self.pg.pg_config())
+                .connect_to(self.pg.pg_config())
                 .await
-                .map_err(|e| connect_failed(e, &self.server))?;
+                .map_err(|r| connect_failed(r.error, &host_of(&r.host, &self.server)))?;
+            let named = host_of(&connected.host, &self.server);
             let ms = self.statement_timeout.as_millis().max(1);
-            client
+            connected
+                .client
                 .simple_query(&format!("SET statement_timeout = {ms}"))
                 .await
-                .map_err(|e| connect_failed(e, &self.server))?;
-            Ok(client)
+                .map_err(|e| connect_failed(e, &named))?;
+            Ok((connected.client, connected.host, named))
         };
-        let client = tokio::time::timeout(limit, connecting)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Connect,
-                    Classification::Transient,
-                    format!("could not connect to {}: timed out", self.server),
-                )
-            })??;
+        let (client, host, named) =
+            tokio::time::timeout(limit, connecting)
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        Classification::Transient,
+                        format!("timed out (could not connect to {})", self.server),
+                    )
+                })??;
         Ok(Conn {
             client,
+            host,
+            named,
             statements: SqlCache::default(),
             expires_at: self.pool.expiry(&self.rng),
         })

@@ -31,7 +31,7 @@ use self::stats::{Counters, bump};
 use crate::config::{PgConfig, PoolerMode};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec;
-use crate::outcome::{Link, Stage, cut_leaves_outcome_unknown, failure};
+use crate::outcome::{Link, Stage, cut_leaves_outcome_unknown, failure, takes_no_writes};
 use crate::pool::PoolConfig;
 use crate::query::{Query, Response};
 use crate::session::Effect;
@@ -181,6 +181,17 @@ impl Mux {
     /// The slot to send the next request to: the least-loaded ready one that is neither full nor stalled;
     /// `None` if none can take it (the request then goes to the pool, which a stall on a shared
     /// connection does not hold up). Starts connecting empty slots it passes.
+    /// A statement on a shared connection to `host` met `25006`: that server no longer takes writes (a
+    /// failover demoted it). Every shared connection to it is replaced; new ones go through
+    /// `target_session_attrs` to the server that takes writes now.
+    fn server_takes_no_writes(&self, host: &str) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            if let Some(conn) = slot.current().filter(|c| &*c.host == host) {
+                self.lost(index, &conn, "its server no longer takes writes (25006)");
+            }
+        }
+    }
+
     fn pick(&self, now_ms: u64) -> Option<usize> {
         // Always scanned from the first: at low concurrency the same connection takes every request and
         // its server process stays warm (alternating between idle connections costs a wake-up of a cold
@@ -278,7 +289,7 @@ impl Mux {
                     statement
                 }
                 Err(e) => {
-                    let failed = failure(e, Stage::NotSent, self.link(), &self.server);
+                    let failed = failure(e, Stage::NotSent, self.link(), &conn.named);
                     if failed.gone {
                         self.lost(index, conn, "lost while preparing");
                         return Tried::NotSent;
@@ -312,8 +323,10 @@ impl Mux {
                 Ok(response)
             }
             Err(e) => {
-                let failed = failure(e, Stage::Sent, self.link(), &self.server);
-                if failed.gone {
+                let failed = failure(e, Stage::Sent, self.link(), &conn.named);
+                if takes_no_writes(&failed.error) {
+                    self.server_takes_no_writes(&conn.host);
+                } else if failed.gone {
                     self.lost(index, conn, "lost with requests in flight");
                 } else {
                     slot.progress(self.now_ms());

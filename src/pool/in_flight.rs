@@ -1,7 +1,7 @@
 //! A connection in use by one request, and what becomes of it when the request ends.
 
 use crate::error::Error;
-use crate::outcome::{Link, Stage, failure};
+use crate::outcome::{Failure, Link, Stage, failure, takes_no_writes};
 
 use super::{Pool, PooledConn};
 
@@ -63,11 +63,7 @@ impl InFlight {
                 self.release(false);
                 Ok(value)
             }
-            Err(e) => {
-                let failed = failure(e, stage, Link::Own, self.pool.server());
-                self.release(failed.gone);
-                Err(failed.error)
-            }
+            Err(e) => Err(self.fail(e, stage)),
         }
     }
 }
@@ -86,8 +82,25 @@ impl InFlight {
         stage: Stage,
         discard: bool,
     ) -> Error {
-        let failed = failure(err, stage, Link::Own, self.pool.server());
-        self.release(failed.gone || discard);
+        let host = self
+            .conn
+            .as_ref()
+            .map(|c| super::host_of(c.host(), self.pool.server()))
+            .unwrap_or_else(|| self.pool.server().to_owned());
+        let mut failed = failure(err, stage, Link::Own, &host);
+        failed.gone |= discard;
+        self.settle(failed)
+    }
+
+    /// Releases the connection as `failed` says, and tells the pool when its server no longer takes
+    /// writes (every connection to it must go, not only this one).
+    fn settle(self, failed: Failure) -> Error {
+        if takes_no_writes(&failed.error)
+            && let Some(conn) = &self.conn
+        {
+            self.pool.server_takes_no_writes(conn.host());
+        }
+        self.release(failed.gone);
         failed.error
     }
 }

@@ -11,6 +11,9 @@ use tokio::time::Instant;
 use tokio_postgres::{GenericClient, Statement};
 
 use crate::cache::SqlCache;
+use crate::error::Error;
+use crate::outcome::connect_failed;
+use crate::tls::{Connected, Connector, Refused};
 
 use super::config::PoolConfig;
 use super::stats::{Counters, bump};
@@ -19,11 +22,15 @@ use super::suspect::{Suspicion, Verdict};
 /// One pooled connection: deadpool-postgres's client (with its statement cache) and what rampart tracks.
 pub(crate) struct PgConn {
     client: ClientWrapper,
+    /// The host (`host:port`) it was made to: one of several when the URL names a primary and standbys.
+    host: Arc<str>,
     /// Statements prepared on this connection, bounded (see [`crate::cache`]): deadpool-postgres's own
     /// cache keeps every text ever prepared, so SQL built with inlined values grows a backend without
     /// limit.
     statements: SqlCache<Statement>,
     last_ok: Option<Instant>,
+    /// When it was made: a connection made before a write was refused with `25006` is retired.
+    pub(super) created_at: Instant,
     pub(super) expires_at: Option<Instant>,
     statement_timeout_ms: u64,
     /// The session's `idle_in_transaction_session_timeout` was set for marked writes.
@@ -44,6 +51,11 @@ impl PgConn {
     /// The tokio-postgres client.
     pub(crate) fn client(&self) -> &ClientWrapper {
         &self.client
+    }
+
+    /// The host it was made to, `host:port`: what its errors name.
+    pub(crate) fn host(&self) -> &Arc<str> {
+        &self.host
     }
 
     /// The client, mutably (to start a transaction), and the statement cache beside it.
@@ -100,9 +112,22 @@ pub(crate) async fn prepare_cached<C: GenericClient>(
     Ok(statement)
 }
 
+/// How errors name a host of `server` (the redacted URL): `host (of URL)` when the URL names several,
+/// the URL alone when it names one.
+pub(crate) fn host_of(host: &str, server: &str) -> String {
+    if host.is_empty() || !server.contains(',') {
+        server.to_owned()
+    } else {
+        format!("{host} (of {server})")
+    }
+}
+
 /// The deadpool manager: deadpool-postgres's, plus validation, lifetime and counters.
 pub(crate) struct Manager {
     pub(super) inner: deadpool_postgres::Manager,
+    /// Connects one host at a time, so each connection knows its host (`tls/connector.rs`).
+    pub(super) connector: Connector,
+    pub(super) pg: tokio_postgres::Config,
     pub(super) config: PoolConfig,
     pub(super) server: String,
     pub(super) counters: Arc<Counters>,
@@ -126,40 +151,51 @@ impl Manager {
 
 impl managed::Manager for Manager {
     type Type = PgConn;
-    type Error = tokio_postgres::Error;
+    /// Converted where it is made, naming the host that answered.
+    type Error = Error;
 
-    async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
-        match managed::Manager::create(&self.inner).await {
-            Ok(client) => {
+    async fn create(&self) -> Result<PgConn, Error> {
+        match self.connector.connect_to(&self.pg).await {
+            Ok(Connected { client, task, host }) => {
                 bump(&self.counters.created);
-                tracing::info!(target: "rampart::pool", server = %self.server, "connection created");
+                *crate::sync::lock(&self.counters.latest_host) = Some(host.clone());
+                tracing::info!(target: "rampart::pool", server = %self.server, host = %host, "connection created");
                 Ok(PgConn {
-                    client,
+                    client: ClientWrapper::new(client, task),
+                    host,
                     statements: SqlCache::default(),
                     last_ok: Some(Instant::now()),
+                    created_at: Instant::now(),
                     expires_at: self.expiry(),
                     statement_timeout_ms: 0,
                     idle_limit: false,
                 })
             }
-            Err(e) => {
+            Err(Refused { error, host }) => {
                 bump(&self.counters.connect_failures);
-                tracing::info!(target: "rampart::pool", server = %self.server, error = %e, "connect failed");
-                Err(e)
+                let error = connect_failed(error, &host_of(&host, &self.server));
+                tracing::info!(target: "rampart::pool", server = %self.server, error = %error, "connect failed");
+                Err(error)
             }
         }
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut PgConn,
-        _: &Metrics,
-    ) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(&self, conn: &mut PgConn, _: &Metrics) -> RecycleResult<Error> {
         if conn.client.is_closed() {
             bump(&self.counters.evicted_closed);
             self.suspicion.found_dead(conn.last_ok);
             tracing::info!(target: "rampart::pool", server = %self.server, "closed connection dropped");
             return Err(RecycleError::message("connection closed"));
+        }
+        if self.suspicion.retired(&conn.host, conn.created_at) {
+            bump(&self.counters.evicted_read_only);
+            tracing::info!(
+                target: "rampart::pool", server = %self.server,
+                "connection made before a write was refused as read-only (25006): dropped"
+            );
+            return Err(RecycleError::message(
+                "its server no longer takes writes (25006)",
+            ));
         }
         if conn.expires_at.is_some_and(|at| Instant::now() >= at) {
             bump(&self.counters.evicted_lifetime);

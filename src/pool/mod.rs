@@ -24,7 +24,7 @@ use rampart_layers::rng::SplitMix64;
 
 pub use self::config::{PoolConfig, PoolConfigBuilder};
 pub(crate) use self::in_flight::InFlight;
-pub(crate) use self::manager::prepare_cached;
+pub(crate) use self::manager::{host_of, prepare_cached};
 pub use self::stats::PoolStats;
 
 use self::manager::Manager;
@@ -127,6 +127,8 @@ impl Pool {
         );
         let manager = Manager {
             inner: inner_manager,
+            connector: connector.clone(),
+            pg: pg.pg_config().clone(),
             config: config.clone(),
             server: server.to_string(),
             counters: counters.clone(),
@@ -177,14 +179,18 @@ impl Pool {
     /// keepalives): for what does not belong on a pooled connection (`COPY`, `LISTEN`, a session you
     /// keep). Nothing rampart does applies to it; its type is [`crate::postgres::Client`].
     pub async fn dedicated_client(&self) -> Result<tokio_postgres::Client, Error> {
-        use deadpool_postgres::Connect;
-        let (client, _task) = self
+        match self
             .shared
             .connector
-            .connect(self.shared.pg.pg_config())
+            .connect_to(self.shared.pg.pg_config())
             .await
-            .map_err(|e| connect_failed(e, &self.shared.server))?;
-        Ok(client)
+        {
+            Ok(connected) => Ok(connected.client),
+            Err(refused) => Err(connect_failed(
+                refused.error,
+                &host_of(&refused.host, &self.shared.server),
+            )),
+        }
     }
 
     /// Checks out a connection, waiting at most the pool's wait timeout or `limit`, whichever is shorter
@@ -202,7 +208,7 @@ impl Pool {
             .map_err(|e| self.checkout_error(e, wait))
     }
 
-    fn checkout_error(&self, err: PoolError<tokio_postgres::Error>, waited: Duration) -> Error {
+    fn checkout_error(&self, err: PoolError<Error>, waited: Duration) -> Error {
         match err {
             PoolError::Timeout(TimeoutType::Wait) => {
                 bump(&self.shared.counters.checkout_timeouts);
@@ -223,9 +229,9 @@ impl Pool {
             PoolError::Timeout(_) => Error::new(
                 ErrorKind::Connect,
                 Classification::Transient,
-                format!("could not connect to {}: timed out", self.shared.server),
+                format!("timed out (could not connect to {})", self.shared.server),
             ),
-            PoolError::Backend(e) => connect_failed(e, &self.shared.server),
+            PoolError::Backend(e) => e,
             PoolError::Closed => Error::new(
                 ErrorKind::PoolClosed,
                 Classification::Permanent,
@@ -252,6 +258,28 @@ impl Pool {
     pub(crate) fn discard_dead(&self, conn: PooledConn) {
         self.shared.suspicion.found_dead(conn.last_ok());
         self.discard(conn);
+    }
+
+    /// A request on a connection of this pool to `host` met `25006`: that server no longer takes writes
+    /// (a failover demoted it). Every connection to it made until now goes: the idle ones are closed now,
+    /// those in use when next checked out (see `suspect.rs`), and new ones are made through
+    /// `target_session_attrs` (or a writer endpoint's DNS name) to the server that takes writes now.
+    pub(crate) fn server_takes_no_writes(&self, host: &Arc<str>) {
+        let suspicion = &self.shared.suspicion;
+        suspicion.found_read_only(host);
+        let counters = &self.shared.counters;
+        self.inner.retain(|conn, _| {
+            let keep = !suspicion.retired(conn.host(), conn.created_at);
+            if !keep {
+                bump(&counters.evicted_read_only);
+            }
+            keep
+        });
+        tracing::warn!(
+            target: "rampart::pool", server = %self.shared.server, host = %host,
+            "a write was refused as read-only (25006): the host no longer takes writes; \
+             dropping every connection to it and reconnecting"
+        );
     }
 
     /// Asks the server to cancel whatever `token`'s connection is running, in the background: for a
@@ -282,6 +310,14 @@ impl Pool {
     /// The server, with the password redacted.
     pub fn server(&self) -> &str {
         &self.shared.server
+    }
+
+    /// The host (`host:port`) the latest connection was made to, if one was: for a URL naming a primary
+    /// and its standbys with `target_session_attrs=read-write`, the server that takes writes.
+    pub fn latest_host(&self) -> Option<String> {
+        crate::sync::lock(&self.shared.counters.latest_host)
+            .as_deref()
+            .map(str::to_owned)
     }
 
     /// The connection settings.

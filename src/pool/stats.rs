@@ -15,8 +15,11 @@ pub(super) struct Counters {
     pub(super) evicted_suspect: AtomicU64,
     pub(super) evicted_lifetime: AtomicU64,
     pub(super) evicted_idle: AtomicU64,
+    pub(super) evicted_read_only: AtomicU64,
     pub(super) discarded: AtomicU64,
     pub(super) checkout_timeouts: AtomicU64,
+    /// The host (`host:port`) the latest connection was made to.
+    pub(super) latest_host: std::sync::Mutex<Option<std::sync::Arc<str>>>,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
@@ -57,6 +60,10 @@ pub struct PoolStats {
     pub evicted_lifetime: u64,
     /// Connections closed by the background task after sitting idle.
     pub evicted_idle: u64,
+    /// Connections dropped because their server no longer takes writes: one request met `25006`
+    /// (read-only transaction) on a connection as old (a failover demoted the writer, or left it a
+    /// standby), so every connection made before then is on a server that refuses writes.
+    pub evicted_read_only: u64,
     /// Connections discarded after a request on them was abandoned or failed with the link.
     pub discarded: u64,
     /// Checkouts that gave up waiting for a free connection.
@@ -82,6 +89,7 @@ impl Counters {
             evicted_suspect: load(&self.evicted_suspect),
             evicted_lifetime: load(&self.evicted_lifetime),
             evicted_idle: load(&self.evicted_idle),
+            evicted_read_only: load(&self.evicted_read_only),
             discarded: load(&self.discarded),
             checkout_timeouts: load(&self.checkout_timeouts),
         }

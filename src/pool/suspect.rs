@@ -10,11 +10,20 @@
 //! black-holed link would cost the whole check timeout, one after another.
 //!
 //! A connection that was used successfully after the thresholds is trusted again; a new one always is.
+//!
+//! A request that meets `25006` (read-only transaction) says something of another kind: its *server* no
+//! longer takes writes (a failover demoted it, or left it a standby). Every connection to that host made
+//! before then is on it, and no check at checkout would find out (it answers reads), so each is
+//! *retired*: dropped at checkout, and at once if idle. New connections go through `target_session_attrs` (or the
+//! DNS name a managed writer endpoint moves) to the server that takes writes now.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::sync::lock;
 
 /// What the pool believes about an idle connection, from its last successful use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +44,8 @@ pub(super) struct Suspicion {
     margin: Duration,
     suspect_until: AtomicU64,
     doomed_until: AtomicU64,
+    /// Hosts that refused a write, each with the moment: connections to it made no later are retired.
+    retired: Mutex<Vec<(Arc<str>, u64)>>,
 }
 
 impl Suspicion {
@@ -44,6 +55,7 @@ impl Suspicion {
             margin,
             suspect_until: AtomicU64::new(0),
             doomed_until: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -74,6 +86,26 @@ impl Suspicion {
         let at = self.threshold(last_ok);
         self.suspect_until.fetch_max(at, Ordering::Relaxed);
         self.doomed_until.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// A request on a connection to `host` met `25006` now: every connection to it made until now is
+    /// retired.
+    pub(super) fn found_read_only(&self, host: &Arc<str>) {
+        let now = self.encode(Instant::now());
+        let mut retired = lock(&self.retired);
+        match retired.iter_mut().find(|(h, _)| h == host) {
+            Some((_, at)) => *at = (*at).max(now),
+            None => retired.push((host.clone(), now)),
+        }
+    }
+
+    /// Whether a connection to `host` made at `created_at` is retired (see
+    /// [`found_read_only`](Self::found_read_only)).
+    pub(super) fn retired(&self, host: &str, created_at: Instant) -> bool {
+        let made = self.encode(created_at);
+        lock(&self.retired)
+            .iter()
+            .any(|(h, at)| &**h == host && made <= *at)
     }
 
     /// What to do with an idle connection last used successfully at `last_ok` (`None`: never).
@@ -117,6 +149,28 @@ mod tests {
         s.found_black_holed(Some(old));
         assert_eq!(s.verdict(Some(younger)), Verdict::Doomed);
         assert_eq!(s.verdict(Some(fresh)), Verdict::Trusted);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_retires_every_connection_to_its_host_made_until_then() {
+        let s = Suspicion::new(Duration::from_millis(500));
+        let old = Instant::now();
+        let demoted: Arc<str> = "a:5432".into();
+        assert!(!s.retired("a:5432", old));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        s.found_read_only(&demoted);
+        assert!(s.retired("a:5432", old));
+        assert!(!s.retired("b:5432", old), "another host's connections stay");
+        assert_eq!(
+            s.verdict(Some(old)),
+            Verdict::Trusted,
+            "retirement is not suspicion"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !s.retired("a:5432", Instant::now()),
+            "a connection made since is trusted"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -110,6 +110,10 @@ pub struct Db {
     pub(super) record_statements: bool,
     /// The stack's retry policy, for streamed reads (which retry only until their first row).
     pub(super) stream_policy: Arc<RetryPolicy<PgClassifier, Exponential>>,
+    /// The replicas' pool, if reads go to replicas ([`StackBuilder::replicas`](super::StackBuilder::replicas)).
+    pub(super) replica_pool: Option<Pool>,
+    /// The replicas' own breaker.
+    pub(super) replica_breaker: Option<BreakerHandle>,
 }
 
 impl fmt::Debug for Db {
@@ -130,6 +134,18 @@ impl Db {
     /// The current pool.
     pub fn pool(&self) -> Pool {
         self.service().pool().clone()
+    }
+
+    /// The replicas' pool, if the stack sends reads to replicas
+    /// ([`StackBuilder::replicas`](super::StackBuilder::replicas)): its statistics, its server.
+    pub fn replica_pool(&self) -> Option<&Pool> {
+        self.replica_pool.as_ref()
+    }
+
+    fn replica(&self) -> Option<(&Pool, Option<&BreakerHandle>)> {
+        self.replica_pool
+            .as_ref()
+            .map(|pool| (pool, self.replica_breaker.as_ref()))
     }
 
     /// The circuit breaker's handle (to read its state or force it), if the stack has one.
@@ -181,6 +197,7 @@ impl Db {
             self.breaker.as_ref(),
             probe,
             false,
+            self.replica(),
         )
         .await
     }
@@ -194,6 +211,7 @@ impl Db {
             self.breaker.as_ref(),
             Some(probe),
             true,
+            self.replica(),
         )
         .await
     }

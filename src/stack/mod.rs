@@ -13,22 +13,25 @@ use rampart_layers::recreate::{Recreate, RecreateConfig};
 use rampart_layers::retry::backoff::{Exponential, Jitter};
 use rampart_layers::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use tower::util::{BoxCloneSyncService, Either};
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 
 use crate::classify::{BreakerClassifier, LostPooledLinks, PgClassifier};
 use crate::config::{PgConfig, PoolerMode, Preset};
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::health::Outcomes;
 use crate::mux::MuxConfig;
+use crate::outcome::met_a_standby;
 use crate::pool::PoolConfig;
 
 mod db;
+mod replica;
 mod request;
 mod settle;
 mod slow;
 
 pub use self::db::{Db, DbFuture};
 use self::db::{Services, new_service};
+use self::replica::{ReplicaService, Replicated};
 use self::request::RequestScope;
 use self::settle::{Attempt, Resolver, Settle};
 use self::slow::ServerCut;
@@ -51,6 +54,8 @@ pub struct StackBuilder {
     recreate_after: Option<u32>,
     mux: Option<MuxConfig>,
     resolve: bool,
+    /// Replica hosts for reads ([`StackBuilder::replicas`]).
+    replicas: Option<Result<PgConfig, ConfigError>>,
 }
 
 impl fmt::Debug for StackBuilder {
@@ -105,7 +110,7 @@ impl fmt::Debug for StackBuilder {
 /// | overall deadline | 10 s | 30 s (a cold start can take seconds) |
 /// | per-attempt timeout | 3 s | 15 s (covers a cold connect) |
 /// | attempts | a failed connect (refused, `57P03` starting up, too many connections): until the deadline (the retry budget and the breaker bound them); any other failure: 4; a statement the server cut at the attempt timeout: 2 ([`slow_statement_retries`](StackBuilder::slow_statement_retries)) | same |
-/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect | 100 ms doubling to 5 s, full jitter; same exceptions |
+/// | backoff | 50 ms doubling to 2 s, full jitter; none after a pooled link lost under the first attempt; at most 500 ms after a failed connect, 50 ms after a connect that found only standbys (`target_session_attrs=read-write` during a failover) | 100 ms doubling to 5 s, full jitter; same exceptions |
 /// | breaker | opens at 50% failures over the last 10 s (at least 20 calls), 1 s open (constant, so it closes within about a second of the database answering again), 3 probes | same |
 /// | recreate | after 8 consecutive lost pooled links | same |
 /// | pool idle timeout | 10 min (TCP keepalives every 30 s keep NAT and load-balancer flows alive: AWS NLB forgets after 350 s, Azure LB after 4 min) | 3 min, swept every 30 s: under Azure LB's 4 min, AWS NLB's 350 s and Neon's 5 min suspend, so a suspend finds no connection to leave stale |
@@ -205,6 +210,12 @@ impl<Res> rampart_layers::classify::Classify<Res, BoxError> for RetryClassifier 
 /// this long of its listening again, whatever the schedule's cap.
 const CONNECT_RETRY_CAP: Duration = Duration::from_millis(500);
 
+/// The longest wait before retrying a connect that found only servers of the wrong kind for
+/// `target_session_attrs` (a standby where a writer is wanted): a failover is under way, and the writer
+/// takes connections the moment it is promoted, so the first write lands within this of it. The
+/// breaker bounds what a long failover costs (it opens on the failed connects, then probes).
+const FAILOVER_RETRY_CAP: Duration = Duration::from_millis(50);
+
 /// The wait before a retry, where the error says better than the schedule (the retry layer's
 /// `delay_generator`): none after a pooled connection lost under the first attempt (that connection
 /// failed, not the database: the next attempt takes one the pool has checked, or a new one), and at most
@@ -216,6 +227,7 @@ fn retry_delay(event: &rampart_layers::retry::RetryEvent<'_>) -> Option<Duration
         ErrorKind::ConnectionLost if !error.is_on_shared_connection() && event.attempt() == 1 => {
             Some(Duration::ZERO)
         }
+        ErrorKind::Connect if met_a_standby(error) => Some(event.delay().min(FAILOVER_RETRY_CAP)),
         ErrorKind::Connect => Some(event.delay().min(CONNECT_RETRY_CAP)),
         _ => None,
     }
@@ -237,20 +249,7 @@ impl StackBuilder {
                 exponential(50, 2_000),
             )
         };
-        let breaker = BreakerConfig::builder()
-            .name(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default())
-            .failure_rate(0.5)
-            .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
-            .minimum_calls(20)
-            // Constant and short: a database that is restarting is back within seconds, and a doubling
-            // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
-            // three probes a second.
-            .wait_in_open(Duration::from_secs(1))
-            .wait_multiplier(1.0)
-            .max_wait_in_open(Duration::from_secs(1))
-            .half_open_calls(3)
-            .build()
-            .expect("constant breaker settings are valid");
+        let breaker = default_breaker(pg.as_ref().map(|c| c.redacted_url()).unwrap_or_default());
         let pool = if serverless {
             serverless_pool()
         } else {
@@ -276,7 +275,63 @@ impl StackBuilder {
             recreate_after: Some(8),
             mux: None,
             resolve: true,
+            replicas: None,
         }
+    }
+}
+
+/// The stacks' breaker, named `name` (see the table in the [`Stack`] docs).
+fn default_breaker(name: String) -> BreakerConfig {
+    BreakerConfig::builder()
+        .name(name)
+        .failure_rate(0.5)
+        .sliding_window(SlidingWindow::time(Duration::from_secs(10)))
+        .minimum_calls(20)
+        // Constant and short: a database that is restarting is back within seconds, and a doubling
+        // wait (2 → 4 → 8 → 16 s) kept callers refused long after it answered. A long outage costs
+        // three probes a second.
+        .wait_in_open(Duration::from_secs(1))
+        .wait_multiplier(1.0)
+        .max_wait_in_open(Duration::from_secs(1))
+        .half_open_calls(3)
+        .build()
+        .expect("constant breaker settings are valid")
+}
+
+impl StackBuilder {
+    /// Sends [`Query::read`](crate::Query::read)s to replicas: `url` names the replica hosts (one, or
+    /// several tried in turn; add `load_balance_hosts=random` to spread connections over them, or
+    /// `target_session_attrs=read-only` to take only standbys), with the primary's preset. Writes,
+    /// reads marked [`Query::primary`](crate::Query::primary) (to see the caller's own writes: a replica
+    /// lags), transactions and streams go to the primary. A read the replica fails (down, refusing, too
+    /// slow) is sent to the primary in the same attempt; the replicas have a circuit breaker of their
+    /// own, with the stack's default settings, so once a dead replica has opened it reads go straight
+    /// to the primary until it answers again. The replica pool has the primary's pool settings and is
+    /// not multiplexed. A bad URL fails [`build`](Self::build) naming `replicas`.
+    ///
+    /// ```no_run
+    /// use rampart::Stack;
+    /// # fn demo() -> Result<(), rampart::ConfigError> {
+    /// let db = Stack::server("postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write")
+    ///     .replicas("postgres://app@db-b:5432,db-c:5432/app?load_balance_hosts=random")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicas(mut self, url: &str) -> Self {
+        let preset = self
+            .pg
+            .as_ref()
+            .map(|c| c.preset())
+            .unwrap_or(Preset::Server);
+        let config = match preset {
+            Preset::Serverless => PgConfig::serverless(url),
+            _ => PgConfig::server(url),
+        };
+        self.replicas =
+            Some(config.map_err(|e| {
+                ConfigError::new("replicas", format!("{}: {}", e.field(), e.reason()))
+            }));
+        self
     }
 
     /// Multiplexes independent statements over a few shared connections instead of giving each its own
@@ -457,6 +512,29 @@ impl StackBuilder {
             ),
         };
 
+        // Reads to the replicas, under their own breaker; everything else to the primary.
+        let replica_pool = match self.replicas {
+            Some(replicas) => Some(crate::Pool::new(replicas?, self.pool.clone())?),
+            None => None,
+        };
+        let mut replica_breaker = None;
+        let bottom = match &replica_pool {
+            Some(pool) => {
+                let service = crate::PgService::new(pool.clone())
+                    .map_err(BoxError::from as fn(Error) -> BoxError);
+                let replica: ReplicaService = if self.breaker.is_some() {
+                    let layer = CircuitBreakerLayer::new(default_breaker(pool.server().to_owned()))
+                        .with_classifier(BreakerClassifier);
+                    replica_breaker = Some(layer.handle());
+                    BoxCloneSyncService::new(layer.layer(service))
+                } else {
+                    BoxCloneSyncService::new(service)
+                };
+                Either::Left(Replicated::new(bottom, replica))
+            }
+            None => Either::Right(bottom),
+        };
+
         let breaker_layer = self
             .breaker
             .map(|c| CircuitBreakerLayer::new(c).with_classifier(BreakerClassifier));
@@ -501,6 +579,8 @@ impl StackBuilder {
             deadline: self.deadline,
             record_statements: false,
             stream_policy,
+            replica_pool,
+            replica_breaker,
         })
     }
 }

@@ -312,7 +312,7 @@ impl ClusterBuilder {
         cp.arg("-a").arg(&template).arg(&data);
         run(cp, "copying the template cluster")?;
         if !self.hba.is_empty() {
-            let mut hba = String::from("local all all trust\n");
+            let mut hba = String::from("local all all trust\nlocal replication all trust\n");
             for line in &self.hba {
                 hba.push_str(line);
                 hba.push('\n');
@@ -321,7 +321,7 @@ impl ClusterBuilder {
                 .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
         } else if self.password.is_some() {
             // Local (socket) connections stay trusted, for the harness itself; TCP needs the password.
-            let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+            let hba = "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
             std::fs::write(data.join("pg_hba.conf"), hba)
                 .map_err(|e| HarnessError::io("writing pg_hba.conf", e))?;
         }
@@ -436,6 +436,27 @@ impl Cluster {
             Some(pw) => format!("postgres://postgres:{pw}@{addr}/postgres"),
             None => format!("postgres://postgres@{addr}/postgres"),
         }
+    }
+
+    /// One URL naming every cluster of `clusters` as a host, in order, with `params` as its query (such
+    /// as `target_session_attrs=read-write`): what an application is given for a primary and its
+    /// standbys. The password is the first cluster's (a standby has its primary's).
+    pub fn url_of_all(clusters: &[&Cluster], params: &str) -> String {
+        let hosts = clusters
+            .iter()
+            .map(|c| c.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let auth = match clusters.first().and_then(|c| c.password.as_deref()) {
+            Some(pw) => format!("postgres:{pw}"),
+            None => "postgres".to_owned(),
+        };
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{params}")
+        };
+        format!("postgres://{auth}@{hosts}/postgres{query}")
     }
 
     /// The same URL with another host name in it, for TLS tests: `postgres://postgres@{host}:{port}/postgres`.
@@ -587,6 +608,144 @@ impl Cluster {
     pub async fn restart(&self) -> Result<(), HarnessError> {
         self.stop()?;
         self.start().await
+    }
+
+    /// A hot standby of this cluster, streaming from it: a base backup (`pg_basebackup -R`, through
+    /// the primary's Unix socket, so it works whatever the TCP rules say) started on a port of its own
+    /// with the same settings and password. It answers reads and refuses writes (`25006`) until
+    /// [`promote`](Self::promote)d; if the primary is [kill](Self::kill)ed, it keeps its data up to the
+    /// last record it received.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), rampart::testing::HarnessError> {
+    /// let primary = rampart::testing::Cluster::new().await?;
+    /// let standby = primary.standby().await?;
+    /// let url = format!(
+    ///     "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=postgres target_session_attrs=read-write",
+    ///     primary.port(),
+    ///     standby.port()
+    /// );
+    /// primary.kill()?; // a crash
+    /// standby.promote().await?; // the failover
+    /// # let _ = url; Ok(()) }
+    /// ```
+    pub async fn standby(&self) -> Result<Cluster, HarnessError> {
+        if !self.is_running() {
+            return Err(HarnessError::new(
+                "a standby needs a running primary to take its base backup from",
+            ));
+        }
+        let dir = owned_temp_dir(self.user)?;
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| HarnessError::io("recording the cluster's owner", e))?;
+        let data = dir.path().join("data");
+        let mut backup = command(&self.bin.join("pg_basebackup"), self.user);
+        backup
+            .arg("-h")
+            .arg(self.dir.path())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args([
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--checkpoint=fast",
+                "--wal-method=stream",
+                "--write-recovery-conf",
+                "-D",
+            ])
+            .arg(&data);
+        run(backup, "pg_basebackup")?;
+        let standby = Cluster {
+            bin: self.bin.clone(),
+            user: self.user,
+            port: free_port()?,
+            settings: self.settings.clone(),
+            password: self.password.clone(),
+            data,
+            process: Process::default(),
+            dir,
+        };
+        standby.start().await?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_promote`), and returns within about a millisecond of its
+    /// leaving recovery (it takes writes from then): the moment to time a failover from. (`pg_ctl
+    /// promote -w` and `pg_promote(true)` notice only at their next 100 ms poll.)
+    pub async fn promote(&self) -> Result<(), HarnessError> {
+        let admin = self.socket_client().await?;
+        let failed = |e: tokio_postgres::Error| {
+            let cause = e
+                .as_db_error()
+                .map_or(e.to_string(), |db| db.message().to_owned());
+            HarnessError::new(format!("promoting the standby failed: {cause}"))
+        };
+        admin
+            .execute("SELECT pg_promote(false)", &[])
+            .await
+            .map_err(failed)?;
+        let started = std::time::Instant::now();
+        loop {
+            let row = admin
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(failed)?;
+            if !row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(HarnessError::new(format!(
+                    "the standby did not leave recovery within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    self.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub async fn is_in_recovery(&self) -> Result<bool, HarnessError> {
+        let admin = self.socket_client().await?;
+        admin
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map(|row| row.get(0))
+            .map_err(|e| HarnessError::new(format!("asking whether the server is a standby: {e}")))
+    }
+
+    /// Makes the server refuse writes while it goes on answering reads, as a demoted writer does
+    /// (Aurora's old writer after a failover): `default_transaction_read_only` is set for the whole
+    /// server and the configuration reloaded, so every session, the open ones included from their next
+    /// statement, fails a write with `25006` (read-only transaction) and tells a `target_session_attrs`
+    /// check it is read-only. `false` undoes it.
+    pub async fn set_read_only(&self, read_only: bool) -> Result<(), HarnessError> {
+        let admin = self.socket_client().await?;
+        let value = if read_only { "on" } else { "off" };
+        // Two statements: ALTER SYSTEM may not run inside the implicit transaction of a batch.
+        for sql in [
+            format!("ALTER SYSTEM SET default_transaction_read_only = {value}"),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.batch_execute(&sql).await.map_err(|e| {
+                let cause = e
+                    .as_db_error()
+                    .map_or(e.to_string(), |db| db.message().to_owned());
+                HarnessError::new(format!("`{sql}` failed: {cause}"))
+            })?;
+        }
+        // The reload reaches the backends asynchronously: wait until a new session sees it.
+        super::until_async("the server's read-only setting takes effect", || async {
+            match self.socket_client().await {
+                Ok(client) => client
+                    .query_one("SHOW default_transaction_read_only", &[])
+                    .await
+                    .is_ok_and(|row| row.get::<_, String>(0) == value),
+                Err(_) => false,
+            }
+        })
+        .await;
+        Ok(())
     }
 }
 

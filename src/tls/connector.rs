@@ -14,7 +14,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::classify::{DirectTlsRefused, rustls_cause};
 use crate::ConfigError;
-use crate::config::{PgConfig, TlsMode, TlsNegotiation};
+use crate::config::{PgConfig, TlsMode, TlsNegotiation, one_by_one};
 
 /// deadpool-postgres's connect hook: plain text or rustls, with libpq's second attempt for `allow` and
 /// `prefer`, and the connection task spawned with a log line when it ends in error.
@@ -138,6 +138,91 @@ fn handshake_failed(err: &tokio_postgres::Error) -> bool {
         || rustls_cause(err).is_some()
 }
 
+/// A connection made, and the host (`host:port`) it was made to.
+pub(crate) struct Connected {
+    pub(crate) client: Client,
+    pub(crate) task: JoinHandle<()>,
+    pub(crate) host: Arc<str>,
+}
+
+/// A connect that failed on every host, and the host whose failure explains it.
+pub(crate) struct Refused {
+    pub(crate) error: tokio_postgres::Error,
+    pub(crate) host: String,
+}
+
+impl Connector {
+    /// Connects to the first of `pg`'s hosts that accepts the connection and passes its
+    /// `target_session_attrs` check, trying them in turn as libpq does, but one host at a time (see
+    /// `config/hosts.rs`), so the connection knows its host. When every host fails, the error is that
+    /// of the last host that *answered* (a server error, or a session of the wrong kind: a standby for
+    /// `read-write`), which says more than a refused connect to a host that is down; otherwise the last.
+    pub(crate) async fn connect_to(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> Result<Connected, Refused> {
+        let mut refused: Option<Refused> = None;
+        for one in one_by_one(pg) {
+            match self.connect_once(&one.config).await {
+                Ok((client, task)) => {
+                    return Ok(Connected {
+                        client,
+                        task,
+                        host: one.label.into(),
+                    });
+                }
+                Err(error) => {
+                    let answered = error.as_db_error().is_some() || wrong_kind_of_session(&error);
+                    let keep = refused.as_ref().is_none_or(|r| {
+                        answered
+                            || !(r.error.as_db_error().is_some() || wrong_kind_of_session(&r.error))
+                    });
+                    if keep {
+                        refused = Some(Refused {
+                            error,
+                            host: one.label,
+                        });
+                    }
+                }
+            }
+        }
+        match refused {
+            Some(refused) => Err(refused),
+            // A configuration without a host is refused when it is built; connect as tokio-postgres
+            // would, for its own error.
+            None => self
+                .connect_once(pg)
+                .await
+                .map(|(client, task)| Connected {
+                    client,
+                    task,
+                    host: "".into(),
+                })
+                .map_err(|error| Refused {
+                    error,
+                    host: String::new(),
+                }),
+        }
+    }
+}
+
+/// Whether a connect was refused because the server's session is not of the kind
+/// `target_session_attrs` asks for: a standby (or a read-only server) for `read-write`, a primary for
+/// `read-only`. tokio-postgres says so only in the message of an I/O error of kind `PermissionDenied`.
+pub(crate) fn wrong_kind_of_session(err: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            let message = io.to_string();
+            return io.kind() == std::io::ErrorKind::PermissionDenied
+                && (message.contains("does not allow writes")
+                    || message.contains("is not read only"));
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl Connect for Connector {
     fn connect(
         &self,
@@ -145,46 +230,60 @@ impl Connect for Connector {
     ) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
         let pg_config = pg_config.clone();
         Box::pin(async move {
-            let handshake = self.tls.clone().map(|inner| Handshake {
-                inner,
-                direct: self.direct,
-                done: Arc::new(AtomicBool::new(false)),
-            });
-            let tls = handshake.as_ref();
-            let tls_was_used = || {
-                handshake
-                    .as_ref()
-                    .is_some_and(|h| h.done.load(Ordering::Relaxed))
-            };
-            match self.mode {
-                TlsMode::Disable => connect_once(&pg_config, None, SslMode::Disable).await,
-                // libpq: plain text first; if the server answers with an error (a `hostssl`-only
-                // pg_hba.conf, say), once more with TLS.
-                TlsMode::Allow => match connect_once(&pg_config, None, SslMode::Disable).await {
-                    Err(e) if e.as_db_error().is_some() => {
-                        connect_once(&pg_config, tls, SslMode::Prefer).await
-                    }
-                    done => done,
-                },
-                // libpq: TLS if offered; if the handshake fails or the server answers the TLS
-                // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
-                // When that fails too, a TLS failure is the error that explains it.
-                TlsMode::Prefer => match connect_once(&pg_config, tls, SslMode::Prefer).await {
-                    Err(first)
-                        if handshake_failed(&first)
-                            || (first.as_db_error().is_some() && tls_was_used()) =>
-                    {
-                        match connect_once(&pg_config, None, SslMode::Disable).await {
-                            Err(_) if handshake_failed(&first) => Err(first),
-                            done => done,
-                        }
-                    }
-                    done => done,
-                },
-                TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
-                    connect_once(&pg_config, tls, SslMode::Require).await
-                }
-            }
+            self.connect_to(&pg_config)
+                .await
+                .map(|c| (c.client, c.task))
+                .map_err(|r| r.error)
         })
+    }
+}
+
+impl Connector {
+    /// Connects to the host `pg_config` names (or, given several, to the first that will do, as
+    /// tokio-postgres does), with libpq's TLS fallbacks for the `sslmode`.
+    async fn connect_once(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+        let handshake = self.tls.clone().map(|inner| Handshake {
+            inner,
+            direct: self.direct,
+            done: Arc::new(AtomicBool::new(false)),
+        });
+        let tls = handshake.as_ref();
+        let tls_was_used = || {
+            handshake
+                .as_ref()
+                .is_some_and(|h| h.done.load(Ordering::Relaxed))
+        };
+        match self.mode {
+            TlsMode::Disable => connect_once(pg_config, None, SslMode::Disable).await,
+            // libpq: plain text first; if the server answers with an error (a `hostssl`-only
+            // pg_hba.conf, say), once more with TLS.
+            TlsMode::Allow => match connect_once(pg_config, None, SslMode::Disable).await {
+                Err(e) if e.as_db_error().is_some() => {
+                    connect_once(pg_config, tls, SslMode::Prefer).await
+                }
+                done => done,
+            },
+            // libpq: TLS if offered; if the handshake fails or the server answers the TLS
+            // connection with an error (a `hostnossl`-only pg_hba.conf), once more in plain text.
+            // When that fails too, a TLS failure is the error that explains it.
+            TlsMode::Prefer => match connect_once(pg_config, tls, SslMode::Prefer).await {
+                Err(first)
+                    if handshake_failed(&first)
+                        || (first.as_db_error().is_some() && tls_was_used()) =>
+                {
+                    match connect_once(pg_config, None, SslMode::Disable).await {
+                        Err(_) if handshake_failed(&first) => Err(first),
+                        done => done,
+                    }
+                }
+                done => done,
+            },
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                connect_once(pg_config, tls, SslMode::Require).await
+            }
+        }
     }
 }

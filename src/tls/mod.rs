@@ -18,7 +18,7 @@ mod files;
 mod verify;
 
 pub(crate) use classify::classify_tls_failure;
-pub(crate) use connector::Connector;
+pub(crate) use connector::{Connected, Connector, Refused, wrong_kind_of_session};
 
 /// ring, chosen explicitly so that an application with another provider installed (or several) never
 /// makes rustls panic.

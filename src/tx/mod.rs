@@ -429,6 +429,15 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
                 }
             }
         };
+        // A write refused as read-only: the server was demoted, and every connection to it must go.
+        if outcome
+            .as_ref()
+            .err()
+            .is_some_and(crate::outcome::takes_no_writes)
+        {
+            let host = guard.conn().host().clone();
+            self.pool.server_takes_no_writes(&host);
+        }
         guard.release(gone);
         outcome
     }

@@ -344,3 +344,85 @@ async fn clusters_left_by_a_dead_test_process_are_reaped() {
     assert!(ours.exists(), "a live owner's cluster is kept");
     std::fs::remove_dir_all(&ours).unwrap();
 }
+
+#[tokio::test]
+async fn a_standby_streams_from_its_primary_and_takes_writes_once_promoted() {
+    let primary = Cluster::new().await.expect("primary");
+    let admin = connect(&primary.url()).await;
+    admin
+        .batch_execute("CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let standby = primary.standby().await.expect("standby");
+    assert_ne!(standby.port(), primary.port());
+    assert!(standby.is_in_recovery().await.unwrap());
+    assert!(!primary.is_in_recovery().await.unwrap());
+    admin
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    let replica = connect(&standby.url()).await;
+    let count = || async {
+        replica
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    rampart::testing::until_async("the standby has both rows", || async { count().await == 2 })
+        .await;
+    let refused = replica.execute("INSERT INTO t VALUES (3)", &[]).await;
+    assert_eq!(
+        refused.unwrap_err().code().map(|c| c.code()),
+        Some("25006"),
+        "a standby refuses writes"
+    );
+
+    // A multi-host URL with target_session_attrs finds the writer, whichever host comes first.
+    let url = Cluster::url_of_all(&[&standby, &primary], "target_session_attrs=read-write");
+    let writer = connect(&url).await;
+    writer
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+
+    primary.kill().unwrap();
+    standby.promote().await.unwrap();
+    assert!(!standby.is_in_recovery().await.unwrap());
+    replica
+        .execute("INSERT INTO t VALUES (4)", &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_server_answers_reads_and_refuses_writes_on_open_sessions() {
+    let cluster = Cluster::new().await.expect("cluster");
+    let client = connect(&cluster.url()).await;
+    client
+        .batch_execute("CREATE TABLE t (n int)")
+        .await
+        .unwrap();
+    cluster.set_read_only(true).await.unwrap();
+    // The open session sees the reload from its next statement.
+    rampart::testing::until_async("the open session refuses writes", || async {
+        client
+            .execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .is_err_and(|e| e.code().is_some_and(|c| c.code() == "25006"))
+    })
+    .await;
+    select_one(&client).await.expect("reads still work");
+    let url = format!("{}?target_session_attrs=read-write", cluster.url());
+    let rejected = tokio_postgres::connect(&url, NoTls).await;
+    assert!(rejected.is_err(), "a read-write session is refused");
+    cluster.set_read_only(false).await.unwrap();
+    let (writer, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("writable again");
+    tokio::spawn(connection);
+    writer
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
+}

@@ -15,8 +15,10 @@ mod s05_s09;
 mod s10_s14;
 mod s15_s19;
 
+mod failover;
 mod matrix;
 mod mux;
 mod outcomes;
+mod replicas;
 mod resolved;
 mod ride;
