@@ -232,7 +232,17 @@ pub(crate) async fn finish_marked(
     };
     in_flight.release(true);
     let marked = query.tracking().map(|t| t.marked()).unwrap_or_default();
-    let resolution = resolve(pool, marked.mark(), query.deadline(), LOOKUP_TRY).await;
+    if marked.mark().is_some() {
+        // COMMIT was sent: the server must be asked. That is left to the stack's attempt layer, above
+        // the attempt timeout, which has the request's whole deadline for it (this future runs under
+        // the attempt timeout, and the query's deadline here may be the attempt's).
+        return Err(Error::new(
+            ErrorKind::ConnectionLost,
+            Classification::Ambiguous,
+            lost,
+        ));
+    }
+    let resolution = resolve(pool, None, query.deadline(), LOOKUP_TRY).await;
     if let Some(tracking) = query.tracking() {
         tracking.resolved(resolution.label());
     }
@@ -370,6 +380,17 @@ async fn ask_until_answered(
     }
 }
 
+/// Whether a server error met by a lookup says "not now" rather than "cannot answer": the lookup is made
+/// again, within the deadline.
+fn asks_again(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|code| {
+        matches!(
+            crate::classify::classify_db(code, err),
+            Classification::Transient | Classification::Ambiguous
+        )
+    }) || connection_gone(err)
+}
+
 enum Answer {
     Final(Resolution),
     /// The old backend still runs the transaction; it has been told to terminate.
@@ -389,8 +410,9 @@ async fn ask(pool: &Pool, mark: &Mark) -> Result<Answer, Error> {
     let replies = match replies {
         Ok(replies) => replies,
         // A server error: an id "in the future" is one the server lost in a crash, and gave out again
-        // to no one yet.
-        Err(e) if e.code().is_some() => {
+        // to no one yet. One that says the server or a pooler cannot serve now (starting up, too many
+        // connections, PgBouncer's login retry) is asked again.
+        Err(e) if e.code().is_some() && !asks_again(&e) => {
             let message = e.as_db_error().map(|d| d.message().to_owned());
             in_flight.release(false);
             return Ok(Answer::Final(match message {

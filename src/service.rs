@@ -16,7 +16,7 @@ use crate::config::PoolerMode;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::exec::{self, statement_timeout_for};
 use crate::mux::{Mux, MuxConfig, MuxStats, Routed};
-use crate::outcome::{Stage, closed_before_send, connection_gone};
+use crate::outcome::{Stage, closed_before_send, connection_gone, takes_no_writes};
 use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 use crate::resolve::{self, MARKED_IDLE_LIMIT, Opening};
@@ -117,14 +117,22 @@ async fn run(pool: Pool, mux: Option<Arc<Mux>>, query: Query) -> Result<Response
     if let Some(refused) = refused(effect) {
         return Err(refused);
     }
-    let query = match mux {
-        Some(mux) => match mux.run(query, effect).await {
-            Routed::Done(result) => return result,
-            Routed::ToPool(query) => query,
-        },
-        None => query,
+    let Some(mux) = mux else {
+        return run_pooled(pool, query, effect).await;
     };
-    run_pooled(pool, query, effect).await
+    let query = match mux.run(query, effect).await {
+        Routed::Done(result) => return result,
+        Routed::ToPool(query) => query,
+    };
+    let result = run_pooled(pool.clone(), query, effect).await;
+    // A write the pool's server refused as read-only (plain writes run on the pool): the shared
+    // connections to that server go too, though their reads still pass.
+    if result.as_ref().err().is_some_and(takes_no_writes)
+        && let Some(host) = pool.last_read_only_host()
+    {
+        mux.server_takes_no_writes(&host);
+    }
+    result
 }
 
 /// The error for a statement `run` does not take: nothing is sent.

@@ -178,13 +178,10 @@ impl Mux {
         self.connect_in_background(index);
     }
 
-    /// The slot to send the next request to: the least-loaded ready one that is neither full nor stalled;
-    /// `None` if none can take it (the request then goes to the pool, which a stall on a shared
-    /// connection does not hold up). Starts connecting empty slots it passes.
-    /// A statement on a shared connection to `host` met `25006`: that server no longer takes writes (a
-    /// failover demoted it). Every shared connection to it is replaced; new ones go through
-    /// `target_session_attrs` to the server that takes writes now.
-    fn server_takes_no_writes(&self, host: &str) {
+    /// A statement on a connection to `host` (shared, or the pool's) met `25006`: that server no longer
+    /// takes writes (a failover demoted it). Every shared connection to it is replaced; new ones go
+    /// through `target_session_attrs` to the server that takes writes now.
+    pub(crate) fn server_takes_no_writes(&self, host: &str) {
         for (index, slot) in self.slots.iter().enumerate() {
             if let Some(conn) = slot.current().filter(|c| &*c.host == host) {
                 self.lost(index, &conn, "its server no longer takes writes (25006)");
@@ -192,6 +189,9 @@ impl Mux {
         }
     }
 
+    /// The slot to send the next request to: the least-loaded ready one that is neither full nor stalled;
+    /// `None` if none can take it (the request then goes to the pool, which a stall on a shared
+    /// connection does not hold up). Starts connecting empty slots it passes.
     fn pick(&self, now_ms: u64) -> Option<usize> {
         // Always scanned from the first: at low concurrency the same connection takes every request and
         // its server process stays warm (alternating between idle connections costs a wake-up of a cold

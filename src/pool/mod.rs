@@ -282,6 +282,11 @@ impl Pool {
         );
     }
 
+    /// The host whose refused write retired connections last ([`server_takes_no_writes`](Self::server_takes_no_writes)).
+    pub(crate) fn last_read_only_host(&self) -> Option<Arc<str>> {
+        self.shared.suspicion.last_read_only()
+    }
+
     /// Asks the server to cancel whatever `token`'s connection is running, in the background: for a
     /// request whose caller gave up or whose deadline passed, so no backend is left running it.
     pub(crate) fn cancel_in_background(&self, token: tokio_postgres::CancelToken) {

@@ -99,6 +99,15 @@ impl Suspicion {
         }
     }
 
+    /// The host that refused a write last.
+    pub(super) fn last_read_only(&self) -> Option<Arc<str>> {
+        let retired = lock(&self.retired);
+        retired
+            .iter()
+            .max_by_key(|(_, at)| *at)
+            .map(|(h, _)| h.clone())
+    }
+
     /// Whether a connection to `host` made at `created_at` is retired (see
     /// [`found_read_only`](Self::found_read_only)).
     pub(super) fn retired(&self, host: &str, created_at: Instant) -> bool {

@@ -181,6 +181,14 @@ fn explain(error: Error, request: &Request, context: &Known) -> Error {
     }
 }
 
+/// Whether `error` is a marked write's lost reply after its `COMMIT` was sent, left to be looked up.
+fn lost_after_commit(error: &BoxError, tracking: &Tracking) -> bool {
+    error
+        .downcast_ref::<Error>()
+        .is_some_and(Error::is_outcome_unknown)
+        && tracking.marked().mark().is_some()
+}
+
 /// Below the retry layer: one attempt. It is counted and starts with nothing sent; an attempt that ends
 /// with an answer (a response or the service's own error) leaves nothing running; one cut by the attempt
 /// timeout is classified by whether its statement had been sent — or, for a marked write
@@ -205,11 +213,15 @@ pub(super) struct Resolver {
 }
 
 impl Resolver {
-    /// The outcome of an attempt cut by `cut` while its marked write was `marked`.
-    fn settle_cut(
+    /// The outcome of an attempt whose marked write was `marked` when its reply was lost (`kind`, said
+    /// as `lost`: cut by the attempt timeout, or its link lost under it), looked up within the request's
+    /// `deadline` — here, above the attempt timeout, so the lookup has the request's time and not what
+    /// was left of the attempt's.
+    fn settle_lost(
         self: Arc<Self>,
         marked: Marked,
-        cut: BoxError,
+        kind: ErrorKind,
+        lost: String,
         deadline: Option<Instant>,
         tracking: Arc<Tracking>,
     ) -> BoxFuture<'static, Result<Response, BoxError>> {
@@ -222,8 +234,7 @@ impl Resolver {
                 // Settled: nothing of this attempt is left that could still commit.
                 tracking.answered();
             }
-            let lost = format!("{cut}, after the statement was sent");
-            match settled(resolution, ErrorKind::Timeout, &lost, marked.returns_rows()) {
+            match settled(resolution, kind, &lost, marked.returns_rows()) {
                 Settled::Applied => Ok(Response::applied_reply_lost()),
                 Settled::Err(error) => {
                     tracking.failed(&error);
@@ -298,10 +309,14 @@ where
             Err(e) if e.is::<AttemptTimedOut>() => {
                 let marked = tracking.marked();
                 if let (Some(resolver), false) = (this.resolver, matches!(marked, Marked::No)) {
-                    let mut resolving =
-                        resolver
-                            .clone()
-                            .settle_cut(marked, e, *this.deadline, tracking.clone());
+                    let lost = format!("{e}, after the statement was sent");
+                    let mut resolving = resolver.clone().settle_lost(
+                        marked,
+                        ErrorKind::Timeout,
+                        lost,
+                        *this.deadline,
+                        tracking.clone(),
+                    );
                     let polled = resolving.as_mut().poll(cx);
                     *this.resolving = Some(resolving);
                     return polled;
@@ -313,6 +328,25 @@ where
                     tracking.outcome_unknown();
                 }
                 Err(Box::new(error) as BoxError)
+            }
+            // A marked write whose link was lost after its COMMIT was sent: the service leaves the lookup
+            // to this layer (see `resolve::finish_marked`).
+            Err(e) if this.resolver.is_some() && lost_after_commit(&e, tracking) => {
+                let (kind, lost) = match e.downcast_ref::<Error>() {
+                    Some(error) => (error.kind(), error.message().to_owned()),
+                    None => (ErrorKind::ConnectionLost, e.to_string()),
+                };
+                let resolver = this.resolver.clone().expect("checked above");
+                let mut resolving = resolver.settle_lost(
+                    tracking.marked(),
+                    kind,
+                    lost,
+                    *this.deadline,
+                    tracking.clone(),
+                );
+                let polled = resolving.as_mut().poll(cx);
+                *this.resolving = Some(resolving);
+                return polled;
             }
             other => {
                 // Answered: nothing of this attempt is left running on the server.

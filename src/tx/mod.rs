@@ -278,8 +278,10 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         };
         let resolution = match marked {
             Some(mark) => {
-                let limit = self.attempt_timeout.unwrap_or(Duration::from_secs(30));
-                let per_try = limit.min(crate::resolve::LOOKUP_TRY);
+                // Bounded by the transactor's time limit (a ready-made stack's deadline), else a run's.
+                let per_run = self.attempt_timeout.unwrap_or(Duration::from_secs(30));
+                let limit = self.max_elapsed.unwrap_or(per_run).max(per_run);
+                let per_try = per_run.min(crate::resolve::LOOKUP_TRY);
                 resolve(
                     &self.pool,
                     Some(&mark),
