@@ -117,8 +117,10 @@ impl Failure {
         let sqlstate = err.code().map(|c| c.code());
         match err.kind() {
             ErrorKind::CircuitOpen => Failure::CircuitOpen(err.retry_in()),
-            // Before the timeouts: a write whose outcome is unknown must say so, whatever ended it.
-            _ if err.is_outcome_unknown() => Failure::OutcomeUnknown,
+            // Before the timeouts: a write whose outcome is unknown must say so, whatever ended it. One
+            // applied whose rows were lost with its reply (`ReplyLost`) asks the same of the caller:
+            // resending the same `request_id` answers with the row.
+            _ if err.is_outcome_unknown() || err.was_applied() => Failure::OutcomeUnknown,
             ErrorKind::Timeout | ErrorKind::DeadlineExceeded => Failure::TimedOut,
             _ if sqlstate == Some("23505") => Failure::Conflict,
             _ if sqlstate.is_some_and(|c| c.starts_with("22") || c.starts_with("23")) => {

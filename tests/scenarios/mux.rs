@@ -155,9 +155,10 @@ async fn mux_connection_reset_under_load() {
     });
     let fault = async {
         // Both shared connections open (the reads are what use them: plain writes take the pool).
-        until("a third of the work is done, on both shared connections", || {
-            done.load(Ordering::Relaxed) > CALLERS * PER_CALLER / 3 && stats(&db).ready == 2
-        })
+        until(
+            "a third of the work is done, on both shared connections",
+            || done.load(Ordering::Relaxed) > CALLERS * PER_CALLER / 3 && stats(&db).ready == 2,
+        )
         .await;
         proxy.reset_all()
     };
