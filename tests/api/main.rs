@@ -539,10 +539,11 @@ async fn the_idempotent_insert_returns_its_row_through_the_stacks_own_replay() {
     let db = Stack::server(&proxy.url(&cluster)).build().unwrap();
     db.run(Query::read("SELECT 1")).await.unwrap();
 
-    // The link is reset while the insert runs: the stack replays it (it carries a key). Whether or not
-    // the first run committed, the replay answers with the key's row.
+    // The link is reset while the insert runs (2 s: room for a loaded machine between seeing it run and
+    // the reset): the stack replays it (it carries a key). Whether or not the first run committed, the
+    // replay answers with the key's row.
     let insert = Query::write(
-        "INSERT INTO signups (email, request_id) SELECT $1, $2 FROM pg_sleep(1) \
+        "INSERT INTO signups (email, request_id) SELECT $1, $2 FROM pg_sleep(2) \
          ON CONFLICT (request_id) DO UPDATE SET request_id = EXCLUDED.request_id \
          WHERE signups.email = EXCLUDED.email \
          RETURNING id /* api-replayed */",

@@ -75,9 +75,12 @@ async fn rig(path: Path) -> Rig {
     let db = builder.build().unwrap();
     // Warm: the statements prepared (or their types learned) and the server's functions known, so the
     // fault meets the write itself.
-    for sql in [INSERT, INSERT_RETURNING, SLOW_INSERT] {
+    for sql in [INSERT, INSERT_RETURNING] {
         db.run(Query::write(sql).bind(-1)).await.unwrap();
     }
+    db.run(Query::write(SLOW_INSERT).bind(-1).timeout(SLOW_GRANT))
+        .await
+        .unwrap();
     Rig {
         cluster,
         proxy,
@@ -88,7 +91,9 @@ async fn rig(path: Path) -> Rig {
 
 const INSERT: &str = "INSERT INTO t (v) VALUES ($1)";
 const INSERT_RETURNING: &str = "INSERT INTO t (v) VALUES ($1) RETURNING v";
-const SLOW_INSERT: &str = "INSERT INTO t (v) SELECT $1 FROM pg_sleep(0.3)";
+/// Slow enough (1.5 s, granted its own 10 s) that a loaded machine still resets the link while it runs.
+const SLOW_INSERT: &str = "INSERT INTO t (v) SELECT $1 FROM pg_sleep(1.5)";
+const SLOW_GRANT: Duration = Duration::from_secs(10);
 
 async fn rows_of(cluster: &Cluster, v: i32) -> i64 {
     count(cluster, &format!("SELECT count(*) FROM t WHERE v = {v}")).await
@@ -217,12 +222,15 @@ async fn reset_while_running(path: Path) {
     let rig = Arc::new(rig(path).await);
     let write = {
         let rig = rig.clone();
-        tokio::spawn(async move { rig.db.run(Query::write(SLOW_INSERT).bind(4)).await })
+        tokio::spawn(async move {
+            let write = Query::write(SLOW_INSERT).bind(4).timeout(SLOW_GRANT);
+            rig.db.run(write).await
+        })
     };
     // The statement is running on the server (its COMMIT queued behind it): cut the link now.
     until_count_is(
         &rig.cluster,
-        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(0.3)%' \
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(1.5)%' \
          AND pid <> pg_backend_pid()",
         |n| n >= 1,
         "at least 1",

@@ -70,7 +70,7 @@ async fn s05_reset_in_the_middle_of_a_non_idempotent_write() {
     // statement still running: its backend ended, its transaction rolled back, so it is retried), and the
     // caller gets a definite answer — applied exactly once.
     let write = db.run(Query::write(
-        "INSERT INTO w (request_id) SELECT 'resolved' FROM pg_sleep(1) /* s5-resolved */",
+        "INSERT INTO w (request_id) SELECT 'resolved' FROM pg_sleep(2) /* s5-resolved */",
     ));
     let reset = async {
         until_running(&cluster, "s5-resolved").await;
