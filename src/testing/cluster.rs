@@ -184,10 +184,11 @@ fn reap_orphans(bin: &Path, user: Option<(u32, u32)>) {
         let Ok(owner) = std::fs::read_to_string(dir.join("owner.pid")) else {
             continue;
         };
+        // An owner that does not read as a pid is one still being written: not an orphan.
         let alive = owner
             .trim()
             .parse::<u32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            .map_or(true, |pid| Path::new(&format!("/proc/{pid}")).exists());
         if !is_cluster || alive {
             continue;
         }
@@ -203,6 +204,16 @@ fn reap_orphans(bin: &Path, user: Option<(u32, u32)>) {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// Records this process as the owner of the cluster directory `dir`, atomically (written aside, then
+/// renamed): another test process reaping orphans must never read a half-written owner, take it for a
+/// dead one and remove a cluster being made.
+fn record_owner(dir: &Path) -> Result<(), HarnessError> {
+    let aside = dir.join("owner.pid.new");
+    std::fs::write(&aside, std::process::id().to_string())
+        .and_then(|()| std::fs::rename(&aside, dir.join("owner.pid")))
+        .map_err(|e| HarnessError::io("recording the cluster's owner", e))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -305,8 +316,7 @@ impl ClusterBuilder {
         reap_orphans(&bin, user);
         let template = template(&bin, user)?;
         let dir = owned_temp_dir(user)?;
-        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
-            .map_err(|e| HarnessError::io("recording the cluster's owner", e))?;
+        record_owner(dir.path())?;
         let data = dir.path().join("data");
         let mut cp = command(Path::new("cp"), user);
         cp.arg("-a").arg(&template).arg(&data);
@@ -636,8 +646,7 @@ impl Cluster {
             ));
         }
         let dir = owned_temp_dir(self.user)?;
-        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
-            .map_err(|e| HarnessError::io("recording the cluster's owner", e))?;
+        record_owner(dir.path())?;
         let data = dir.path().join("data");
         let mut backup = command(&self.bin.join("pg_basebackup"), self.user);
         backup
