@@ -4,19 +4,25 @@
 //! transaction, whose id the stack learns before it lets the transaction commit:
 //!
 //! ```text
-//! BEGIN; SET LOCAL idle_in_transaction_session_timeout = <the time left>;
-//!        SELECT pg_current_xact_id(), pg_backend_pid(), pg_postmaster_start_time()   ─┐ pipelined:
-//! <the statement>                                                                     ─┘ one write
+//! BEGIN                                                                                ─┐
+//! SELECT pg_current_xact_id(), pg_backend_pid(), pg_postmaster_start_time()             │ pipelined:
+//! <the statement>                                                                      ─┘ one write
 //! COMMIT                              ← sent as soon as the first reply (the "mark") is in
 //! ```
+//!
+//! On a pooled connection `BEGIN`, the select and `COMMIT` are statements prepared once per connection,
+//! and the session's `idle_in_transaction_session_timeout` is set to [`MARKED_IDLE_LIMIT`] with its first
+//! marked write. Behind a pooler in transaction mode the opening is one simple query, `BEGIN; SET LOCAL
+//! statement_timeout = ...; SET LOCAL idle_in_transaction_session_timeout = <the time left>; SELECT ...`
+//! (nothing may outlive the transaction there).
 //!
 //! **COMMIT is never sent before the mark is in.** That one rule makes every lost reply answerable:
 //!
 //! - lost before the mark arrived (a link reset, a black hole that swallowed the replies, a cut by the
 //!   attempt timeout): COMMIT was never written, so the transaction cannot commit — the write was
 //!   **not applied**, for certain, and is retried like any transient failure. The server rolls it back
-//!   when it sees the link close, or when its `idle_in_transaction_session_timeout` (set to the request's
-//!   remaining time) fires, whichever is first: a black-holed client never leaves locks held for long.
+//!   when it sees the link close, or when its `idle_in_transaction_session_timeout` fires, whichever is
+//!   first: a black-holed client never leaves locks held for long.
 //! - lost after COMMIT was sent: the stack asks the server, on a connection from the same pool (so
 //!   through the same pooler or proxy), `pg_xact_status(xid)` (`txid_status` before PostgreSQL 13):
 //!   `committed` — applied, for certain (a statement that returns rows reports that its rows were lost,
