@@ -10,35 +10,48 @@ use rampart::{ErrorKind, PoolConfig, Query};
 
 use crate::support::*;
 
-/// A plain write through a link slower than the attempt timeout: its statement reaches the server and
-/// its reply comes too late. The write must never be sent again (one row at most), and if the caller
-/// gets an error it must say the outcome is unknown.
-#[tokio::test]
-async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replayed() {
+/// A plain write (`v = 1`) through a link slower than the attempt timeout, with lost replies resolved
+/// or not; returns what the caller got. One connection, on which the statement is already prepared: with
+/// the fault on, the first thing sent is the statement itself (a statement still to be prepared would be
+/// cut while preparing, before it was sent, and retried: the test after these). Each way 200 ms: the
+/// statement arrives after 200 ms, its reply after 400 ms, past the 300 ms cut.
+async fn write_through_a_slow_link(
+    deadline: Duration,
+    resolve: bool,
+) -> (Cluster, FaultProxy, rampart::Db, rampart::Error) {
     let cluster = Cluster::new().await.unwrap();
-    let admin = connect(&cluster.url()).await;
-    admin.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    connect(&cluster.url())
+        .await
+        .batch_execute("CREATE TABLE t (v int)")
+        .await
+        .unwrap();
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
-    // One connection, on which the statement is already prepared: with the fault on, the first thing
-    // sent is the statement itself (a statement still to be prepared would be cut while preparing, before
-    // it was sent, and retried: the next test). Lost replies not resolved (`resolve_outcomes(false)`):
-    // the last test here is the same write with them resolved.
     let db = stack(&proxy.url(&cluster))
         .pool(PoolConfig::builder().max_size(1).build().unwrap())
         .attempt_timeout(Duration::from_millis(300))
-        .deadline(Duration::from_secs(10))
-        .resolve_outcomes(false)
+        .deadline(deadline)
+        .resolve_outcomes(resolve)
         .build()
         .unwrap();
     let insert = Query::write("INSERT INTO t (v) VALUES ($1)");
     db.run(insert.clone().bind(0)).await.unwrap();
-    // Each way 200 ms: the statement arrives after 200 ms, its reply after 400 ms, past the 300 ms cut.
     proxy.set_fault(Fault::Latency(Duration::from_millis(200)));
     let err = db
         .run(insert.bind(1))
         .await
         .expect_err("the reply comes after the attempt timeout");
     proxy.set_fault(Fault::PassThrough);
+    (cluster, proxy, db, err)
+}
+
+/// A plain write through a link slower than the attempt timeout: its statement reaches the server and
+/// its reply comes too late. The write must never be sent again (one row at most), and if the caller
+/// gets an error it must say the outcome is unknown.
+#[tokio::test]
+async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replayed() {
+    // Lost replies not resolved (`resolve_outcomes(false)`): the next test is the same write with them
+    // resolved.
+    let (cluster, proxy, db, err) = write_through_a_slow_link(Duration::from_secs(10), false).await;
     assert!(
         err.is_outcome_unknown(),
         "the statement had been sent: {err:?}"
@@ -78,27 +91,7 @@ async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_never_replaye
 /// and when the deadline ends it the error says "not applied", which the empty table confirms.
 #[tokio::test]
 async fn a_write_whose_reply_is_slower_than_the_attempt_timeout_is_resolved_not_applied() {
-    let cluster = Cluster::new().await.unwrap();
-    connect(&cluster.url())
-        .await
-        .batch_execute("CREATE TABLE t (v int)")
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
-    let db = stack(&proxy.url(&cluster))
-        .pool(PoolConfig::builder().max_size(1).build().unwrap())
-        .attempt_timeout(Duration::from_millis(300))
-        .deadline(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let insert = Query::write("INSERT INTO t (v) VALUES ($1)");
-    db.run(insert.clone().bind(0)).await.unwrap();
-    proxy.set_fault(Fault::Latency(Duration::from_millis(200)));
-    let err = db
-        .run(insert.bind(1))
-        .await
-        .expect_err("every reply comes after the attempt timeout");
-    proxy.set_fault(Fault::PassThrough);
+    let (cluster, _proxy, db, err) = write_through_a_slow_link(Duration::from_secs(2), true).await;
     assert!(!err.is_outcome_unknown(), "COMMIT was never sent: {err}");
     assert!(err.attempts().is_some_and(|a| a > 1), "retried: {err:?}");
     let resolved = db.resolved();
