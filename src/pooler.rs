@@ -12,7 +12,7 @@ use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 use crate::resolve::{self, Opening};
 use crate::session::Effect;
-use crate::xact::{Flavour, begin_sql, parse_mark};
+use crate::xact::{begin_sql, parse_mark};
 
 /// Runs `query` on `in_flight`'s connection without leaving anything in the server session: see the
 /// [module docs](self). Returns the connection to the pool (or discards it) as the outcome says. A plain
@@ -31,25 +31,21 @@ pub(crate) async fn run(
         .map(|d| d.saturating_duration_since(Instant::now()));
     let cache = pool.param_types();
     let known = cache.get(sql);
-    let flavour = if resolve::applies(query, effect) {
-        match resolve::flavour(pool, in_flight.conn().client()).await {
-            Ok(flavour) => flavour,
-            Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
-        }
-    } else {
-        Flavour::Unsupported
+    let wanted = resolve::applies(query, effect);
+    let flavour = match resolve::marking(pool, in_flight.conn().client(), wanted).await {
+        Ok(flavour) => flavour,
+        Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
     };
-    let marked = matches!(flavour, Flavour::Modern | Flavour::Legacy);
+    let marked = flavour.is_some();
 
     let client: &tokio_postgres::Client = in_flight.conn().client();
     let set_local = match remaining {
         Some(_) => format!("{}; ", set_local_timeout(remaining)),
         None => String::new(),
     };
-    let begin = if marked {
-        begin_sql(flavour, remaining, &set_local)
-    } else {
-        format!("BEGIN; {set_local}")
+    let begin = match flavour {
+        Some(flavour) => begin_sql(flavour, remaining, &set_local),
+        None => format!("BEGIN; {set_local}"),
     };
     let (types, begin, mark) = match (known, remaining) {
         // No deadline and the types known: one unnamed statement, nothing else.
@@ -68,11 +64,7 @@ pub(crate) async fn run(
                     .await;
             match began.and_then(|replies| types.map(|types| (replies, types))) {
                 Ok((replies, types)) => {
-                    let mark = if marked {
-                        parse_mark(&replies, flavour)
-                    } else {
-                        None
-                    };
+                    let mark = flavour.and_then(|flavour| parse_mark(&replies, flavour));
                     if marked && mark.is_none() {
                         in_flight.release(true);
                         return Err(resolve::no_mark(pool.server()));
@@ -91,7 +83,7 @@ pub(crate) async fn run(
         }
     };
     query.mark_sent();
-    if marked {
+    if let Some(flavour) = flavour {
         let returns_rows = cache.returns_rows(sql).unwrap_or(true);
         let opening = match (mark, begin.as_deref()) {
             (Some(mark), _) => Opening::Known(mark),
@@ -110,8 +102,7 @@ pub(crate) async fn run(
             unnamed(client, sql, params, &types),
         )
         .await;
-        return resolve::finish_marked(pool, in_flight, query, head, outcome, false, returns_rows)
-            .await;
+        return resolve::finish_marked(pool, in_flight, query, head, outcome, false).await;
     }
     let begin = async {
         match &begin {

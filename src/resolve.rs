@@ -50,7 +50,6 @@ use std::time::Duration;
 
 use futures_util::future::join;
 use rampart_layers::Classification;
-use rampart_layers::deadline::Deadlined;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Statement};
 
@@ -62,10 +61,7 @@ use crate::session::{Effect, first_word};
 use crate::xact::{Flavour, Mark, first_row, mark_of, parse_mark};
 
 /// The flavour of `pool`'s server, asked on `client` the first time (one round trip per pool).
-pub(crate) async fn flavour(
-    pool: &Pool,
-    client: &Client,
-) -> Result<Flavour, tokio_postgres::Error> {
+async fn flavour(pool: &Pool, client: &Client) -> Result<Flavour, tokio_postgres::Error> {
     let known = pool.xact_flavour().get();
     if known != Flavour::Unknown {
         return Ok(known);
@@ -87,6 +83,20 @@ pub(crate) async fn flavour(
     };
     pool.xact_flavour().set(flavour);
     Ok(flavour)
+}
+
+/// The server's flavour of functions if a write is to be marked (`wanted`) and the server has them:
+/// `None` runs it as before. Asks on `client` the first time for the pool (see [`flavour`]).
+pub(crate) async fn marking(
+    pool: &Pool,
+    client: &Client,
+    wanted: bool,
+) -> Result<Option<Flavour>, tokio_postgres::Error> {
+    if !wanted {
+        return Ok(None);
+    }
+    let flavour = flavour(pool, client).await?;
+    Ok(matches!(flavour, Flavour::Modern | Flavour::Legacy).then_some(flavour))
 }
 
 /// Whether `query` is a write to run marked, so that a lost reply can be resolved: a stack asked for
@@ -187,15 +197,14 @@ pub(crate) async fn commit_after_mark<T>(
 /// first marked write. A transactor whose runs may be idle longer turns it off for its transactions.
 pub(crate) const MARKED_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
-/// How long one lookup may take when the service itself asks (the link broke under the request): a
-/// lookup connection that does not answer within this is replaced.
+/// The longest one lookup of the transactor may take: a lookup connection that does not answer within
+/// this is replaced.
 pub(crate) const LOOKUP_TRY: Duration = Duration::from_secs(1);
 
 /// Ends a marked write run on `in_flight`'s connection: `head` is the opening and `COMMIT`
 /// ([`commit_after_mark`]), `result` the statement's, `also_gone` whether something else sent with them
-/// lost the link. A lost link is resolved here, on another connection of `pool`, within the query's
-/// deadline. `returns_rows`: whether the statement returns rows (a `RETURNING`), which a committed write
-/// whose reply was lost has lost.
+/// lost the link. A link lost before `COMMIT` was sent is answered here: not applied. One lost after it
+/// is left to the stack's attempt layer to look up (see below).
 pub(crate) async fn finish_marked(
     pool: &Pool,
     in_flight: InFlight,
@@ -203,7 +212,6 @@ pub(crate) async fn finish_marked(
     head: Result<(), HeadError>,
     result: Result<Response, tokio_postgres::Error>,
     also_gone: bool,
-    returns_rows: bool,
 ) -> Result<Response, Error> {
     let head_gone = matches!(&head, Err(HeadError::Pg(e)) if connection_gone(e));
     let lost = match (&head, &result) {
@@ -248,11 +256,17 @@ pub(crate) async fn finish_marked(
             lost,
         ));
     }
-    let resolution = resolve(pool, None, query.deadline(), LOOKUP_TRY).await;
+    // COMMIT never sent: not applied, without asking (nothing to look up, so no deadline or try limit).
+    let resolution = resolve(pool, None, None, LOOKUP_TRY).await;
     if let Some(tracking) = query.tracking() {
         tracking.resolved(resolution.label());
     }
-    match settled(resolution, ErrorKind::ConnectionLost, &lost, returns_rows) {
+    match settled(
+        resolution,
+        ErrorKind::ConnectionLost,
+        &lost,
+        marked.returns_rows(),
+    ) {
         Settled::Applied => Ok(Response::applied_reply_lost()),
         Settled::Err(e) => Err(e),
     }

@@ -21,7 +21,7 @@ use crate::pool::{InFlight, Pool};
 use crate::query::{Query, Response};
 use crate::resolve::{self, MARKED_IDLE_LIMIT, Opening};
 use crate::session::{Effect, effect};
-use crate::xact::{Flavour, mark_sql};
+use crate::xact::mark_sql;
 
 /// The database as a `tower::Service`: [`Query`] in, [`Response`] out.
 ///
@@ -208,21 +208,18 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
 
     // A plain write in a stack that resolves lost replies runs in a transaction of its own, marked with
     // its id (see `resolve.rs`); the first such write on a pool asks which functions the server has.
-    let flavour = if resolve::applies(&query, effect) {
-        match resolve::flavour(&pool, in_flight.conn().client()).await {
-            Ok(flavour) => flavour,
-            Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
-        }
-    } else {
-        Flavour::Unsupported
+    let wanted = resolve::applies(&query, effect);
+    let flavour = match resolve::marking(&pool, in_flight.conn().client(), wanted).await {
+        Ok(flavour) => flavour,
+        Err(e) => return in_flight.finish(Err(e), Stage::NotSent),
     };
-    let marked = matches!(flavour, Flavour::Modern | Flavour::Legacy);
     // A marked write's opening, mark and COMMIT are prepared once per connection (three round trips on
     // its first marked write, none after).
-    let opening = if marked {
+    let opening = if let Some(flavour) = flavour {
         let conn = in_flight.conn();
         let prepared = async {
             Ok::<_, tokio_postgres::Error>((
+                flavour,
                 conn.prepare("BEGIN").await?,
                 conn.prepare(mark_sql(flavour)).await?,
                 conn.prepare("COMMIT").await?,
@@ -242,7 +239,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
     let set_timeout = statement_timeout_for(remaining, in_flight.conn().statement_timeout_ms());
     // The server ends a transaction left idle past this on its own (a client gone before COMMIT): set
     // once per connection, with its first marked write.
-    let set_idle_limit = marked && !in_flight.conn().idle_limit_set();
+    let set_idle_limit = flavour.is_some() && !in_flight.conn().idle_limit_set();
 
     let (set_result, head, result) = {
         let client = in_flight.conn().client();
@@ -267,7 +264,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         query.mark_sent();
         let rows = exec::prepared(client, &statement, query.params());
         match &opening {
-            Some((begin, mark, commit)) => {
+            Some((flavour, begin, mark, commit)) => {
                 let returns_rows = !statement.columns().is_empty();
                 let marked = resolve::commit_after_mark(
                     client,
@@ -277,7 +274,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
                         mark,
                         commit,
                     },
-                    flavour,
+                    *flavour,
                     returns_rows,
                     rows,
                 );
@@ -303,17 +300,7 @@ async fn run_pooled(pool: Pool, query: Query, effect: Effect) -> Result<Response
         // A failed SET outside the transaction does not decide the write's outcome; a lost link does.
         Some(head) => {
             let also_gone = set_result.as_ref().err().is_some_and(connection_gone);
-            let returns_rows = !statement.columns().is_empty();
-            resolve::finish_marked(
-                &pool,
-                in_flight,
-                &query,
-                head,
-                result,
-                also_gone,
-                returns_rows,
-            )
-            .await
+            resolve::finish_marked(&pool, in_flight, &query, head, result, also_gone).await
         }
         None => in_flight.finish(set_result.and(result), Stage::Sent),
     }

@@ -25,9 +25,9 @@ use crate::error::{Error, ErrorKind};
 use crate::exec::set_local_timeout;
 use crate::outcome::{Link, Stage, failure};
 use crate::pool::{InFlight, Pool};
-use crate::resolve::{Resolution, resolve};
+use crate::resolve::{Resolution, Settled, resolve, settled};
 use crate::sync::lock;
-use crate::xact::{Counts, Flavour, Mark};
+use crate::xact::{Counts, Mark};
 
 mod transaction;
 
@@ -301,18 +301,10 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
         if let Some(counts) = &self.counts {
             counts.record(resolution.label());
         }
-        match resolution {
-            Resolution::Committed => run.take_value(self.pool.server()),
-            Resolution::NotApplied(why) => Err(Error::new(
-                lost.kind(),
-                Classification::Transient,
-                format!("{}; not applied: {why}", lost.message()),
-            )),
-            Resolution::Unknown(why) => Err(Error::new(
-                lost.kind(),
-                Classification::Ambiguous,
-                format!("{}; {why}", lost.message()),
-            )),
+        // The run's value was kept before COMMIT: nothing of it was lost with the reply.
+        match settled(resolution, lost.kind(), lost.message(), false) {
+            Settled::Applied => run.take_value(self.pool.server()),
+            Settled::Err(e) => Err(e),
         }
     }
 
@@ -368,15 +360,12 @@ impl<B: Backoff + Clone + Send + Sync + 'static> Transactor<B> {
             });
         }
         // Marked: the transaction's id is read with its first statement (see `resolve.rs`).
-        let flavour = if self.resolve && !self.read_only {
-            match crate::resolve::flavour(&self.pool, guard.conn().client()).await {
-                Ok(flavour) => flavour,
-                Err(e) => return Err(guard.fail(e, Stage::NotSent)),
-            }
-        } else {
-            Flavour::Unsupported
+        let wanted = self.resolve && !self.read_only;
+        let marking = match crate::resolve::marking(&self.pool, guard.conn().client(), wanted).await
+        {
+            Ok(marking) => marking,
+            Err(e) => return Err(guard.fail(e, Stage::NotSent)),
         };
-        let marking = matches!(flavour, Flavour::Modern | Flavour::Legacy).then_some(flavour);
         let (outcome, gone) = {
             let (client, statements) = guard.conn().split();
             let mut builder = client.build_transaction().read_only(self.read_only);
