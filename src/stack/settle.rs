@@ -181,12 +181,24 @@ fn explain(error: Error, request: &Request, context: &Known) -> Error {
     }
 }
 
-/// Whether `error` is a marked write's lost reply after its `COMMIT` was sent, left to be looked up.
-fn lost_after_commit(error: &BoxError, tracking: &Tracking) -> bool {
-    error
+/// What an attempt's failure leaves to be settled by a lookup, as the kind and the words of what was
+/// lost: a marked write cut by the attempt timeout (its COMMIT sent or not: `resolve` answers both), or
+/// one whose link was lost after its COMMIT was sent (the service leaves that lookup to this layer, see
+/// `resolve::finish_marked`). `None`: the failure is the attempt's answer as it is.
+fn to_look_up(error: &BoxError, tracking: &Tracking) -> Option<(ErrorKind, String)> {
+    let marked = tracking.marked();
+    if error.is::<AttemptTimedOut>() {
+        return (!matches!(marked, Marked::No)).then(|| {
+            (
+                ErrorKind::Timeout,
+                format!("{error}, after the statement was sent"),
+            )
+        });
+    }
+    let lost = error
         .downcast_ref::<Error>()
-        .is_some_and(Error::is_outcome_unknown)
-        && tracking.marked().mark().is_some()
+        .filter(|e| e.is_outcome_unknown() && marked.mark().is_some())?;
+    Some((lost.kind(), lost.message().to_owned()))
 }
 
 /// Below the retry layer: one attempt. It is counted and starts with nothing sent; an attempt that ends
@@ -305,22 +317,20 @@ where
         let Some(tracking) = this.tracking else {
             return Poll::Ready(result);
         };
+        if let (Some(resolver), Err(e)) = (this.resolver.as_ref(), &result)
+            && let Some((kind, lost)) = to_look_up(e, tracking)
+        {
+            let resolving = resolver.clone().settle_lost(
+                tracking.marked(),
+                kind,
+                lost,
+                *this.deadline,
+                tracking.clone(),
+            );
+            return this.resolving.insert(resolving).as_mut().poll(cx);
+        }
         Poll::Ready(match result {
             Err(e) if e.is::<AttemptTimedOut>() => {
-                let marked = tracking.marked();
-                if let (Some(resolver), false) = (this.resolver, matches!(marked, Marked::No)) {
-                    let lost = format!("{e}, after the statement was sent");
-                    let mut resolving = resolver.clone().settle_lost(
-                        marked,
-                        ErrorKind::Timeout,
-                        lost,
-                        *this.deadline,
-                        tracking.clone(),
-                    );
-                    let polled = resolving.as_mut().poll(cx);
-                    *this.resolving = Some(resolving);
-                    return polled;
-                }
                 let unknown = cut_leaves_outcome_unknown(*this.read, tracking.was_sent());
                 let error = Error::from_layers(e, unknown);
                 tracking.failed(&error);
@@ -328,25 +338,6 @@ where
                     tracking.outcome_unknown();
                 }
                 Err(Box::new(error) as BoxError)
-            }
-            // A marked write whose link was lost after its COMMIT was sent: the service leaves the lookup
-            // to this layer (see `resolve::finish_marked`).
-            Err(e) if this.resolver.is_some() && lost_after_commit(&e, tracking) => {
-                let (kind, lost) = match e.downcast_ref::<Error>() {
-                    Some(error) => (error.kind(), error.message().to_owned()),
-                    None => (ErrorKind::ConnectionLost, e.to_string()),
-                };
-                let resolver = this.resolver.clone().expect("checked above");
-                let mut resolving = resolver.settle_lost(
-                    tracking.marked(),
-                    kind,
-                    lost,
-                    *this.deadline,
-                    tracking.clone(),
-                );
-                let polled = resolving.as_mut().poll(cx);
-                *this.resolving = Some(resolving);
-                return polled;
             }
             other => {
                 // Answered: nothing of this attempt is left running on the server.
