@@ -559,7 +559,8 @@ async fn the_idempotent_insert_returns_its_row_through_the_stacks_own_replay() {
                 direct
                     .run(Query::read(
                         "SELECT count(*) FROM pg_stat_activity \
-                         WHERE query LIKE '%api-replayed%' AND state = 'active' AND pid <> pg_backend_pid()",
+                         WHERE query LIKE '%api-replayed%' AND state = 'active' AND wait_event = 'PgSleep' \
+                         AND pid <> pg_backend_pid()",
                     ))
                     .await
                     .and_then(|r| r.scalar::<i64>())

@@ -230,7 +230,7 @@ async fn reset_while_running(path: Path) {
     // The statement is running on the server (its COMMIT queued behind it): cut the link now.
     until_count_is(
         &rig.cluster,
-        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(1.5)%' \
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND wait_event = 'PgSleep' AND query LIKE '%pg_sleep(1.5)%' \
          AND pid <> pg_backend_pid()",
         |n| n >= 1,
         "at least 1",

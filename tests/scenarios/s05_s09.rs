@@ -8,10 +8,12 @@ use rampart::{ErrorKind, Query};
 
 use crate::support::*;
 
-/// Waits until a statement containing `marker` is running on the server.
+/// Waits until a statement containing `marker` is running on the server: sleeping in `pg_sleep`, not
+/// merely being parsed (a prepared statement's text shows as active while its `Parse` is handled, before
+/// it is even sent to run; a fault then is one before sending).
 async fn until_running(cluster: &Cluster, marker: &str) {
     let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' AND pid <> pg_backend_pid()"
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()"
     );
     until_count_is(cluster, &sql, |n| n >= 1, "at least 1").await;
 }
